@@ -1,0 +1,3 @@
+"""asrq: train once, deploy many on-device speech recognizers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,338 @@
+"""One config system: nested dataclasses, validated in ``__post_init__``, loaded from YAML
+with dotted overrides (``train.optim.lr=0.03``), and stored resolved in every checkpoint and
+exported file (STYLE.md points 3 and 4).
+
+Families:
+    ModelConfig (EncoderConfig, PredictorConfig, StreamingConfig)
+    DataConfig (SynthConfig)
+    TrainConfig (OptimConfig, LossConfig)
+    DecodeConfig, ExportConfig, BenchConfig
+    ExperimentConfig: all of the above, what a recipe YAML holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from asrq.utils.io import AsrqError
+
+T = TypeVar("T")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise AsrqError(f"invalid config: {msg}")
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+@dataclass
+class EncoderConfig:
+    """Encoder architecture. ``type`` picks the block: ``conformer`` (MH self-attention with
+    rotary positions + causal depthwise conv)."""
+
+    type: Literal["conformer"] = "conformer"
+    feature_dim: int = 80
+    subsampling: int = 4
+    num_layers: int = 8
+    d_model: int = 144
+    num_heads: int = 4
+    ffn_dim: int = 576
+    conv_kernel: int = 15
+    dropout: float = 0.1
+    rotary_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        _check(self.subsampling == 4, "encoder.subsampling: only 4 is supported")
+        _check(self.num_layers >= 1, "encoder.num_layers must be >= 1")
+        _check(self.d_model % self.num_heads == 0, "encoder.d_model must divide by encoder.num_heads")
+        _check((self.d_model // self.num_heads) % 2 == 0, "encoder head dim must be even (rotary)")
+        _check(self.conv_kernel >= 2, "encoder.conv_kernel must be >= 2")
+        _check(0.0 <= self.dropout < 1.0, "encoder.dropout must be in [0, 1)")
+
+
+@dataclass
+class StreamingConfig:
+    """Chunked attention for streaming (WeNet U2 dynamic chunk training).
+
+    Units are encoder frames (after subsampling; 40 ms each at 10 ms fbank hop and x4).
+    During training, with probability ``dynamic_chunk_prob`` a batch uses a chunk size drawn
+    uniformly from ``[1, max_train_chunk]`` and a left context drawn from ``left_chunk_choices``;
+    otherwise full context. ``chunk_frames`` / ``left_frames`` are the inference and export
+    defaults.
+    """
+
+    dynamic_chunk_prob: float = 0.5
+    max_train_chunk: int = 16
+    left_chunk_choices: list[int] = field(default_factory=lambda: [-1, 4, 8])
+    chunk_frames: int = 8
+    left_frames: int = 64
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.dynamic_chunk_prob <= 1.0, "streaming.dynamic_chunk_prob in [0, 1]")
+        _check(self.chunk_frames >= 1, "streaming.chunk_frames must be >= 1")
+        _check(self.left_frames >= 0, "streaming.left_frames must be >= 0")
+        _check(self.max_train_chunk >= 1, "streaming.max_train_chunk must be >= 1")
+
+
+@dataclass
+class PredictorConfig:
+    """Stateless RNN-T predictor: embedding + 1-D conv over the last ``context_size`` tokens."""
+
+    d_model: int = 256
+    context_size: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.context_size >= 1, "predictor.context_size must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    head: Literal["rnnt"] = "rnnt"
+    vocab_size: int = 0  # 0: filled from the BPE model at training time
+    blank_id: int = 0
+    joiner_dim: int = 256
+    ctc_head: bool = True
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.vocab_size >= 0, "model.vocab_size must be >= 0")
+        _check(self.joiner_dim >= 1, "model.joiner_dim must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SynthConfig:
+    """The espeak-ng corpus in LibriSpeech layout (see asrq.data.synth)."""
+
+    train_speakers: int = 48
+    train_utts_per_speaker: int = 60
+    dev_speakers: int = 4
+    test_speakers: int = 6
+    eval_utts_per_speaker: int = 20
+    seed: int = 0
+    min_words: int = 4
+    max_words: int = 22
+
+    def __post_init__(self) -> None:
+        for name in ("train_speakers", "dev_speakers", "test_speakers"):
+            _check(getattr(self, name) >= 1, f"data.synth.{name} must be >= 1")
+
+
+@dataclass
+class DataConfig:
+    corpus_dir: str = "data/mini/LibriSpeech"
+    manifest_dir: str = "data/mini/manifests"
+    fbank_dir: str = "data/mini/fbank"
+    lang_dir: str = "data/mini/lang_bpe"
+    vocab_size: int = 256
+    train_splits: list[str] = field(default_factory=lambda: ["train-clean-100"])
+    dev_split: str = "dev-clean"
+    test_split: str = "test-clean"
+    speed_perturb: bool = False
+    max_duration: float = 60.0  # seconds of audio per batch
+    num_buckets: int = 8
+    num_workers: int = 1
+    spec_augment: bool = True
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.vocab_size >= 2, "data.vocab_size must be >= 2")
+        _check(self.max_duration > 0, "data.max_duration must be > 0")
+
+    @property
+    def bpe_model(self) -> Path:
+        return Path(self.lang_dir) / "bpe.model"
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+@dataclass
+class OptimConfig:
+    """ScaledAdam + Eden (icefall). ``lr_batches``/``lr_epochs`` are Eden's decay constants."""
+
+    name: Literal["scaled_adam", "adamw"] = "scaled_adam"
+    lr: float = 0.045
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    clipping_scale: float = 2.0
+    weight_decay: float = 0.0
+    lr_batches: float = 5000.0
+    lr_epochs: float = 6.0
+    warmup_batches: float = 300.0
+    warmup_start: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "train.optim.lr must be > 0")
+        _check(len(self.betas) == 2, "train.optim.betas must have two values")
+
+
+@dataclass
+class LossConfig:
+    """RNN-T loss setup. ``rnnt_type``: ``pruned`` (k2-style, written in PyTorch) or ``full``
+    (torchaudio). The pruned loss is ``simple_loss_scale * simple + pruned``; both scales ramp
+    over ``warm_steps`` as in icefall."""
+
+    rnnt_type: Literal["pruned", "full"] = "pruned"
+    prune_range: int = 5
+    simple_loss_scale: float = 0.5
+    lm_only_scale: float = 0.25
+    am_only_scale: float = 0.0
+    ctc_weight: float = 0.2
+    warm_steps: int = 400
+
+    def __post_init__(self) -> None:
+        _check(self.prune_range >= 1, "train.loss.prune_range must be >= 1")
+        _check(0.0 <= self.ctc_weight <= 1.0, "train.loss.ctc_weight in [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    exp_dir: str = "exp/mini"
+    seed: int = 42
+    max_steps: int = 0  # 0: no step limit
+    max_minutes: float = 0.0  # 0: no time limit
+    max_epochs: int = 100
+    log_every: int = 25
+    save_every: int = 200
+    keep_last: int = 3
+    eval_every_minutes: float = 0.0  # >0: greedy dev WER at this interval (the WER curve)
+    eval_max_utts: int = 60
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 0 and self.max_minutes >= 0, "train limits must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------
+# Decode / export / bench
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DecodeConfig:
+    method: Literal["greedy", "modified_beam_search", "ctc_greedy"] = "greedy"
+    beam: int = 4
+    max_sym_per_frame: int = 1
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 18
+    onnx: bool = True
+    executorch: bool = True
+
+
+@dataclass
+class BenchConfig:
+    threads: list[int] = field(default_factory=lambda: [1, 2])
+    chunk_ms: int = 320
+    max_files: int = 10
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# (de)serialisation
+# --------------------------------------------------------------------------------------------
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a (possibly partial) nested dict; unknown keys are errors."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise AsrqError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise AsrqError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise AsrqError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, where)
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise AsrqError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not isinstance(value, tp):
+        raise AsrqError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise AsrqError(f"override {item!r}: expected KEY=VALUE, e.g. train.optim.lr=0.03")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise AsrqError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), cls: type[T] = ExperimentConfig
+) -> T:
+    """Load a YAML config (or the defaults when ``path`` is None) with dotted overrides."""
+    data: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise AsrqError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise AsrqError(f"{p}: not valid YAML ({e})") from e
+    apply_overrides(data, list(overrides))
+    return from_dict(cls, data, where)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,87 @@
+"""The eager PyTorch model behind the :class:`~asrq.decode.interface.RnntComponents` interface.
+
+Inputs may be on any device; they are moved to the model's device and the outputs stay there
+(CPU for a CPU model, as the interface asks; a CUDA model used by the training loop's WER
+evaluation keeps its tensors on the GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from asrq.models.transducer import Transducer
+
+
+class TorchRnnt:
+    """:class:`RnntComponents` over an eager :class:`Transducer` (the model is not copied).
+
+    Args:
+        model: the RNN-T model (put it in eval mode: :func:`asrq.decode.evaluate.evaluate_model`
+            does).
+        chunk_frames: C, encoder frames per streaming chunk.
+        left_frames: L, encoder frames of left context kept in the streaming attention cache.
+
+    Besides the interface it offers :meth:`ctc_log_probs` / :meth:`ctc_log_probs_chunk` for the
+    CTC head (full context and streaming).
+    """
+
+    def __init__(self, model: Transducer, chunk_frames: int, left_frames: int) -> None:
+        self.model = model
+        self.vocab_size = int(model.vocab_size)
+        self.blank_id = int(model.blank_id)
+        self.context_size = int(model.predictor.context_size)
+        self.chunk_frames = int(chunk_frames)
+        self.left_frames = int(left_frames)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- encoder ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """Full context: x (N, T, F), x_lens (N,) -> (N, T', J), (N,)."""
+        dev = self.device
+        enc, lens = self.model.encoder(x.to(dev), x_lens.to(dev))
+        return self.model.joiner.encoder_proj(enc), lens
+
+    def init_states(self, batch_size: int) -> list[Tensor]:
+        """[attn_cache (layers, N, L, 2D), conv_cache (layers, N, D, K-1), processed (N,)]."""
+        return self.model.encoder.init_states(batch_size, self.left_frames, device=self.device)
+
+    @torch.inference_mode()
+    def encode_chunk(self, x: Tensor, x_lens: Tensor, states: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """x (N, 4C + 3, F), x_lens (N,) valid fbank frames -> (N, C, J), valid frames (N,), states."""
+        dev = self.device
+        enc, lens, states = self.model.encoder.streaming_forward(x.to(dev), x_lens.to(dev), states)
+        return self.model.joiner.encoder_proj(enc), lens, states
+
+    # ---- predictor / joiner -----------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, context: Tensor) -> Tensor:
+        """(N, context_size) int64 (negative ids = padding, zero embedding) -> (N, J)."""
+        pred = self.model.predictor(context.to(self.device), need_pad=False)  # (N, 1, P)
+        return self.model.joiner.decoder_proj(pred[:, -1])
+
+    @torch.inference_mode()
+    def join(self, enc: Tensor, pred: Tensor) -> Tensor:
+        """(N, J), (N, J) -> logits (N, V)."""
+        return self.model.joiner(enc, pred, project_input=False)
+
+    # ---- CTC head (not part of the interface) -----------------------------------------------
+    @torch.inference_mode()
+    def ctc_log_probs(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """Full context: x (N, T, F) -> CTC log-probs (N, T', V), lengths (N,)."""
+        dev = self.device
+        enc, lens = self.model.encoder(x.to(dev), x_lens.to(dev))
+        return self.model.ctc_log_probs(enc), lens
+
+    @torch.inference_mode()
+    def ctc_log_probs_chunk(
+        self, x: Tensor, x_lens: Tensor, states: list[Tensor]
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Streaming step for the CTC head: like :meth:`encode_chunk`, returning (N, C, V) log-probs."""
+        dev = self.device
+        enc, lens, states = self.model.encoder.streaming_forward(x.to(dev), x_lens.to(dev), states)
+        return self.model.ctc_log_probs(enc), lens, states

@@ -1,0 +1,60 @@
+"""Model builders: a generic :func:`build_model` from a :class:`ModelConfig`, and named size
+presets on top of it (STYLE.md point 5)."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from asrq.config import EncoderConfig, ModelConfig, PredictorConfig
+from asrq.models.conformer import ConformerEncoder
+from asrq.models.transducer import Joiner, Predictor, Transducer
+
+
+def build_encoder(cfg: EncoderConfig) -> nn.Module:
+    if cfg.type == "conformer":
+        return ConformerEncoder(cfg)
+    raise ValueError(f"unknown encoder type {cfg.type!r}")
+
+
+def build_model(cfg: ModelConfig) -> Transducer:
+    """Build the model a resolved :class:`ModelConfig` describes (``vocab_size`` must be set)."""
+    if cfg.vocab_size <= 0:
+        raise ValueError("model.vocab_size is 0: set it (training fills it from the BPE model)")
+    encoder = build_encoder(cfg.encoder)
+    predictor = Predictor(cfg.vocab_size, cfg.predictor.d_model, cfg.blank_id, cfg.predictor.context_size)
+    joiner = Joiner(encoder.output_dim, cfg.predictor.d_model, cfg.joiner_dim, cfg.vocab_size)
+    return Transducer(encoder, predictor, joiner, cfg.vocab_size, cfg.blank_id, ctc_head=cfg.ctc_head)
+
+
+#: Named sizes: (encoder overrides, predictor dim, joiner dim).
+PRESETS: dict[str, dict] = {
+    # the test model: 2 layers, d=64
+    "tiny": dict(encoder=dict(num_layers=2, d_model=64, num_heads=2, ffn_dim=128, conv_kernel=7), predictor=64, joiner=64),
+    # the default mini recipe model (~4M parameters at vocab 256)
+    "mini": dict(encoder=dict(num_layers=8, d_model=144, num_heads=4, ffn_dim=576, conv_kernel=15), predictor=256, joiner=256),
+    # a LibriSpeech starting point (~20M)
+    "small": dict(encoder=dict(num_layers=12, d_model=320, num_heads=8, ffn_dim=1280, conv_kernel=31), predictor=512, joiner=512),
+}
+
+
+def preset_config(name: str, vocab_size: int, base: ModelConfig | None = None) -> ModelConfig:
+    """A :class:`ModelConfig` for a named preset (``tiny``, ``mini``, ``small``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    p = PRESETS[name]
+    cfg = copy.deepcopy(base) if base is not None else ModelConfig()
+    cfg.vocab_size = vocab_size
+    cfg.encoder = EncoderConfig(**{**cfg.encoder.__dict__, **p["encoder"]})
+    cfg.predictor = PredictorConfig(d_model=p["predictor"], context_size=cfg.predictor.context_size)
+    cfg.joiner_dim = p["joiner"]
+    return cfg
+
+
+def conformer_rnnt_tiny(vocab_size: int) -> Transducer:
+    return build_model(preset_config("tiny", vocab_size))
+
+
+def conformer_rnnt_mini(vocab_size: int) -> Transducer:
+    return build_model(preset_config("mini", vocab_size))

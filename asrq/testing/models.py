@@ -1,0 +1,60 @@
+"""Shared test dummies: a tiny (randomly initialised) model checkpoint with a real
+SentencePiece model, so decode/export/transcribe tests need no training run."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+
+from asrq.config import ExperimentConfig
+from asrq.models import build_model, preset_config
+from asrq.train.checkpoint import model_payload, save_checkpoint
+
+SENTENCES = [
+    "IN THE BEGINNING GOD CREATED THE HEAVEN AND THE EARTH",
+    "AND THE EARTH WAS WITHOUT FORM AND VOID",
+    "AND DARKNESS WAS UPON THE FACE OF THE DEEP",
+    "AND THE SPIRIT OF GOD MOVED UPON THE FACE OF THE WATERS",
+    "AND GOD SAID LET THERE BE LIGHT AND THERE WAS LIGHT",
+    "AND GOD SAW THE LIGHT THAT IT WAS GOOD",
+    "AND GOD DIVIDED THE LIGHT FROM THE DARKNESS",
+    "AND THE EVENING AND THE MORNING WERE THE FIRST DAY",
+]
+
+
+def tiny_bpe_bytes(vocab_size: int = 48) -> bytes:
+    """A real SentencePiece model (``<blk>``=0, ``<sos/eos>``=1, ``<unk>``=2) trained in memory."""
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCES * 20),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        user_defined_symbols=["<blk>", "<sos/eos>"],
+        unk_id=2,
+        bos_id=-1,
+        eos_id=-1,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def tiny_config(vocab_size: int = 48, streaming_left: int = 16, chunk: int = 4) -> ExperimentConfig:
+    cfg = ExperimentConfig()
+    cfg.model = preset_config("tiny", vocab_size, cfg.model)
+    cfg.model.streaming.chunk_frames = chunk
+    cfg.model.streaming.left_frames = streaming_left
+    cfg.model.encoder.dropout = 0.0
+    return cfg
+
+
+def make_tiny_checkpoint(path: str | Path, vocab_size: int = 48, seed: int = 0) -> Path:
+    """Write a randomly initialised tiny Conformer RNN-T checkpoint at ``path``."""
+    torch.manual_seed(seed)
+    cfg = tiny_config(vocab_size)
+    model = build_model(cfg.model)
+    return save_checkpoint(path, model_payload(model, cfg, tiny_bpe_bytes(vocab_size), step=0))

@@ -1,0 +1,356 @@
+"""The RNN-T training loop: ScaledAdam + Eden, dynamic-chunk streaming training, pruned RNN-T
++ CTC losses, atomic checkpoints with exact resume, torchrun DDP, a WER curve over minutes.
+
+Exact resume: the data order is a function of (seed, epoch) (lhotse's sampler, fast-forwarded
+to the batch), SpecAugment and the chunk size are functions of (seed, step, rank), and the
+torch/python/numpy RNG states (dropout) travel in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from asrq.config import ExperimentConfig, LossConfig, StreamingConfig, dump_yaml, to_dict
+from asrq.models import build_model
+from asrq.models.conformer import count_parameters
+from asrq.models.transducer import pad_targets
+from asrq.train.augment import spec_augment
+from asrq.train.checkpoint import (
+    load_checkpoint,
+    model_payload,
+    rng_state,
+    save_checkpoint,
+    sentencepiece_from_bytes,
+    set_rng_state,
+)
+from asrq.train.distributed import DistInfo, all_ranks_agree, barrier, cleanup_distributed, setup_distributed
+from asrq.utils.io import AsrqError, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    train_seconds: float = 0.0
+    wer_curve: list[dict[str, float]] = field(default_factory=list)
+
+
+def sample_chunk(cfg: StreamingConfig, seed: int, step: int) -> tuple[int, int]:
+    """(chunk_size, left_chunks) for a step: streaming with prob ``dynamic_chunk_prob``
+    (chunk uniform in [1, max_train_chunk]), else full context (-1, -1). Same on every rank."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    if float(torch.rand(1, generator=g)) < cfg.dynamic_chunk_prob:
+        chunk = int(torch.randint(1, cfg.max_train_chunk + 1, (1,), generator=g))
+        left = cfg.left_chunk_choices[int(torch.randint(len(cfg.left_chunk_choices), (1,), generator=g))]
+        return chunk, left
+    return -1, -1
+
+
+def loss_scales(step: int, cfg: LossConfig) -> tuple[float, float]:
+    """icefall's warm-up: the simple loss dominates early, the pruned loss ramps up to 1."""
+    if cfg.rnnt_type == "full" or step >= cfg.warm_steps:
+        return cfg.simple_loss_scale, 1.0
+    frac = step / max(1, cfg.warm_steps)
+    return 1.0 - frac * (1.0 - cfg.simple_loss_scale), 0.1 + 0.9 * frac
+
+
+def combine_losses(losses: dict[str, torch.Tensor], step: int, cfg: LossConfig) -> torch.Tensor:
+    s, p = loss_scales(step, cfg)
+    rnnt = s * losses["simple"] + p * losses["pruned"] if cfg.rnnt_type == "pruned" else losses["pruned"]
+    return (1.0 - cfg.ctc_weight) * rnnt + cfg.ctc_weight * losses["ctc"]
+
+
+def latest_checkpoint(exp_dir: Path) -> Path | None:
+    ckpts = sorted((exp_dir / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def fast_forward(sampler: Any, epoch: int, num_batches: int) -> None:
+    """Position a lhotse sampler at ``num_batches`` into ``epoch`` (what its own
+    ``load_state_dict`` does; it then keeps this position on the next ``iter``)."""
+    sampler.set_epoch(epoch)
+    iter(sampler)
+    for _ in range(num_batches):
+        next(sampler)
+    sampler._just_restored_state = True  # lhotse's documented hook for restored samplers
+
+
+class Trainer:
+    """Runs training for an :class:`ExperimentConfig`; ``run()`` returns a summary dict."""
+
+    def __init__(self, cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True) -> None:
+        from asrq.data.bpe import Tokenizer
+
+        self.dist: DistInfo = setup_distributed()
+        self.cfg = cfg
+        self.progress = progress and self.dist.is_main
+        self.exp_dir = Path(cfg.train.exp_dir)
+        bpe_path = cfg.data.bpe_model
+        if not bpe_path.is_file():
+            raise AsrqError(f"{bpe_path}: BPE model not found (run `asrq data bpe` first)")
+        self.bpe_bytes = bpe_path.read_bytes()
+        self.tokenizer = Tokenizer(bpe_path)
+        if cfg.model.vocab_size not in (0, self.tokenizer.vocab_size):
+            raise AsrqError(
+                f"model.vocab_size={cfg.model.vocab_size} but {bpe_path} has {self.tokenizer.vocab_size} tokens"
+            )
+        cfg.model.vocab_size = self.tokenizer.vocab_size
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg.model)
+        from asrq.train.optim import build_optimizer
+
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.train.optim)
+        self.state = TrainState()
+        if resume:
+            self._resume(resume)
+        unused = cfg.model.ctc_head and cfg.train.loss.ctc_weight == 0
+        self.ddp = DDP(self.model, find_unused_parameters=unused) if self.dist.enabled else None
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _resume(self, resume: str | Path | bool) -> None:
+        path = latest_checkpoint(self.exp_dir) if resume is True else Path(resume)
+        if path is None:
+            raise AsrqError(f"{self.exp_dir / 'checkpoints'}: no checkpoint to resume from")
+        ckpt = load_checkpoint(path)
+        if ckpt.get("config", {}).get("model") != to_dict(self.cfg.model):
+            raise AsrqError(f"{path}: its model config differs from the current one; cannot resume")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.state = TrainState(**ckpt["train_state"])
+        set_rng_state(ckpt["rng"][self.dist.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+        log.info("resumed from %s at step %d", path, self.state.step)
+
+    def _gather_rng(self) -> Any:
+        state = rng_state()
+        if not self.dist.enabled:
+            return state
+        out: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(out, state)
+        return out
+
+    def save(self) -> Path | None:
+        rng = self._gather_rng()
+        if not self.dist.is_main:
+            return None
+        ckpt_dir = self.exp_dir / "checkpoints"
+        path = ckpt_dir / f"ckpt-{self.state.step}.pt"
+        save_checkpoint(
+            path,
+            {
+                "config": to_dict(self.cfg),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "train_state": asdict(self.state),
+                "rng": rng,
+                "bpe_model": self.bpe_bytes,
+                "step": self.state.step,
+                "epoch": self.state.epoch,
+                "train_seconds": self.state.train_seconds,
+            },
+        )
+        old = sorted(ckpt_dir.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+        for p in old[: max(0, len(old) - self.cfg.train.keep_last)]:
+            p.unlink(missing_ok=True)
+        return path
+
+    def save_final(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        return save_checkpoint(
+            self.exp_dir / "model.pt",
+            model_payload(
+                self.model,
+                self.cfg,
+                self.bpe_bytes,
+                step=self.state.step,
+                epoch=self.state.epoch,
+                train_seconds=self.state.train_seconds,
+                wer_curve=self.state.wer_curve,
+            ),
+        )
+
+    # ---- evaluation (the WER curve) ---------------------------------------------------------
+    def evaluate_dev(self) -> float | None:
+        """Greedy full-context WER on up to ``eval_max_utts`` dev utterances (rank 0)."""
+        wer = None
+        if self.dist.is_main:
+            from asrq.decode.evaluate import evaluate
+            from asrq.train.checkpoint import LoadedModel
+
+            cuts = Path(self.cfg.data.fbank_dir) / f"librispeech_cuts_{self.cfg.data.dev_split}.jsonl.gz"
+            if cuts.is_file():
+                self.model.eval()
+                loaded = LoadedModel(self.model, self.cfg, sentencepiece_from_bytes(self.bpe_bytes), self.bpe_bytes, {})
+                res = evaluate(loaded, cuts, method="greedy", streaming=False, max_utts=self.cfg.train.eval_max_utts, progress=False)
+                self.model.train()
+                wer = float(res.wer)
+                point = {"step": self.state.step, "train_minutes": round(self.state.train_seconds / 60, 3), "wer_dev": wer}
+                self.state.wer_curve.append(point)
+                self._log_json({"event": "eval", **point})
+        barrier(self.dist)
+        return wer
+
+    # ---- loop -------------------------------------------------------------------------------
+    def _log_json(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        line = json.dumps(record)
+        with open(self.exp_dir / "train_log.jsonl", "a") as f:
+            f.write(line + "\n")
+        tqdm.write(line)
+
+    def _make_loader(self):
+        from asrq.data.loader import make_train_loader
+
+        d = self.cfg.data
+        paths = [Path(d.fbank_dir) / f"librispeech_cuts_{s}.jsonl.gz" for s in d.train_splits]
+        loader = make_train_loader(
+            paths,
+            max_duration=d.max_duration,
+            num_buckets=d.num_buckets,
+            seed=self.cfg.train.seed,
+            world_size=self.dist.world_size,
+            rank=self.dist.rank,
+            num_workers=d.num_workers,
+            spec_augment=False,  # applied in-process, see asrq.train.augment
+        )
+        # worker seeds must not consume the global RNG (exact resume)
+        loader.generator = torch.Generator().manual_seed(self.cfg.train.seed)
+        return loader
+
+    def _done(self) -> bool:
+        t = self.cfg.train
+        stop = (t.max_steps > 0 and self.state.step >= t.max_steps) or (
+            t.max_minutes > 0 and self.state.train_seconds >= t.max_minutes * 60
+        )
+        return all_ranks_agree(stop, self.dist)
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        cfg, st = self.cfg, self.state
+        feats, lens = batch["features"], batch["feature_lens"]
+        if cfg.data.spec_augment:
+            gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + st.step * 31 + self.dist.rank)
+            feats = spec_augment(feats, lens, gen)
+        targets, target_lens = pad_targets(self.tokenizer.encode(batch["texts"]), pad=-1)
+        chunk, left = sample_chunk(cfg.model.streaming, cfg.train.seed, st.step)
+        module = self.ddp if self.ddp is not None else self.model
+        losses = module(feats, lens, targets, target_lens, cfg.train.loss, chunk, left)
+        frames = max(1.0, float(losses["frames"]))
+        loss = combine_losses(losses, st.step, cfg.train.loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss / frames).backward()
+        self.optimizer.step()
+        st.step += 1
+        self.scheduler.step_batch(st.step)
+        return {
+            "loss": float(loss) / frames,
+            "simple": float(losses["simple"]) / frames,
+            "pruned": float(losses["pruned"]) / frames,
+            "ctc": float(losses["ctc"]) / frames,
+            "utts": len(batch["texts"]),
+            "audio_s": float(lens.sum()) / 100.0,
+            "chunk": chunk,
+        }
+
+    def run(self) -> dict[str, Any]:
+        cfg, st = self.cfg, self.state
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            atomic_write_text(self.exp_dir / "config.yaml", dump_yaml(cfg))
+        params = count_parameters(self.model)
+        self._log_json({"event": "start", "params": params, "step": st.step, "world_size": self.dist.world_size})
+        loader = self._make_loader()
+        self.model.train()
+        eval_every = cfg.train.eval_every_minutes * 60
+        next_eval = (math.floor(st.train_seconds / eval_every) + 1) * eval_every if eval_every > 0 else math.inf
+        total = cfg.train.max_steps or None
+        bar = tqdm(total=total, initial=st.step, disable=not self.progress, desc="train", unit="step", dynamic_ncols=True)
+        acc: dict[str, float] = {}
+        stop = self._done()
+        while not stop and st.epoch < cfg.train.max_epochs:
+            if st.batch_in_epoch > 0:
+                fast_forward(loader.sampler, st.epoch, st.batch_in_epoch)
+            else:
+                loader.sampler.set_epoch(st.epoch)
+            t0 = time.perf_counter()
+            for batch in loader:
+                out = self.train_step(batch)
+                st.batch_in_epoch += 1
+                now = time.perf_counter()
+                st.train_seconds += now - t0
+                for k in ("loss", "simple", "pruned", "ctc", "utts", "audio_s"):
+                    acc[k] = acc.get(k, 0.0) + out[k]
+                acc["n"] = acc.get("n", 0) + 1
+                acc["sec"] = acc.get("sec", 0.0) + (now - t0)
+                if not math.isfinite(out["loss"]):
+                    log.warning("non-finite loss at step %d", st.step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}", utt_s=f"{acc['utts'] / acc['sec']:.1f}")
+                if st.step % cfg.train.log_every == 0:
+                    n = acc["n"]
+                    self._log_json(
+                        {
+                            "event": "train",
+                            "step": st.step,
+                            "epoch": st.epoch,
+                            "loss": round(acc["loss"] / n, 5),
+                            "simple": round(acc["simple"] / n, 5),
+                            "pruned": round(acc["pruned"] / n, 5),
+                            "ctc": round(acc["ctc"] / n, 5),
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "utts_per_s": round(acc["utts"] / acc["sec"], 2),
+                            "audio_s_per_s": round(acc["audio_s"] / acc["sec"] * self.dist.world_size, 1),
+                            "train_minutes": round(st.train_seconds / 60, 3),
+                        }
+                    )
+                    acc = {}
+                if cfg.train.save_every > 0 and st.step % cfg.train.save_every == 0:
+                    self.save()
+                if st.train_seconds >= next_eval:
+                    self.evaluate_dev()
+                    next_eval += eval_every
+                stop = self._done()
+                if stop:
+                    break
+                t0 = time.perf_counter()
+            else:
+                st.epoch += 1
+                st.batch_in_epoch = 0
+                self.scheduler.step_epoch(st.epoch)
+        bar.close()
+        if eval_every < math.inf and (not st.wer_curve or st.wer_curve[-1]["step"] != st.step):
+            self.evaluate_dev()
+        self.save()
+        final = self.save_final()
+        summary = {
+            "params": params,
+            "steps": st.step,
+            "epochs_completed": st.epoch,
+            "train_minutes": round(st.train_seconds / 60, 3),
+            "wer_curve": st.wer_curve,
+            "model": str(final) if final else None,
+        }
+        if self.dist.is_main:
+            atomic_write_json(self.exp_dir / "train_summary.json", summary)
+        cleanup_distributed(self.dist)
+        return summary
+
+
+def train(cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train the model ``cfg`` describes; returns the summary (also in ``exp_dir/train_summary.json``)."""
+    return Trainer(cfg, resume=resume, progress=progress).run()

@@ -169,7 +169,9 @@ def test_pruned_loss_is_an_upper_bound_of_full_loss(s_range):
     ranges = get_rnnt_prune_ranges(px_grad, py_grad, boundary, s_range=s_range)
     am_p, lm_p = do_rnnt_pruning(am, lm, ranges)
     pruned = rnnt_loss_pruned(joiner(am_p, lm_p), symbols, ranges, BLANK, boundary, "none")
-    full = rnnt_loss_full(joiner(am.unsqueeze(2), lm.unsqueeze(1)), symbols, BLANK, boundary, "none")
+    full = rnnt_loss_full(
+        joiner(am.unsqueeze(2), lm.unsqueeze(1)), symbols, BLANK, boundary, "none"
+    )
     assert torch.isfinite(pruned).all()
     assert (pruned >= full - 1e-4).all()  # fewer paths, never a smaller loss
     # sequences with no symbols, or with all positions inside the window, lose nothing
@@ -279,7 +281,9 @@ def test_empty_symbol_sequences():
     assert ranges.shape == (B, T, 1) and (ranges == 0).all()
     am_p, lm_p = do_rnnt_pruning(am, lm, ranges)
     pruned = rnnt_loss_pruned(am_p + lm_p, symbols, ranges, BLANK, bd, "none")
-    ref = torchaudio_rnnt_loss(am.unsqueeze(2) + lm.unsqueeze(1), symbols, t_lens, s_lens, BLANK, "none")
+    ref = torchaudio_rnnt_loss(
+        am.unsqueeze(2) + lm.unsqueeze(1), symbols, t_lens, s_lens, BLANK, "none"
+    )
     torch.testing.assert_close(simple, ref, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(pruned, ref, atol=1e-4, rtol=1e-5)
     (pruned.sum() + simple.sum()).backward()
@@ -292,7 +296,9 @@ def test_long_sequences_large_logits_have_finite_grads():
     lm = torch.randn(B, S + 1, C, generator=g).mul(20).requires_grad_()
     am = torch.randn(B, T, C, generator=g).mul(20).requires_grad_()
     bd = rnnt_boundary(s_lens, t_lens)
-    loss, (px_grad, py_grad) = rnnt_loss_smoothed(lm, am, symbols, BLANK, boundary=bd, return_grad=True)
+    loss, (px_grad, py_grad) = rnnt_loss_smoothed(
+        lm, am, symbols, BLANK, boundary=bd, return_grad=True
+    )
     assert torch.isfinite(loss)
     loss.backward()
     assert torch.isfinite(am.grad).all() and torch.isfinite(lm.grad).all()

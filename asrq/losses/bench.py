@@ -20,7 +20,9 @@ RSS read; the peak is ``VmHWM`` after one forward+backward minus that baseline. 
 iteration (``peak_mb_first``) includes one-time allocations (thread pools, MKL buffers); the
 mark is reset again before the timed iterations (``peak_mb``). Where ``clear_refs`` cannot be
 written, ``ru_maxrss`` minus the baseline is used and ``memory_method`` says so. Time is the
-median wall time of ``reps`` forward+backward iterations after one warm-up.
+median wall time of ``reps`` forward+backward iterations after one warm-up; ``cpu_ms_median``
+is the process CPU time of the same iterations (all threads), a steadier number on a shared
+machine (the load average at start is recorded too).
 """
 
 from __future__ import annotations
@@ -162,12 +164,13 @@ def _worker(variant: str, cfg: dict[str, Any]) -> dict[str, Any]:
     step = _build(variant, cfg)
     with _PeakMeter() as first:
         step()
-    times = []
+    times, cpu = [], []
     with _PeakMeter() as steady:
         for _ in range(cfg["reps"]):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
             times.append((time.perf_counter() - t0) * 1000.0)
+            cpu.append((time.process_time() - c0) * 1000.0)
     return {
         "variant": variant,
         "peak_mb": round(steady.peak_mb, 1),
@@ -175,6 +178,7 @@ def _worker(variant: str, cfg: dict[str, Any]) -> dict[str, Any]:
         "ms_median": round(statistics.median(times), 1),
         "ms_min": round(min(times), 1),
         "ms_all": [round(t, 1) for t in times],
+        "cpu_ms_median": round(statistics.median(cpu), 1),
         "memory_method": steady.method,
         "threads": torch.get_num_threads(),
     }
@@ -184,7 +188,9 @@ def _host_info() -> dict[str, Any]:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
+            )
     except OSError:
         pass
     import torchaudio
@@ -268,12 +274,13 @@ def format_table(report: dict[str, Any]) -> str:
         f"prune_range={c['prune_range']}; recursion B,T,S={tuple(c['recursion_shape'])}; "
         f"load avg at start {report['host']['load_avg_at_start'][0]:.2f} "
         f"on {report['host']['cpu_count']} CPUs",
-        f"{'variant':<16}{'peak MB':>10}{'first MB':>10}{'ms (median)':>13}{'ms (min)':>10}",
+        f"{'variant':<16}{'peak MB':>10}{'first MB':>10}{'ms (median)':>13}{'ms (min)':>10}"
+        f"{'CPU ms':>10}",
     ]
     for r in report["results"]:
         rows.append(
             f"{r['variant']:<16}{r['peak_mb']:>10.1f}{r['peak_mb_first']:>10.1f}"
-            f"{r['ms_median']:>13.1f}{r['ms_min']:>10.1f}"
+            f"{r['ms_median']:>13.1f}{r['ms_min']:>10.1f}{r['cpu_ms_median']:>10.1f}"
         )
     return "\n".join(rows)
 

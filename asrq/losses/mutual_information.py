@@ -13,11 +13,12 @@ with out-of-range terms treated as ``-inf``; ``boundary[b] = [s_begin, t_begin, 
 symbol and ``py`` those of the termination (blank / next-frame) symbol.
 
 k2 runs this as a C++/CUDA kernel. Here the node grid is skewed so that each anti-diagonal
-``d = s + t`` is one row; the forward (alpha) and backward (beta) passes are Python loops of
-``S + T`` steps, each one vectorized ``logaddexp`` over ``(B, S+1)``. Like k2, the gradient is
-not taken through the loop by autograd: it is the occupation probability of each arc,
-``exp(alpha + arc + beta - score)``, computed once from alpha and beta, and the autograd
-backward just scales it by the incoming gradient. ``-inf`` arcs get exactly zero gradient,
+``d = s + t`` is one contiguous row; the forward (alpha) and backward (beta) recursions run
+together in one Python loop of ``S + T`` steps (beta on reversed diagonals with a reversed
+``s`` axis reads its neighbours exactly like alpha), each step three vectorized ops over
+``(2, S+1, B)``. Like k2, the gradient is not taken through the loop by autograd: it is the
+occupation probability of each arc, ``exp(alpha + arc + beta - score)``, computed once from
+alpha and beta, and the autograd backward just scales it by the incoming gradient. ``-inf`` arcs get exactly zero gradient,
 and a sequence with no valid path (score ``-inf``) gets zero gradients instead of NaN.
 """
 
@@ -44,66 +45,71 @@ def _check_boundary(boundary: Tensor, B: int, S: int, T: int) -> None:
         )
 
 
-def _skew(x: Tensor, D: int) -> Tensor:
-    """Rearrange ``x`` of shape ``(B, R, L)`` (node ``(s, t)`` at ``x[:, s, t]``) into the
-    diagonal-major layout ``(D, B, R)`` with ``out[s + t, :, s] = x[:, s, t]``; cells that are
-    not nodes of ``x`` hold ``-inf``."""
-    B, R, L = x.shape
-    padded = torch.cat([x, x.new_full((B, R, 1), float("-inf"))], dim=2)  # (B, R, L+1)
-    s = torch.arange(R, device=x.device).unsqueeze(1)
-    d = torch.arange(D, device=x.device).unsqueeze(0)
-    t = d - s  # (R, D)
-    t = torch.where((t >= 0) & (t < L), t, L)
-    out = torch.gather(padded, 2, t.unsqueeze(0).expand(B, R, D))  # (B, R, D)
-    return out.permute(2, 0, 1).contiguous()
+def _arc_index(S: int, T: int, two_pass: bool, device: torch.device) -> Tensor:
+    """Rows of the ``(M, B)`` arc table (``px`` flattened, then ``py``, then one ``-inf``) that
+    feed each loop step: ``(2, D-1, P, S+1)``, ``[0]`` the arc from cell ``j-1``, ``[1]`` the
+    arc from cell ``j`` of the previous step. Pass 0 is alpha on diagonal ``k`` (cell ``j`` is
+    ``s = j``); pass 1 is beta on diagonal ``D-1-k`` with ``s = S - j``."""
+    D = S + T + 1
+    off_y, pad = S * (T + 1), S * (T + 1) + (S + 1) * T
+    k = torch.arange(1, D, device=device).unsqueeze(1)  # (D-1, 1)
+    j = torch.arange(S + 1, device=device).unsqueeze(0)  # (1, S+1)
+
+    def px_row(s: Tensor, t: Tensor) -> Tensor:
+        ok = (s >= 0) & (s < S) & (t >= 0) & (t <= T)
+        return torch.where(ok, s * (T + 1) + t, pad)
+
+    def py_row(s: Tensor, t: Tensor) -> Tensor:
+        ok = (t >= 0) & (t < T)
+        return torch.where(ok, off_y + s * T + t, pad)
+
+    # alpha(j, k) = logaddexp(alpha(j-1, k-1) + px[j-1, k-j], alpha(j, k-1) + py[j, k-1-j])
+    x_rows = [px_row(j - 1, k - j)]
+    y_rows = [py_row(j, k - 1 - j)]
+    if two_pass:
+        # beta(s, d) = logaddexp(px[s, d-s] + beta(s+1, d+1), py[s, d-s] + beta(s, d+1))
+        s, d = S - j, D - 1 - k
+        x_rows.append(px_row(s, d - s))
+        y_rows.append(py_row(s, d - s))
+    return torch.stack([torch.stack(x_rows, 1), torch.stack(y_rows, 1)])
 
 
-def _unskew(g: Tensor, R: int, L: int) -> Tensor:
-    """Inverse of :func:`_skew` for the first ``R`` rows: ``(D, B, >=R)`` -> ``(B, R, L)``."""
-    D, B, _ = g.shape
-    g = g[:, :, :R].permute(1, 2, 0)  # (B, R, D)
-    idx = torch.arange(R, device=g.device).unsqueeze(1) + torch.arange(L, device=g.device)
-    return torch.gather(g, 2, idx.unsqueeze(0).expand(B, R, L))
+def _run_passes(xy: Tensor, B: int, inject: Tensor, inject_step: list[int]) -> Tensor:
+    """The loop. ``xy``: ``(2, K-1, N)`` arc scores per step, ``N = P * W * B`` with the batch
+    innermost, ``xy[0]`` from cell ``j-1`` (so ``j = 0`` must be ``-inf``), ``xy[1]`` from cell
+    ``j``. ``inject``: flat positions set to 0 (path starts), ``inject_step`` their steps.
+    Returns ``(K, N + B)`` log-scores; the first ``B`` columns are a pad.
 
-
-def _injections(step: Tensor, col: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
-    """Group one cell per sequence by loop step: ``{step: (batch indices, cell columns)}``."""
-    out: dict[int, tuple[Tensor, Tensor]] = {}
-    steps = step.tolist()
-    for k in sorted(set(steps)):
-        bs = torch.tensor([b for b, v in enumerate(steps) if v == k], device=step.device)
-        out[k] = (bs, col[bs])
-    return out
-
-
-def _run_passes(xx: Tensor, yy: Tensor, inject: list[dict[int, tuple[Tensor, Tensor]]]) -> Tensor:
-    """Run ``P`` independent anti-diagonal recursions in one loop (P = 1: alpha; P = 2: alpha
-    and beta, the latter on reversed diagonals and a reversed s axis so that both read the
-    same neighbours). ``xx``, ``yy``: ``(K-1, P, B, W)`` scores of the arcs into cell ``j`` at
-    step ``k`` from cell ``j-1`` (``xx``) and from cell ``j`` (``yy``) of step ``k-1``.
-    ``inject[p]``: cells set to 0 (path starts) per step. Returns ``(K, P, B, W+1)``
-    log-scores; column 0 is a ``-inf`` pad and column ``j+1`` holds cell ``j``."""
-    Km1, P, B, W = xx.shape
-    buf = xx.new_full((Km1 + 1, P, B, W + 1), float("-inf"))
-    lo = buf[:, :, :, :-1].unbind(0)  # cell j-1 (column j)
-    hi = buf[:, :, :, 1:].unbind(0)  # cell j (column j+1)
-    xl, yl = xx.unbind(0), yy.unbind(0)
-    t1 = xx.new_empty(P, B, W)
-    t2 = xx.new_empty(P, B, W)
-
-    def _inject(k: int) -> None:
-        for p, table in enumerate(inject):
-            cells = table.get(k)
-            if cells is not None:
-                buf[k, p, cells[0], cells[1] + 1] = 0.0
-
-    _inject(0)
+    Each step is one contiguous row, cell ``j-1`` is the same row shifted by ``B`` elements
+    (for ``j = 0`` that is the previous pass's last cell or the pad, harmless because its arc
+    is ``-inf``), so one step is three vectorized ops.
+    """
+    _, Km1, N = xy.shape
+    buf = xy.new_full((Km1 + 1, N + B), float("-inf"))
+    lo = buf[:, :-B].unbind(0)  # cell j-1
+    hi = buf[:, B:].unbind(0)  # cell j
+    xl, yl = xy[0].unbind(0), xy[1].unbind(0)
+    t1 = xy.new_empty(N)
+    t2 = xy.new_empty(N)
+    steps: dict[int, Tensor] = {}
+    for k in sorted(set(inject_step)):
+        steps[k] = inject[[i for i, v in enumerate(inject_step) if v == k]]
+    if 0 in steps:
+        buf[0, steps[0]] = 0.0
     for k in range(1, Km1 + 1):
         torch.add(lo[k - 1], xl[k - 1], out=t1)
         torch.add(hi[k - 1], yl[k - 1], out=t2)
         torch.logaddexp(t1, t2, out=hi[k])
-        _inject(k)
+        if k in steps:
+            buf[k, steps[k]] = 0.0
     return buf
+
+
+def _exp_flush(v: Tensor, floor: float = -80.0) -> Tensor:
+    """``exp(v)`` with results below ``exp(floor)`` (~2e-35) set to 0, in place on ``v``.
+    Many cells are far below that; letting exp produce denormals made it ~100x slower."""
+    small = v < floor
+    return v.clamp_(min=floor).exp_().masked_fill_(small, 0.0)
 
 
 def _mi_forward(
@@ -112,7 +118,9 @@ def _mi_forward(
     """Scores ``(B,)`` and, if ``want_grad``, occupation grads shaped like ``px`` and ``py``."""
     B, S, T1 = px.shape
     T = T1 - 1
-    D = S + T + 1  # number of anti-diagonals d = s + t
+    D = S + T + 1  # anti-diagonals d = s + t, one loop step each
+    W = S + 1  # cells per diagonal (s = 0..S; cells off the grid stay -inf)
+    P = 2 if want_grad else 1
     dev = px.device
     if boundary is None:
         s_begin = torch.zeros(B, dtype=torch.int64, device=dev)
@@ -122,47 +130,45 @@ def _mi_forward(
     else:
         s_begin, t_begin, s_end, t_end = boundary.to(dev).unbind(1)
 
-    # px gets a row S of -inf so that both px and py live on the (S+1)-wide node grid.
-    px_full = torch.cat([px, px.new_full((B, 1, T1), float("-inf"))], dim=1)  # (B, S+1, T+1)
-    xs = _skew(px_full, D)  # (D, B, S+1): xs[d, :, s] = px[:, s, d-s], arc out of (s, d-s)
-    ys = _skew(py, D)  # (D, B, S+1): ys[d, :, s] = py[:, s, d-s]
-    # Alpha at (s, d-s) reads the arc from (s-1, d-s): px[:, s-1, d-s] = xs[d-1, :, s-1].
-    xsh = torch.cat([xs.new_full((D, B, 1), float("-inf")), xs[:, :, :-1]], dim=2)
-    alpha_x, alpha_y = xsh[:-1], ys[:-1]
-    alpha_in = [_injections(s_begin + t_begin, s_begin)]
-    if want_grad:
-        # Beta runs from the last diagonal down; with the s axis reversed (s' = S - s) it reads
-        # cells s'-1 and s' of the previous step, exactly like alpha, so both share one loop.
-        xx = torch.stack([alpha_x, xs[:-1].flip(0, 2)], dim=1)  # (D-1, 2, B, S+1)
-        yy = torch.stack([alpha_y, ys[:-1].flip(0, 2)], dim=1)
-        inject = alpha_in + [_injections(D - 1 - (s_end + t_end), S - s_end)]
-    else:
-        xx, yy, inject = alpha_x.unsqueeze(1), alpha_y.unsqueeze(1), alpha_in
-    buf = _run_passes(xx, yy, inject)  # (D, P, B, S+2)
+    # (M, B) table of every arc score plus one -inf row; one index_select lays it out per step.
+    table = torch.cat(
+        [px.reshape(B, -1).T, py.reshape(B, -1).T, px.new_full((1, B), float("-inf"))]
+    )
+    rows = _arc_index(S, T, want_grad, dev).reshape(-1)
+    xy = table.index_select(0, rows).view(2, D - 1, P * W * B)
 
-    alpha = buf[:, 0, :, 1:]  # (D, B, S+1), alpha[d, :, s] = p[:, s, d-s]
+    # Path starts: alpha at (s_begin, t_begin); beta at (s_end, t_end) (its cell j = S - s).
     bidx = torch.arange(B, device=dev)
-    scores = alpha[s_end + t_end, bidx, s_end]
+    inject = [B + s_begin * B + bidx]
+    inject_step = (s_begin + t_begin).tolist()
+    if want_grad:
+        inject.append(B + (W + S - s_end) * B + bidx)
+        inject_step += (D - 1 - (s_end + t_end)).tolist()
+    buf = _run_passes(xy, B, torch.cat(inject), inject_step)  # (D, (P*W + 1) * B)
+
+    cells = buf.view(D * (P * W + 1), B)  # row k * (P*W + 1) + 1 + p * W + j
+    scores = cells[(s_end + t_end) * (P * W + 1) + 1 + s_end, bidx]
     if not want_grad:
         return scores, None, None
 
-    # beta[d, :, s]: log-sum of the paths from (s, d-s) to the end; one extra -inf diagonal
-    # (d = D) and column (s = S+1) so that the successors of every cell exist.
-    beta = px.new_full((D + 1, B, S + 2), float("-inf"))
-    beta[:D, :, : S + 1] = buf[:, 1, :, 1:].flip(0, 2)
-    # Where no path exists (score -inf) every alpha+beta is -inf: subtract 0 to get zeros.
-    norm = torch.where(torch.isfinite(scores), scores, torch.zeros_like(scores)).view(1, B, 1)
-    a = alpha - norm
-    gx = torch.exp(a + xs + beta[1:, :, 1:])  # arc (s, t) -> (s+1, t)
-    gy = torch.exp(a + ys + beta[1:, :, :-1])  # arc (s, t) -> (s, t+1)
-    return scores, _unskew(gx, S, T1), _unskew(gy, S + 1, T)
+    # alpha and beta on the natural (s, t) grid, batch last: (2, S+1, T+1, B).
+    s = torch.arange(W, device=dev).unsqueeze(1)
+    t = torch.arange(T1, device=dev).unsqueeze(0)
+    a_rows = (s + t) * (P * W + 1) + 1 + s
+    b_rows = (D - 1 - (s + t)) * (P * W + 1) + 1 + W + (S - s)
+    nat = cells.index_select(0, torch.stack([a_rows, b_rows]).reshape(-1)).view(2, W, T1, B)
+    # Where no path exists (score -inf) every alpha + beta is -inf: subtract 0 to get zeros.
+    alpha = nat[0] - torch.where(torch.isfinite(scores), scores, torch.zeros_like(scores))
+    beta = nat[1]
+    px_grad = _exp_flush(alpha[:S] + px.permute(1, 2, 0) + beta[1:])  # arc (s,t)->(s+1,t)
+    py_grad = _exp_flush(alpha[:, :T] + py.permute(1, 2, 0) + beta[:, 1:])  # (s,t)->(s,t+1)
+    return scores, px_grad.permute(2, 0, 1).contiguous(), py_grad.permute(2, 0, 1).contiguous()
 
 
 class _MutualInformation(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, px: Tensor, py: Tensor, boundary: Tensor | None, return_grad: bool):
-        want = return_grad or px.requires_grad or py.requires_grad
-        scores, px_grad, py_grad = _mi_forward(px.detach(), py.detach(), boundary, want)
+    def forward(ctx, px: Tensor, py: Tensor, boundary: Tensor | None, want_grad: bool):
+        scores, px_grad, py_grad = _mi_forward(px.detach(), py.detach(), boundary, want_grad)
         ctx.save_for_backward(px_grad, py_grad)
         ctx.set_materialize_grads(False)
         if px_grad is not None:
@@ -191,7 +197,8 @@ def mutual_information_recursion(
         py: ``(B, S+1, T)`` log-scores of the arcs ``(s, t) -> (s, t+1)``, same dtype as px.
         boundary: optional int64 ``(B, 4)`` rows ``[s_begin, t_begin, s_end, t_end]`` with
             ``0 <= s_begin <= s_end <= S`` and ``0 <= t_begin <= t_end <= T``; default
-            ``[0, 0, S, T]``. Entries of px/py outside a sequence's box are ignored.
+            ``[0, 0, S, T]``. Entries of px/py outside a sequence's box do not affect its
+            score or gradients, but no entry may be NaN or ``+inf`` (padding included).
         return_grad: also return ``(px_grad, py_grad)``, the gradient of ``scores.sum()``
             w.r.t. px and py, i.e. the occupation probability of every arc (what
             :func:`asrq.losses.rnnt.get_rnnt_prune_ranges` consumes). Not differentiable.
@@ -206,12 +213,15 @@ def mutual_information_recursion(
     B, S, T1 = px.shape
     T = T1 - 1
     if T < 0 or tuple(py.shape) != (B, S + 1, T):
-        raise ValueError(f"px {tuple(px.shape)} needs py of shape ({B}, {S + 1}, {T}), got {tuple(py.shape)}")
+        raise ValueError(
+            f"px {tuple(px.shape)} needs py of shape ({B}, {S + 1}, {T}), got {tuple(py.shape)}"
+        )
     if px.dtype != py.dtype or not px.is_floating_point():
         raise ValueError(f"px and py must share a floating dtype, got {px.dtype} and {py.dtype}")
     if boundary is not None:
         _check_boundary(boundary, B, S, T)
-    scores, px_grad, py_grad = _MutualInformation.apply(px, py, boundary, return_grad)
+    needs_grad = torch.is_grad_enabled() and (px.requires_grad or py.requires_grad)
+    scores, px_grad, py_grad = _MutualInformation.apply(px, py, boundary, return_grad or needs_grad)
     if return_grad:
         return scores, (px_grad, py_grad)
     return scores

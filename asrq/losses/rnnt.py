@@ -113,7 +113,9 @@ def _lm_am_normalizers(lm: Tensor, am: Tensor) -> tuple[Tensor, Tensor, Tensor, 
 
 def _check_lm_am(lm: Tensor, am: Tensor, symbols: Tensor) -> tuple[int, int, int, int]:
     if lm.ndim != 3 or am.ndim != 3 or lm.shape[0] != am.shape[0] or lm.shape[2] != am.shape[2]:
-        raise ValueError(f"need lm (B, S+1, C) and am (B, T, C), got {tuple(lm.shape)} and {tuple(am.shape)}")
+        raise ValueError(
+            f"need lm (B, S+1, C) and am (B, T, C), got {tuple(lm.shape)} and {tuple(am.shape)}"
+        )
     B, T, C = am.shape
     S = lm.shape[1] - 1
     _check_symbols(symbols, B, S)
@@ -165,7 +167,7 @@ def get_rnnt_logprobs_smoothed(
     tiny = torch.finfo(lm_probs.dtype).tiny
     lm_only_norm = lm_probs.sum(dim=2, keepdim=True)  # (B, S+1, 1), linear scale
     unigram = (lm_probs / lm_only_norm).mean(dim=(0, 1)) + tiny  # (C,)
-    am_only_norm = (torch.mv(am_probs.reshape(-1, C), unigram).reshape(B, T, 1).log() + am_max)
+    am_only_norm = torch.mv(am_probs.reshape(-1, C), unigram).reshape(B, T, 1).log() + am_max
     am_only_norm = am_only_norm.transpose(1, 2)  # (B, 1, T)
     log_unigram = unigram.log()
     lm_only_norm = lm_only_norm.log() + lm_max  # (B, S+1, 1)
@@ -318,7 +320,9 @@ def get_rnnt_prune_ranges(
         raise ValueError(f"boundary must be a ({B}, 4) int64 tensor")
     s_range = min(s_range, S + 1)
     if s_range < 2 and S > 0:
-        raise ValueError(f"s_range must be >= 2 for regular RNN-T (no path survives), got {s_range}")
+        raise ValueError(
+            f"s_range must be >= 2 for regular RNN-T (no path survives), got {s_range}"
+        )
 
     n_start = S + 2 - s_range  # candidate window starts 0 .. S + 1 - s_range
     blank_mass = py_grad.unfold(1, s_range, 1).sum(dim=3)  # (B, n_start, T)
@@ -383,9 +387,11 @@ def get_rnnt_logprobs_pruned(
     blank = symbols.new_full((B, 1), termination_symbol)
     # The symbol emitted at each kept position; position S (no symbol left) gets the blank,
     # whose px entry is dropped below.
-    kept_symbols = torch.cat([symbols, blank], dim=1).gather(
-        1, ranges.reshape(B, T * s_range)
-    ).reshape(B, T, s_range, 1)
+    kept_symbols = (
+        torch.cat([symbols, blank], dim=1)
+        .gather(1, ranges.reshape(B, T * s_range))
+        .reshape(B, T, s_range, 1)
+    )
     px_kept = logits.gather(3, kept_symbols).squeeze(3) - normalizers
     py_kept = logits[:, :, :, termination_symbol] - normalizers
     full = logits.new_full((B, T, S + 1), _NEG_INF)

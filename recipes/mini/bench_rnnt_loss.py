@@ -15,7 +15,9 @@ from asrq.losses.bench import VARIANTS, run
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="exp/bench/rnnt_loss_memory.json")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--frames", type=int, default=250, help="encoder frames (250 = 10 s at 40 ms)")

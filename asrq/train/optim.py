@@ -140,11 +140,11 @@ class ScaledAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group, names in zip(self.param_groups, self.parameters_names, strict=True):
-            live = [(p, n) for p, n in zip(group["params"], names, strict=True) if p.grad is not None]
+        for group in self.param_groups:
+            live = [p for p in group["params"] if p.grad is not None]
             if not live:
                 continue
-            for p, _ in live:
+            for p in live:
                 if p.grad.is_sparse:
                     raise RuntimeError("ScaledAdam does not support sparse gradients")
                 if "step" not in self.state[p]:
@@ -154,7 +154,7 @@ class ScaledAdam(torch.optim.Optimizer):
             factor = self._clipping_factor(group, self.state[group["params"][0]], live)
             if factor is None:
                 continue
-            for p, _ in live:
+            for p in live:
                 grad = p.grad if factor == 1.0 else p.grad * factor
                 self._update(group, p, grad, self.state[p])
         return loss
@@ -165,31 +165,41 @@ class ScaledAdam(torch.optim.Optimizer):
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if p.numel() > 1:
             state["param_rms"] = _rms(p)
-            state["scale_grads"] = torch.zeros(group["size_update_period"], dtype=p.dtype, device=p.device)
+            # sum(p * g) of the last size_update_period steps, as 0-dim tensors (a list, so that
+            # storing one costs no tensor indexing)
+            state["scale_grads"] = [p.new_zeros(()) for _ in range(group["size_update_period"])]
             state["scale_exp_avg_sq"] = 0.0
 
-    def _clipping_factor(self, group: dict, gstate: dict, live: list[tuple[Tensor, str]]) -> float | None:
+    def _name(self, group: dict, p: Tensor) -> str:
+        index = next(i for i, q in enumerate(group["params"]) if q is p)
+        names = group.get("param_names")
+        return names[index] if names else f"param{index}"
+
+    def _clipping_factor(self, group: dict, gstate: dict, live: list[Tensor]) -> float | None:
         """Factor (<= 1) to scale this step's gradients by, or None to skip the step."""
         scalar_lr_scale = group["scalar_lr_scale"]
         weights = [
             scalar_lr_scale if p.numel() == 1 else max(self.state[p]["param_rms"], group["param_min_rms"])
-            for p, _ in live
+            for p in live
         ]
         # Per-tensor contribution (rms(p) * |g|)^2, summed in float64 on the host.
-        norms = torch.stack(torch._foreach_norm([p.grad for p, _ in live])).double().cpu()
+        norms = torch.stack(torch._foreach_norm([p.grad for p in live])).double().cpu()
         sumsq = (norms * torch.tensor(weights, dtype=torch.float64)) ** 2
         tot_norm = sumsq.sum().sqrt().item()
 
         if not math.isfinite(tot_norm):
             bad = gstate.get("clip_nonfinite_in_a_row", 0) + 1
             gstate["clip_nonfinite_in_a_row"] = bad
-            nonfinite = [n for (p, n), s in zip(live, sumsq.tolist(), strict=True) if not math.isfinite(s)]
+            sums = sumsq.tolist()
+            nonfinite = [self._name(group, p) for p, s in zip(live, sums, strict=True) if not math.isfinite(s)]
             log.warning(
                 "ScaledAdam: non-finite gradient (norm=%s) in %s; skipping this step (%d in a row)",
                 tot_norm, ", ".join(nonfinite[:5]), bad,
             )
             if bad >= self.MAX_CONSECUTIVE_NONFINITE:
-                raise RuntimeError(f"ScaledAdam: {bad} consecutive steps had non-finite gradients; training diverged")
+                raise RuntimeError(
+                    f"ScaledAdam: {bad} consecutive steps had non-finite gradients; training diverged"
+                )
             return None
         gstate["clip_nonfinite_in_a_row"] = 0
 
@@ -217,7 +227,8 @@ class ScaledAdam(torch.optim.Optimizer):
             level = logging.WARNING if frac_clipped > self.CLIPPED_WARN_FRACTION else logging.INFO
             log.log(
                 level,
-                "ScaledAdam clipping_scale=%g, grad-norm quartiles %s, threshold=%.3e, percent-clipped=%.1f",
+                "ScaledAdam clipping_scale=%g, grad-norm quartiles %s, threshold=%.3e, "
+                "percent-clipped=%.1f",
                 clipping_scale, " ".join(f"{q:.3e}" for q in quartiles), threshold, 100 * frac_clipped,
             )
         if "clip_threshold" not in gstate:
@@ -230,7 +241,7 @@ class ScaledAdam(torch.optim.Optimizer):
             log.warning(
                 "ScaledAdam: scaling gradients by %.3g (norm %.3e, threshold %.3e); "
                 "dominant parameter %s with %.0f%% of the squared norm",
-                factor, tot_norm, gstate["clip_threshold"], live[top][1],
+                factor, tot_norm, gstate["clip_threshold"], self._name(group, live[top]),
                 100 * sumsq[top].item() / max(sumsq.sum().item(), 1e-40),
             )
         return factor
@@ -266,14 +277,15 @@ class ScaledAdam(torch.optim.Optimizer):
         """Adam step on the log-scale of ``p`` from the last ``size_update_period`` gradients
         ``sum(p * g)``; adds ``(1 - beta1) * scale_step * p`` to ``delta``."""
         beta1, beta2 = group["betas"]
-        scale_grads = state["scale_grads"].double().tolist()
+        scale_grads = torch.stack(state["scale_grads"]).double().tolist()
         period = len(scale_grads)
         beta2_corr = beta2**period  # one size update per `period` steps: faster decay
         mean_sq = sum(g * g for g in scale_grads) / period
-        state["scale_exp_avg_sq"] = beta2_corr * state["scale_exp_avg_sq"] + (1 - beta2_corr) * mean_sq
+        avg = beta2_corr * state["scale_exp_avg_sq"] + (1 - beta2_corr) * mean_sq
+        state["scale_exp_avg_sq"] = avg
         size_step = (state["step"] + 1) // period
         bias_correction2 = 1 - beta2_corr**size_step
-        denom = math.sqrt(state["scale_exp_avg_sq"]) + group["eps"]
+        denom = math.sqrt(avg) + group["eps"]
         size_lr = group["lr"] * group["scalar_lr_scale"]
         scale_step = -size_lr * math.sqrt(bias_correction2) * sum(scale_grads) / denom
         rms = state["param_rms"]
@@ -400,7 +412,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> tuple[torch.optim.Opt
             [p for _, p in named], lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay
         )
     else:
-        raise AsrqError(f"invalid config: train.optim.name must be scaled_adam or adamw, got {cfg.name!r}")
+        raise AsrqError(
+            f"invalid config: train.optim.name must be scaled_adam or adamw, got {cfg.name!r}"
+        )
     scheduler = Eden(
         optimizer,
         lr_batches=cfg.lr_batches,

@@ -80,7 +80,10 @@ def test_plan_for_defaults_keeps_rules():
     cfg = SynthConfig()
     speakers, utts = plan_corpus(cfg)
     assert len(speakers) == 48 + 4 + 6 and len(utts) == 48 * 60 + 10 * 20
-    texts = {s: {u.text for u in utts if u.speaker.split == s} for s in (TRAIN_SPLIT, DEV_SPLIT, TEST_SPLIT)}
+    texts = {
+        s: {u.text for u in utts if u.speaker.split == s}
+        for s in (TRAIN_SPLIT, DEV_SPLIT, TEST_SPLIT)
+    }
     assert len(texts[TRAIN_SPLIT]) == 48 * 60  # no sentence repeated in train
     assert not (texts[TRAIN_SPLIT] & (texts[DEV_SPLIT] | texts[TEST_SPLIT]))
     assert all(cfg.min_words <= len(u.text.split()) <= cfg.max_words for u in utts)
@@ -103,15 +106,25 @@ def test_deterministic_bytes_via_cli(tiny_data, tmp_path):
     assert res.exit_code == 0, res.output
     assert "train-clean-100" in res.output and "total" in res.output
     a, b = tiny_data.corpus_dir, tmp_path / "LibriSpeech"
-    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != ".asrq_synth.json")
-    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name != ".asrq_synth.json")
+    files_a = sorted(
+        p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != ".asrq_synth.json"
+    )
+    files_b = sorted(
+        p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name != ".asrq_synth.json"
+    )
     assert files_a == files_b and len(files_a) > 13
     for rel in files_a:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
 def test_rerun_skips_and_config_change_needs_force(tmp_path):
-    cfg = SynthConfig(train_speakers=1, train_utts_per_speaker=1, dev_speakers=1, test_speakers=1, eval_utts_per_speaker=1)
+    cfg = SynthConfig(
+        train_speakers=1,
+        train_utts_per_speaker=1,
+        dev_speakers=1,
+        test_speakers=1,
+        eval_utts_per_speaker=1,
+    )
     corpus = synthesize_corpus(tmp_path, cfg, num_jobs=1, progress=False)
     flac = next(corpus.rglob("*.flac"))
     mtime = flac.stat().st_mtime_ns

@@ -62,6 +62,8 @@ def make_tiny_corpus(
     corpus = synthesize_corpus(root, cfg, num_jobs=2, progress=False)
     data = TinyData(corpus, root / "manifests", root / "fbank", root / "lang_bpe")
     prepare_librispeech(corpus, data.manifest_dir, data.fbank_dir, num_jobs=1, progress=False)
-    texts = read_transcripts(data.manifest_dir / "librispeech_supervisions_train-clean-100.jsonl.gz")
+    texts = read_transcripts(
+        data.manifest_dir / "librispeech_supervisions_train-clean-100.jsonl.gz"
+    )
     train_bpe(texts, data.lang_dir, vocab_size)
     return data

@@ -258,7 +258,7 @@ class Trainer:
         st.step += 1
         self.scheduler.step_batch(st.step)
         return {
-            "loss": float(loss) / frames,
+            "loss": float(loss.detach()) / frames,
             "simple": float(losses["simple"]) / frames,
             "pruned": float(losses["pruned"]) / frames,
             "ctc": float(losses["ctc"]) / frames,

@@ -1,0 +1,153 @@
+"""Benchmark reporting: host description, ExecuTorch-style metric records, a table and a chart.
+
+``metric_records`` flattens a report into one record per (run, metric) in the shape of
+ExecuTorch's benchmark apps (``extension/benchmark``: ``benchmarkModel`` {name, backend,
+quantization}, ``metric``, ``actualValue``, ``targetValue``, ``deviceInfo``), so host and
+on-device results can be collected by the same tooling.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from pathlib import Path
+from typing import Any
+
+from asrq.utils.io import atomic_path
+
+
+def cpu_model() -> str | None:
+    """CPU model name from /proc/cpuinfo (Linux), else :func:`platform.processor`."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Hardware", "Processor", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def total_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def host_info() -> dict[str, Any]:
+    """The machine a benchmark ran on."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "name": socket.gethostname(),
+        "type": "host",
+        "platform": platform.platform(),
+        "os": platform.system(),
+        "arch": platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_available": affinity,
+        "total_memory_bytes": total_memory_bytes(),
+        "python": platform.python_version(),
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+
+
+#: (metric name, path in a run, unit)
+METRICS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("rtf", ("rtf",), "x"),
+    ("chunk_latency_p50_ms", ("chunk_latency_ms", "p50"), "ms"),
+    ("chunk_latency_p90_ms", ("chunk_latency_ms", "p90"), "ms"),
+    ("chunk_latency_p99_ms", ("chunk_latency_ms", "p99"), "ms"),
+    ("encoder_latency_p50_ms", ("encoder_latency_ms", "p50"), "ms"),
+    ("load_ms", ("load_ms",), "ms"),
+    ("peak_rss_bytes", ("peak_rss_bytes",), "bytes"),
+    ("total_file_bytes", ("total_file_bytes",), "bytes"),
+)
+
+
+def _get(run: dict[str, Any], path: tuple[str, ...]) -> Any:
+    v: Any = run
+    for k in path:
+        v = v.get(k) if isinstance(v, dict) else None
+    return v
+
+
+def metric_records(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ExecuTorch-benchmark-style record per (run, metric)."""
+    dev, model = report["device"], report["model"]
+    device_info = {"device": dev.get("cpu_model") or dev.get("name"), "arch": dev.get("arch"), "os": dev.get("platform"),
+                   "totalMem": dev.get("total_memory_bytes")}  # fmt: skip
+    name = model.get("name") or "model"
+    if model.get("subnet"):
+        name = f"{name}:{model['subnet']}"
+    out = []
+    for run in report["runs"]:
+        for metric, path, unit in METRICS:
+            out.append({
+                "benchmarkModel": {"name": name, "backend": f"{run['backend']}-xnnpack" if run["backend"] == "executorch" else run["backend"],
+                                   "quantization": model.get("dtype", "fp32")},
+                "metric": metric,
+                "unit": unit,
+                "actualValue": _get(run, path),
+                "targetValue": 0,
+                "threads": run["threads"],
+                "chunkMs": model.get("chunk_ms"),
+                "deviceInfo": device_info,
+            })  # fmt: skip
+    return out
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A plain-text table of the runs."""
+    head = f"{'backend':<11}{'thr':>4}{'RTF':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'enc p50':>9}{'load ms':>9}{'peak RSS MB':>13}{'files MB':>10}"
+    lines = [head, "-" * len(head)]
+    for r in report["runs"]:
+        c, e = r["chunk_latency_ms"], r["encoder_latency_ms"]
+        lines.append(
+            f"{r['backend']:<11}{r['threads']:>4}{r['rtf']:>9.4f}{c['p50']:>9.2f}{c['p90']:>9.2f}{c['p99']:>9.2f}"
+            f"{e['p50']:>9.2f}{r['load_ms']:>9.1f}{r['peak_rss_bytes'] / 2**20:>13.1f}{r['total_file_bytes'] / 1e6:>10.2f}"
+        )
+    m, s = report["model"], report["settings"]
+    lines.append(
+        f"model {m.get('name')} ({m.get('num_parameters')} params), chunk {m['chunk_ms']} ms, "
+        f"{s['num_utterances']} utterance(s), {s['audio_seconds']:.1f} s of audio; "
+        f"host: {report['device'].get('cpu_model')} ({report['device'].get('cpus_available')} CPUs)"
+    )
+    return "\n".join(lines)
+
+
+def plot_runs(report: dict[str, Any], path: str | Path) -> Path:
+    """Bar charts (RTF, p90 chunk latency, peak RSS) over the runs (backend x threads) -> PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    labels = [f"{r['backend']}\n{r['threads']} thr" for r in runs]
+    colors = ["tab:blue" if r["backend"] == "onnx" else "tab:orange" for r in runs]
+    panels = [
+        ("RTF (lower is better)", [r["rtf"] for r in runs]),
+        ("p90 chunk latency (ms)", [r["chunk_latency_ms"]["p90"] for r in runs]),
+        ("peak RSS (MB)", [r["peak_rss_bytes"] / 2**20 for r in runs]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    for ax, (title, values) in zip(axes, panels, strict=True):
+        ax.bar(range(len(values)), values, color=colors)
+        ax.set_xticks(range(len(values)), labels, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    m = report["model"]
+    fig.suptitle(
+        f"{m.get('name')} - {m['chunk_ms']} ms chunks - {report['device'].get('cpu_model')}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

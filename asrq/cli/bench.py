@@ -1,0 +1,133 @@
+"""``asrq bench``: streaming latency / RTF / memory of an exported model per backend and thread
+count (thin over :mod:`asrq.bench.runner`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from asrq.utils.io import AsrqError
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        out = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected comma-separated integers, e.g. 1,2,4 (got {value!r})"
+        ) from None
+    if not out or any(v < 1 for v in out):
+        raise click.BadParameter(f"thread counts must be >= 1 (got {value!r})")
+    return out
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--backend",
+    "backends",
+    type=click.Choice(["onnx", "executorch"]),
+    multiple=True,
+    help="Backend to measure; repeat for several. [default: every backend in the export]",
+)
+@click.option(
+    "--threads",
+    callback=_int_list,
+    default=None,
+    help="Comma-separated thread counts, e.g. 1,2,4. [default: the export config's bench.threads]",
+)
+@click.option(
+    "--chunk-ms",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Chunk size in ms; must equal the exported chunk (chunk_frames x 40 ms). [default: the export's]",
+)
+@click.option(
+    "--audio",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Audio file to stream; repeat for several.",
+)
+@click.option(
+    "--cuts",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A lhotse CutSet manifest to stream instead.",
+)
+@click.option(
+    "--max-files",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use at most this many files / cuts. [default: the export config's bench.max_files]",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.5),
+    default=8.0,
+    show_default=True,
+    help="Length of the synthetic audio used when neither --audio nor --cuts is given.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="JSON report path (a PNG chart goes beside it when several runs). [default: MODEL_DIR/bench.json]",
+)
+@click.option(
+    "--plot/--no-plot", default=True, show_default=True, help="Write the PNG chart (several runs)."
+)
+@click.option(
+    "--isolate/--in-process",
+    default=True,
+    show_default=True,
+    help="Run each (backend, threads) in a fresh subprocess so peak RSS is its own.",
+)
+def bench(
+    model_dir: Path,
+    backends: tuple[str, ...],
+    threads: list[int] | None,
+    chunk_ms: int | None,
+    audio: tuple[Path, ...],
+    cuts: Path | None,
+    max_files: int | None,
+    seconds: float,
+    out: Path | None,
+    plot: bool,
+    isolate: bool,
+) -> None:
+    """Benchmark streaming recognition with the model exported to MODEL_DIR.
+
+    Simulates a device receiving audio in chunks: per chunk, the exported streaming encoder plus
+    greedy search. Reports per-chunk latency (p50/p90/p99 ms), real-time factor, load time, peak
+    RSS (each run in its own process) and file sizes, as a table, a JSON report (device,
+    backend, threads, model and subnet, each metric) and a bar chart when comparing runs.
+    Without --audio/--cuts it streams a few seconds of synthetic audio.
+
+    \b
+      asrq bench exp/mini/export --threads 1,2
+      asrq bench exp/mini/export --backend executorch --threads 1,2,4 --chunk-ms 320 --audio a.wav
+      asrq bench exp/mini/export --cuts data/mini/fbank/librispeech_cuts_test-clean.jsonl.gz --max-files 20
+    """
+    from asrq.bench.report import format_table
+    from asrq.bench.runner import run_bench
+    from asrq.runtime.backends import read_metadata
+
+    try:
+        bench_cfg = read_metadata(model_dir).get("config", {}).get("bench", {})
+        report = run_bench(
+            model_dir, backends or None, threads or bench_cfg.get("threads", [1, 2]), chunk_ms, list(audio), cuts,
+            out, max_files or bench_cfg.get("max_files", 10), seconds, isolate=isolate, plot=plot, log_fn=click.echo,
+        )  # fmt: skip
+    except AsrqError as e:  # the root group does the same; this keeps ``bench`` alone consistent
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    click.echo(format_table(report))
+    click.echo(f"wrote {report['json']}" + (f" and {report['chart']}" if "chart" in report else ""))
+
+
+if __name__ == "__main__":
+    bench()

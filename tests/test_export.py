@@ -1,0 +1,242 @@
+"""Export: the program wrappers and rewrites (fast), then a tiny random checkpoint exported once
+per session to ONNX and ExecuTorch with parity checks, metadata, and decoding through the
+exported programs matching eager decoding token for token (slow: ExecuTorch lowering takes a
+minute or two on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from asrq.cli.export import export as export_cmd
+from asrq.config import to_dict
+from asrq.export.pipeline import export_model
+from asrq.export.wrappers import DecomposedLayerNorm, program_specs, xnnpack_friendly
+from asrq.runtime.backends import PROGRAMS, encoder_input_frames, load_rnnt
+from asrq.testing.models import make_tiny_checkpoint
+from asrq.train.checkpoint import load_model
+
+REAL = Path("/work/shared/data/real")
+
+
+def shared_tiny_export(factory: pytest.TempPathFactory) -> Path:
+    """A tiny random checkpoint exported (ONNX + ExecuTorch) once per session; the same folder
+    is reused by test_transcribe.py and test_bench.py (the export is atomic, so a present
+    metadata.json means a complete export)."""
+    base = factory.getbasetemp() / "asrq_tiny_export"
+    out = base / "model"
+    if not (out / "metadata.json").is_file():
+        ckpt = make_tiny_checkpoint(base / "tiny.pt")
+        export_model(ckpt, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_tiny_export(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+# --------------------------------------------------------------------------------------------
+# fast: pieces
+# --------------------------------------------------------------------------------------------
+def test_decomposed_layer_norm_matches_layer_norm():
+    torch.manual_seed(0)
+    ln = torch.nn.LayerNorm(24)
+    with torch.no_grad():
+        ln.weight.normal_()
+        ln.bias.normal_()
+    x = torch.randn(3, 7, 24) * 4 + 2
+    torch.testing.assert_close(DecomposedLayerNorm(ln)(x), ln(x), atol=1e-5, rtol=1e-5)
+
+
+def test_xnnpack_friendly_replaces_every_layer_norm_and_keeps_outputs(tiny_ckpt: Path):
+    model = load_model(tiny_ckpt).model
+    spec = program_specs(model, 4, 16, "executorch")["encoder_streaming"]
+    rewritten = xnnpack_friendly(spec.module)
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in rewritten.modules())
+    assert any(
+        isinstance(m, torch.nn.LayerNorm) for m in spec.module.modules()
+    )  # original untouched
+    with torch.no_grad():
+        for a, b in zip(
+            rewritten(*spec.example_inputs), spec.module(*spec.example_inputs), strict=True
+        ):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_input_frames_is_4k_plus_3_and_covers_the_input():
+    for t in range(1, 200):
+        p = encoder_input_frames(t)
+        assert p >= max(t, 11) and (p - 3) % 4 == 0 and p - 4 < max(t, 11)
+
+
+def test_program_specs_shapes(tiny_ckpt: Path):
+    model = load_model(tiny_ckpt).model
+    for target in ("onnx", "executorch"):
+        specs = program_specs(model, 4, 16, target)
+        assert tuple(specs) == PROGRAMS
+        enc, _ = specs["encoder"].module(*specs["encoder"].example_inputs)
+        assert enc.shape[-1] == model.joiner.encoder_proj.out_features
+        out = specs["encoder_streaming"].module(*specs["encoder_streaming"].example_inputs)
+        assert (
+            out[0].shape[1] == 4
+            and out[2].shape == specs["encoder_streaming"].example_inputs[2].shape
+        )
+        assert specs["joiner"].module(*specs["joiner"].example_inputs).shape[-1] == model.vocab_size
+
+
+def test_export_help():
+    res = CliRunner().invoke(export_cmd, ["--help"])
+    assert res.exit_code == 0
+    assert (
+        "--chunk-frames" in res.output
+        and "--no-executorch" in res.output
+        and "parity" in res.output
+    )
+
+
+def test_export_missing_checkpoint_is_a_clear_error(tmp_path: Path):
+    res = CliRunner().invoke(
+        export_cmd, [str(tmp_path / "nope.pt"), "--out", str(tmp_path / "out")]
+    )
+    assert res.exit_code == 2
+    assert "nope.pt: checkpoint not found" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_a_foreign_out_dir(tiny_ckpt: Path, tmp_path: Path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    res = CliRunner().invoke(export_cmd, [str(tiny_ckpt), "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "not an asrq model directory" in res.output
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+# --------------------------------------------------------------------------------------------
+# slow: the exported tiny model
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_export_writes_every_program_and_passes_parity(exported: Path):
+    meta = json.loads((exported / "metadata.json").read_text())
+    for name in PROGRAMS:
+        assert (exported / f"{name}.onnx").stat().st_size == meta["programs"]["onnx"][name]["bytes"]
+        assert (exported / f"{name}.pte").stat().st_size == meta["programs"]["executorch"][name][
+            "bytes"
+        ]
+    assert (exported / "bpe.model").is_file()
+    assert (exported / "tokens.txt").read_text().splitlines()[0] == "<blk> 0"
+    assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no staging left
+    parity = meta["parity"]
+    assert parity["ok"] and parity["tol"] == 1e-4
+    checks = parity["checks"]
+    for backend in ("onnx", "executorch"):
+        got = {c["program"] for c in checks if c["backend"] == backend}
+        assert got == set(PROGRAMS)
+        assert all(c["max_abs_err"] <= 1e-4 for c in checks if c["backend"] == backend)
+        # the full encoder is checked at lengths other than the traced one
+        enc_cases = [
+            c["case"] for c in checks if c["backend"] == backend and c["program"] == "encoder"
+        ]
+        assert len({case.split(" ")[1] for case in enc_cases}) >= 3
+        # 3 streaming chunks with carried state
+        assert (
+            sum(
+                1 for c in checks if c["backend"] == backend and c["program"] == "encoder_streaming"
+            )
+            == 3
+        )
+    assert meta["programs"]["executorch"]["encoder"]["max_fbank_frames"] == 4 * 750 + 3
+
+
+@pytest.mark.slow
+def test_metadata_holds_the_resolved_config(exported: Path):
+    from asrq.export.onnx_export import read_onnx_metadata
+
+    ckpt_cfg = to_dict(load_model(exported.parent / "tiny.pt").config)
+    meta = json.loads((exported / "metadata.json").read_text())
+    assert meta["config"] == json.loads(json.dumps(ckpt_cfg))
+    m = meta["model"]
+    assert (
+        m["vocab_size"],
+        m["blank_id"],
+        m["context_size"],
+        m["chunk_frames"],
+        m["left_frames"],
+    ) == (48, 0, 2, 4, 16)
+    assert meta["feature"]["num_mel_bins"] == 80 and meta["feature"]["sampling_rate"] == 16000
+    assert meta["sizes"]["onnx"]["total"] > 0 and meta["versions"]["torch"]
+    for name in PROGRAMS:
+        props = read_onnx_metadata(exported / f"{name}.onnx")
+        assert props["program"] == name
+        assert json.loads(props["config"]) == meta["config"]
+        assert (
+            props["vocab_size"] == "48"
+            and props["blank_id"] == "0"
+            and props["context_size"] == "2"
+        )
+        assert (
+            props["subsampling_factor"] == "4"
+            and props["chunk_frames"] == "4"
+            and props["left_frames"] == "16"
+        )
+        assert props["checkpoint_step"] == "0" and props["asrq_version"]
+        assert json.loads(props["feature"])["num_mel_bins"] == 80
+
+
+@pytest.mark.slow
+def test_pte_carries_constant_methods(exported: Path):
+    from asrq.runtime.backends import executorch_extension
+
+    ext = executorch_extension()
+    prog = ext._load_program(str(exported / "joiner.pte"), enable_etdump=False, debug_buffer_size=0,
+                             program_verification=ext.Verification.InternalConsistency, data_path=None)  # fmt: skip
+    names = {prog.get_method_name(i) for i in range(prog.num_methods())}
+    assert {"forward", "vocab_size", "blank_id", "context_size", "chunk_frames"} <= names
+    assert prog.load_method("vocab_size")([])[0] == 48
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnx", "executorch"])
+def test_exported_decoding_matches_eager(exported: Path, backend: str):
+    """Greedy tokens through the exported programs equal eager decoding on a real recording
+    (full context, any length: the runtime pads to the encoder's 4k+3 contract; and streaming)."""
+    from asrq.decode import TorchRnnt, greedy_search, stream_decode
+    from asrq.runtime.audio import load_features
+
+    torch.manual_seed(0)
+    eager = TorchRnnt(load_model(exported.parent / "tiny.pt").model, 4, 16)
+    comp = load_rnnt(exported, backend)
+    feats = load_features(REAL / "extra" / "LJ002-0020.wav")[
+        :301
+    ]  # 301 frames: not of the form 4k + 3
+    lens = torch.tensor([feats.shape[0]])
+    enc_e, lens_e = eager.encode(feats[None], lens)
+    enc_x, lens_x = comp.encode(feats[None], lens)
+    assert torch.equal(lens_e, lens_x)
+    torch.testing.assert_close(enc_x[:, : int(lens_x[0])], enc_e, atol=1e-4, rtol=0)
+    assert greedy_search(comp, enc_x, lens_x) == greedy_search(eager, enc_e, lens_e)
+    assert stream_decode(comp, feats) == stream_decode(eager, feats)
+    # the predictor / joiner take more rows than an ExecuTorch plan holds (split into pieces)
+    ctx = torch.randint(0, 48, (40, 2))
+    torch.testing.assert_close(comp.predict(ctx), eager.predict(ctx), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_parity_failure_fails_the_export_and_writes_nothing(tiny_ckpt: Path, tmp_path: Path):
+    """tol 0: float rounding alone fails it; the command exits 1 naming the failures."""
+    out = tmp_path / "model"
+    res = CliRunner().invoke(
+        export_cmd, [str(tiny_ckpt), "--out", str(out), "--no-executorch", "--tol", "0"]
+    )
+    assert res.exit_code == 1, res.output
+    assert "parity failed" in res.output and "onnx/encoder" in res.output
+    assert isinstance(res.exception, SystemExit)
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing half-written

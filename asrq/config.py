@@ -49,6 +49,8 @@ class EncoderConfig:
     conv_kernel: int = 15
     dropout: float = 0.1
     rotary_base: float = 10000.0
+    alibi: bool = True  # ALiBi distance bias on attention (see RotarySelfAttention)
+    block_final_norm: bool = False  # LayerNorm at the end of every block (Gulati) vs once at the output
 
     def __post_init__(self) -> None:
         _check(self.subsampling == 4, "encoder.subsampling: only 4 is supported")

@@ -77,13 +77,27 @@ class FeedForward(nn.Module):
         return self.dropout(self.w2(self.dropout(F.silu(self.w1(self.norm(x))))))
 
 
+def alibi_slopes(num_heads: int) -> Tensor:
+    """ALiBi (Press et al. 2022) head slopes ``2^(-8 (h + 1) / H)``: ``(H,)``."""
+    return torch.tensor([2.0 ** (-8.0 * (h + 1) / num_heads) for h in range(num_heads)])
+
+
 class RotarySelfAttention(nn.Module):
-    """Multi-head self-attention with rotary positions; input already normalized.
+    """Multi-head self-attention with rotary positions and an ALiBi distance bias; the input is
+    already normalized.
+
+    The ALiBi bias ``-slope_h * |i - j|`` makes heads start local (a few frames) to global, which
+    keeps a freshly initialised encoder from averaging every frame into the same vector (we saw
+    the CTC loss sit on its blank plateau for 1000+ steps without it on the mini corpus).
+    Both position schemes depend only on ``i - j``, so chunked streaming with a cache is exact.
 
     ``forward`` takes a boolean mask broadcastable to ``(N, H, T_q, T_k)`` (True = attend).
+    Attention is written as matmul + softmax (no fused SDPA) so exporters keep it in one piece.
     """
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float, rotary_base: float) -> None:
+    def __init__(
+        self, d_model: int, num_heads: int, dropout: float, rotary_base: float, alibi: bool = True
+    ) -> None:
         super().__init__()
         self.h = num_heads
         self.dh = d_model // num_heads
@@ -91,15 +105,16 @@ class RotarySelfAttention(nn.Module):
         self.q = nn.Linear(d_model, d_model)
         self.kv = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
-        self.dropout = dropout
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("slopes", alibi_slopes(num_heads) if alibi else torch.zeros(num_heads), persistent=False)
 
     def _heads(self, x: Tensor) -> Tensor:  # (N, T, D) -> (N, H, T, Dh)
         n, t, _ = x.shape
         return x.view(n, t, self.h, self.dh).transpose(1, 2)
 
-    def attend(self, q_in: Tensor, kv: Tensor, q_offset: int | Tensor, mask: Tensor) -> Tensor:
+    def attend(self, q_in: Tensor, kv: Tensor, q_offset: int, mask: Tensor) -> Tensor:
         """q_in: (N, Tq, D); kv: (N, Tk, 2D) unrotated keys|values; queries sit at key
-        positions ``q_offset .. q_offset + Tq - 1``. Returns (N, Tq, D)."""
+        positions ``q_offset .. q_offset + Tq - 1``; mask (N, 1, Tq, Tk). Returns (N, Tq, D)."""
         n, tq, d = q_in.shape
         tk = kv.shape[1]
         k, v = kv.split(d, dim=-1)
@@ -108,7 +123,12 @@ class RotarySelfAttention(nn.Module):
         cos, sin = rotary_cos_sin(pos, self.dh, self.rotary_base)
         k = apply_rotary(k, cos, sin)
         q = apply_rotary(q, cos[q_offset : q_offset + tq], sin[q_offset : q_offset + tq])
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        dist = (pos[q_offset : q_offset + tq, None] - pos[None, :]).abs().float()  # (Tq, Tk)
+        bias = -self.slopes[:, None, None] * dist  # (H, Tq, Tk)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (self.dh**-0.5) + bias
+        scores = scores.masked_fill(~mask, float("-inf"))
+        attn = self.dropout(torch.softmax(scores, dim=-1))
+        y = torch.matmul(attn, v)  # (N, H, Tq, Dh)
         return self.out(y.transpose(1, 2).reshape(n, tq, d))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -150,10 +170,12 @@ class ConformerLayer(nn.Module):
         d = cfg.d_model
         self.ff1 = FeedForward(d, cfg.ffn_dim, cfg.dropout)
         self.attn_norm = nn.LayerNorm(d)
-        self.attn = RotarySelfAttention(d, cfg.num_heads, cfg.dropout, cfg.rotary_base)
+        self.attn = RotarySelfAttention(d, cfg.num_heads, cfg.dropout, cfg.rotary_base, cfg.alibi)
         self.conv = CausalConvModule(d, cfg.conv_kernel, cfg.dropout)
         self.ff2 = FeedForward(d, cfg.ffn_dim, cfg.dropout)
-        self.final_norm = nn.LayerNorm(d)
+        # Gulati's per-block LayerNorm; off by default: a pure pre-norm stack (one LayerNorm at the
+        # encoder output) leaves the CTC blank plateau far sooner on short trainings
+        self.final_norm = nn.LayerNorm(d) if cfg.block_final_norm else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -187,6 +209,7 @@ class ConformerEncoder(nn.Module):
         self.cfg = cfg
         self.embed = Conv2dSubsampling(cfg.feature_dim, cfg.d_model, dropout=cfg.dropout)
         self.layers = nn.ModuleList(ConformerLayer(cfg) for _ in range(cfg.num_layers))
+        self.out_norm = nn.Identity() if cfg.block_final_norm else nn.LayerNorm(cfg.d_model)
 
     @property
     def output_dim(self) -> int:
@@ -206,7 +229,7 @@ class ConformerEncoder(nn.Module):
         mask = (mask | torch.eye(t, dtype=torch.bool, device=x.device)[None]).unsqueeze(1)
         for layer in self.layers:
             x = layer(x, mask)
-        return x, lens
+        return self.out_norm(x), lens
 
     # ---- streaming --------------------------------------------------------------------------
     def init_states(self, batch_size: int, left_frames: int, device: torch.device | None = None) -> list[Tensor]:
@@ -239,7 +262,7 @@ class ConformerEncoder(nn.Module):
             x, a, cc = layer.streaming_forward(x, mask, attn_cache[i], conv_cache[i])
             new_attn.append(a)
             new_conv.append(cc)
-        return x, lens, [torch.stack(new_attn), torch.stack(new_conv), processed + c]
+        return self.out_norm(x), lens, [torch.stack(new_attn), torch.stack(new_conv), processed + c]
 
 
 def count_parameters(module: nn.Module) -> int:

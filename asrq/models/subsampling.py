@@ -40,9 +40,19 @@ class Conv2dSubsampling(nn.Module):
         freq = ((feature_dim - 1) // 2 - 1) // 2
         self.out = nn.Linear(channels * freq, d_model)
         self.dropout = nn.Dropout(dropout)
+        # global CMVN (WeNet's global_cmvn): set from training data, saved and exported with the weights
+        self.register_buffer("feat_mean", torch.zeros(feature_dim))
+        self.register_buffer("feat_inv_std", torch.ones(feature_dim))
+
+    @torch.no_grad()
+    def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Per-bin fbank statistics ``(F,)`` used to normalise the input."""
+        self.feat_mean.copy_(mean)
+        self.feat_inv_std.copy_(1.0 / std.clamp(min=1e-3))
 
     def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """x: (N, T, F), x_lens: (N,) -> ((N, T', D), (N,))."""
+        x = (x - self.feat_mean) * self.feat_inv_std
         x = self.conv(x.unsqueeze(1))  # (N, C, T', F')
         n, c, t, f = x.shape
         x = self.out(x.transpose(1, 2).reshape(n, t, c * f))

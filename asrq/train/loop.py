@@ -116,6 +116,11 @@ class Trainer:
         self.state = TrainState()
         if resume:
             self._resume(resume)
+        else:
+            from asrq.data.cmvn import feature_stats
+
+            mean, std = feature_stats(self._train_cuts())
+            self.model.encoder.embed.set_feature_stats(mean, std)
         unused = cfg.model.ctc_head and cfg.train.loss.ctc_weight == 0
         self.ddp = DDP(self.model, find_unused_parameters=unused) if self.dist.enabled else None
 
@@ -214,13 +219,16 @@ class Trainer:
             f.write(line + "\n")
         tqdm.write(line)
 
+    def _train_cuts(self) -> list[Path]:
+        d = self.cfg.data
+        return [Path(d.fbank_dir) / f"librispeech_cuts_{s}.jsonl.gz" for s in d.train_splits]
+
     def _make_loader(self):
         from asrq.data.loader import make_train_loader
 
         d = self.cfg.data
-        paths = [Path(d.fbank_dir) / f"librispeech_cuts_{s}.jsonl.gz" for s in d.train_splits]
         loader = make_train_loader(
-            paths,
+            self._train_cuts(),
             max_duration=d.max_duration,
             num_buckets=d.num_buckets,
             seed=self.cfg.train.seed,

@@ -1,0 +1,203 @@
+"""Recipe pipeline: data -> train -> decode -> export -> bench -> summary, as named stages.
+
+``recipes/mini/run.py`` (the README's first command) and ``recipes/librispeech/run.py`` are thin
+wrappers around :func:`run_pipeline`. Every stage skips finished work where it can (the data
+stages keep markers; training resumes from the last checkpoint), so re-running a recipe after
+an interruption continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from asrq.config import ExperimentConfig
+from asrq.utils.io import AsrqError, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+STAGES: tuple[str, ...] = ("synth", "prepare", "bpe", "train", "decode", "export", "bench", "transcribe")
+
+
+def _cuts(cfg: ExperimentConfig, split: str) -> Path:
+    return Path(cfg.data.fbank_dir) / f"librispeech_cuts_{split}.jsonl.gz"
+
+
+def plot_wer_curve(curve: list[dict[str, float]], path: Path, title: str) -> Path | None:
+    """WER over training minutes as a PNG (matplotlib, Agg)."""
+    if not curve:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asrq.utils.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p["train_minutes"] for p in curve], [p["wer_dev"] for p in curve], marker="o")
+    ax.set_xlabel("training minutes")
+    ax.set_ylabel("dev WER (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def run_pipeline(
+    cfg: ExperimentConfig,
+    stages: Sequence[str] = STAGES,
+    synthesize: bool = True,
+    summary_path: str | Path | None = None,
+    real_audio_dir: str | Path | None = None,
+    num_jobs: int = 2,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the selected ``stages`` in order for the experiment ``cfg``; returns the summary.
+
+    ``synthesize=False`` skips the corpus synthesis (the LibriSpeech recipe: ``cfg.data.corpus_dir``
+    is the user's corpus). ``real_audio_dir``: audio files to transcribe with the exported model
+    in the ``transcribe`` stage (e.g. ``../shared/data/real``).
+    """
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise AsrqError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    exp_dir = Path(cfg.train.exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = Path(summary_path) if summary_path else exp_dir / "summary.json"
+    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    timings: dict[str, float] = summary.setdefault("stage_seconds", {})
+    model_path = exp_dir / "model.pt"
+    export_dir = exp_dir / "export"
+
+    def save() -> None:
+        atomic_write_json(summary_path, summary)
+
+    for stage in [s for s in STAGES if s in stages]:
+        t0 = time.perf_counter()
+        echo(f"==> stage {stage}")
+        if stage == "synth":
+            if not synthesize:
+                continue
+            from asrq.data.synth import read_synth_info, synthesize_corpus
+
+            corpus = synthesize_corpus(Path(cfg.data.corpus_dir).parent, cfg.data.synth, num_jobs=num_jobs)
+            summary["corpus"] = read_synth_info(corpus).get("summary", {})
+        elif stage == "prepare":
+            from asrq.data.prepare import prepare_librispeech
+
+            prepare_librispeech(
+                cfg.data.corpus_dir, cfg.data.manifest_dir, cfg.data.fbank_dir, cfg.data.speed_perturb, num_jobs=num_jobs
+            )
+        elif stage == "bpe":
+            from asrq.data.bpe import read_transcripts, train_bpe
+
+            texts: list[str] = []
+            for split in cfg.data.train_splits:
+                texts += read_transcripts(_cuts(cfg, split))
+            train_bpe(texts, cfg.data.lang_dir, cfg.data.vocab_size)
+        elif stage == "train":
+            from asrq.train.loop import latest_checkpoint, train
+
+            if model_path.is_file() and _finished(model_path, cfg):
+                echo(f"{model_path} exists for this config; skipping training")
+                res = _train_summary(exp_dir)
+            else:
+                resume = latest_checkpoint(exp_dir) is not None
+                res = train(cfg, resume=resume)
+            summary.update(
+                params=res["params"],
+                train_minutes=res["train_minutes"],
+                train_steps=res["steps"],
+                wer_curve=res["wer_curve"],
+            )
+            png = plot_wer_curve(res["wer_curve"], exp_dir / "wer_curve.png", f"{exp_dir.name}: dev WER vs training time")
+            summary["wer_curve_png"] = str(png) if png else None
+        elif stage == "decode":
+            from asrq.decode.evaluate import evaluate
+            from asrq.decode.wer import write_errors
+            from asrq.train.checkpoint import load_model
+
+            loaded = load_model(model_path)
+            split = cfg.data.test_split
+            for streaming in (False, True):
+                res = evaluate(loaded, _cuts(cfg, split), method=cfg.decode.method, streaming=streaming, beam=cfg.decode.beam)
+                tag = f"{split}-{cfg.decode.method}" + ("-streaming" if streaming else "")
+                write_errors(exp_dir / f"errs-{tag}.txt", res.results, title=tag)
+                atomic_write_json(exp_dir / f"wer-{tag}.json", res.summary())
+                key = "wer_test_streaming" if streaming else "wer_test"
+                summary[key] = round(res.wer, 2)
+                echo(f"{tag}: WER {res.wer:.2f}% ({res.errors}/{res.num_words})")
+        elif stage == "export":
+            from asrq.export.pipeline import export_model
+
+            res = export_model(model_path, export_dir, log_fn=echo)
+            summary.update(_export_sizes(export_dir))
+        elif stage == "bench":
+            from asrq.bench.runner import run_bench
+
+            report = run_bench(
+                export_dir,
+                threads=cfg.bench.threads,
+                chunk_ms=cfg.bench.chunk_ms,
+                cuts=_cuts(cfg, cfg.data.test_split),
+                max_files=cfg.bench.max_files,
+                log_fn=echo,
+            )
+            for run in report["runs"]:
+                key = f"rtf_{run['backend']}_{run['threads']}thread"
+                summary[key] = round(run["rtf"], 5)
+                summary[f"chunk_latency_p90_ms_{run['backend']}_{run['threads']}thread"] = round(
+                    run["chunk_latency_ms"]["p90"], 3
+                )
+            summary["bench_json"] = report["json"]
+        elif stage == "transcribe":
+            if real_audio_dir is None or not Path(real_audio_dir).is_dir():
+                echo("no real audio folder; skipping")
+                continue
+            from asrq.runtime.transcribe import transcribe
+
+            files = sorted(
+                p for p in Path(real_audio_dir).rglob("*") if p.suffix.lower() in (".wav", ".flac", ".mp3", ".ogg")
+            )
+            lines = transcribe(export_dir, files, backend="onnx")
+            summary["transcripts_real"] = {str(p): text for p, text in lines}
+            for p, text in lines:
+                echo(f"{p}\t{text}")
+        timings[stage] = round(time.perf_counter() - t0, 1)
+        save()
+    summary["total_stage_minutes"] = round(sum(timings.values()) / 60, 2)
+    save()
+    return summary
+
+
+def _finished(model_path: Path, cfg: ExperimentConfig) -> bool:
+    from asrq.config import to_dict
+    from asrq.train.checkpoint import load_checkpoint
+
+    stored = load_checkpoint(model_path)["config"]
+    want = to_dict(cfg)
+    # vocab_size is filled in at training time; compare everything else
+    stored_model = {**stored["model"], "vocab_size": 0}
+    return stored_model == {**want["model"], "vocab_size": 0} and stored["train"] == want["train"]
+
+
+def _train_summary(exp_dir: Path) -> dict[str, Any]:
+    p = exp_dir / "train_summary.json"
+    if not p.is_file():
+        raise AsrqError(f"{p}: missing; delete {exp_dir / 'model.pt'} to retrain")
+    return json.loads(p.read_text())
+
+
+def _export_sizes(export_dir: Path) -> dict[str, int]:
+    onnx = sum(p.stat().st_size for p in export_dir.glob("*.onnx")) + sum(
+        p.stat().st_size for p in export_dir.glob("*.onnx.data")
+    )
+    pte = sum(p.stat().st_size for p in export_dir.glob("*.pte"))
+    return {"onnx_bytes": onnx, "pte_bytes": pte}

@@ -3,7 +3,7 @@ with dotted overrides (``train.optim.lr=0.03``), and stored resolved in every ch
 exported file (STYLE.md points 3 and 4).
 
 Families:
-    ModelConfig (EncoderConfig, PredictorConfig, StreamingConfig)
+    ModelConfig (EncoderConfig, PredictorConfig, StreamingConfig, AttentionDecoderConfig)
     DataConfig (SynthConfig)
     TrainConfig (OptimConfig, LossConfig)
     DecodeConfig, ExportConfig, BenchConfig
@@ -37,9 +37,20 @@ def _check(cond: bool, msg: str) -> None:
 @dataclass
 class EncoderConfig:
     """Encoder architecture. ``type`` picks the block: ``conformer`` (MH self-attention with
-    rotary positions + causal depthwise conv)."""
+    rotary positions + causal depthwise conv) or ``stateformer`` (multi-head state space layer
+    in place of the attention, optionally with attention beside it; asrq.models.stateformer).
 
-    type: Literal["conformer"] = "conformer"
+    ``ssm_*`` configure the stateformer's MH-SSM: ``ssm_heads`` heads (``d_model`` divides by it),
+    each a diagonal SSM with ``ssm_state_dim`` complex states; ``ssm_attention`` adds the chunked
+    self-attention of the Conformer to each block.
+
+    ``fold``: folding attention (asrq.models.conformer): attention projections and FFNs act on
+    ``fold`` sub-tokens of width ``d_model / fold`` per token, shrinking those weights by
+    ``fold^2``. Rule: ``d_model`` and ``ffn_dim`` divide by ``fold``, and where there is attention
+    the sub-token width ``d_model / fold`` divides by ``num_heads`` into an even head dim (rotary).
+    """
+
+    type: Literal["conformer", "stateformer"] = "conformer"
     feature_dim: int = 80
     subsampling: int = 4
     num_layers: int = 8
@@ -51,14 +62,43 @@ class EncoderConfig:
     rotary_base: float = 10000.0
     alibi: bool = True  # ALiBi distance bias on attention (see RotarySelfAttention)
     block_final_norm: bool = False  # LayerNorm at the end of every block (Gulati) vs once at the output
+    ssm_heads: int = 4
+    ssm_state_dim: int = 16
+    ssm_attention: bool = False
+    fold: int = 1
+    # residual-branch output projections start at this fraction of their default init, so a
+    # fresh deep stack starts close to a shallow one: on the mini corpus 0.1 left the CTC blank
+    # plateau ~200 steps (about 40%) sooner than 1.0 (asrq.models.conformer.scale_residual_outputs)
+    residual_init_scale: float = 0.1
 
     def __post_init__(self) -> None:
         _check(self.subsampling == 4, "encoder.subsampling: only 4 is supported")
         _check(self.num_layers >= 1, "encoder.num_layers must be >= 1")
+        _check(self.num_heads >= 1, "encoder.num_heads must be >= 1")
         _check(self.d_model % self.num_heads == 0, "encoder.d_model must divide by encoder.num_heads")
         _check((self.d_model // self.num_heads) % 2 == 0, "encoder head dim must be even (rotary)")
         _check(self.conv_kernel >= 2, "encoder.conv_kernel must be >= 2")
         _check(0.0 <= self.dropout < 1.0, "encoder.dropout must be in [0, 1)")
+        _check(self.fold >= 1, f"encoder.fold must be >= 1 (got {self.fold})")
+        _check(self.residual_init_scale > 0, "encoder.residual_init_scale must be > 0")
+        _check(
+            self.d_model % self.fold == 0 and self.ffn_dim % self.fold == 0,
+            f"encoder.d_model ({self.d_model}) and encoder.ffn_dim ({self.ffn_dim}) must divide by encoder.fold ({self.fold})",
+        )
+        if self.type == "conformer" or self.ssm_attention:
+            width = self.d_model // self.fold
+            _check(
+                width % self.num_heads == 0 and (width // self.num_heads) % 2 == 0,
+                f"encoder.fold {self.fold}: the sub-token width d_model / fold = {width} must divide by "
+                f"encoder.num_heads ({self.num_heads}) into an even head dim (rotary)",
+            )
+        if self.type == "stateformer":
+            _check(self.ssm_heads >= 1, "encoder.ssm_heads must be >= 1")
+            _check(
+                self.d_model % self.ssm_heads == 0,
+                f"encoder.d_model ({self.d_model}) must divide by encoder.ssm_heads ({self.ssm_heads})",
+            )
+            _check(self.ssm_state_dim >= 1, "encoder.ssm_state_dim must be >= 1")
 
 
 @dataclass
@@ -97,8 +137,36 @@ class PredictorConfig:
 
 
 @dataclass
+class AttentionDecoderConfig:
+    """Transformer attention decoder of the ``ctc_attention`` head (asrq.models.ctc_attention).
+
+    Its width is the encoder's ``d_model`` (the cross-attention reads the encoder output
+    directly). ``sos_eos_id`` is both the start and the end symbol: the tokenizer's dedicated
+    ``<sos/eos>`` id 1 (asrq.data.bpe), never produced by ``Tokenizer.encode``; WeNet puts it at
+    ``vocab_size - 1`` because its token table lists it last.
+    """
+
+    num_layers: int = 3
+    num_heads: int = 4
+    ffn_dim: int = 0  # 0: 4 x the encoder width
+    dropout: float = 0.1
+    sos_eos_id: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.num_layers >= 1, "decoder.num_layers must be >= 1")
+        _check(self.num_heads >= 1, "decoder.num_heads must be >= 1")
+        _check(self.ffn_dim >= 0, "decoder.ffn_dim must be >= 0 (0: 4 x the encoder width)")
+        _check(0.0 <= self.dropout < 1.0, "decoder.dropout must be in [0, 1)")
+        _check(self.sos_eos_id >= 0, "decoder.sos_eos_id must be >= 0")
+
+
+@dataclass
 class ModelConfig:
-    head: Literal["rnnt"] = "rnnt"
+    """``head``: ``rnnt`` (transducer + auxiliary CTC) or ``ctc_attention`` (hybrid CTC /
+    attention, WeNet U2++ style: CTC head + attention ``decoder``; ``predictor`` and
+    ``joiner_dim`` are unused)."""
+
+    head: Literal["rnnt", "ctc_attention"] = "rnnt"
     vocab_size: int = 0  # 0: filled from the BPE model at training time
     blank_id: int = 0
     joiner_dim: int = 256
@@ -106,10 +174,17 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    decoder: AttentionDecoderConfig = field(default_factory=AttentionDecoderConfig)
 
     def __post_init__(self) -> None:
         _check(self.vocab_size >= 0, "model.vocab_size must be >= 0")
         _check(self.joiner_dim >= 1, "model.joiner_dim must be >= 1")
+        if self.head == "ctc_attention":
+            _check(self.ctc_head, "model.ctc_head must be true with model.head ctc_attention")
+            _check(
+                self.encoder.d_model % self.decoder.num_heads == 0,
+                f"model.decoder.num_heads ({self.decoder.num_heads}) must divide encoder.d_model ({self.encoder.d_model})",
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,7 +260,10 @@ class OptimConfig:
 class LossConfig:
     """RNN-T loss setup. ``rnnt_type``: ``pruned`` (k2-style, written in PyTorch) or ``full``
     (torchaudio). The pruned loss is ``simple_loss_scale * simple + pruned``; both scales ramp
-    over ``warm_steps`` as in icefall."""
+    over ``warm_steps`` as in icefall.
+
+    ``ctc_weight`` is lambda of both heads: ``(1 - lambda) * rnnt + lambda * ctc`` (rnnt) and
+    ``lambda * ctc + (1 - lambda) * attention`` (ctc_attention; WeNet uses 0.3)."""
 
     rnnt_type: Literal["pruned", "full"] = "pruned"
     prune_range: int = 5
@@ -194,10 +272,12 @@ class LossConfig:
     am_only_scale: float = 0.0
     ctc_weight: float = 0.2
     warm_steps: int = 400
+    label_smoothing: float = 0.1  # attention-decoder loss (model.head ctc_attention)
 
     def __post_init__(self) -> None:
         _check(self.prune_range >= 1, "train.loss.prune_range must be >= 1")
         _check(0.0 <= self.ctc_weight <= 1.0, "train.loss.ctc_weight in [0, 1]")
+        _check(0.0 <= self.label_smoothing < 1.0, "train.loss.label_smoothing in [0, 1)")
 
 
 @dataclass
@@ -212,11 +292,16 @@ class TrainConfig:
     keep_last: int = 3
     eval_every_minutes: float = 0.0  # >0: greedy dev WER at this interval (the WER curve)
     eval_max_utts: int = 60
+    # recipes only: >1 runs the train stage as `torchrun --nproc-per-node num_procs` (DDP, gloo,
+    # one intra-op thread per process; on 2 cores two processes train ~35% faster than one
+    # process with two threads). data.max_duration is then per process.
+    num_procs: int = 1
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 0 and self.max_minutes >= 0, "train limits must be >= 0")
+        _check(self.num_procs >= 1, "train.num_procs must be >= 1")
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,9 +309,12 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class DecodeConfig:
-    method: Literal["greedy", "modified_beam_search", "ctc_greedy"] = "greedy"
+    method: Literal[
+        "greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring"
+    ] = "greedy"
     beam: int = 4
     max_sym_per_frame: int = 1
+    ctc_weight: float = 0.5  # attention_rescoring: total = ctc_weight * ctc + attention
 
 
 @dataclass

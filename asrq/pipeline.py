@@ -110,7 +110,10 @@ def run_pipeline(
                 res = _train_summary(exp_dir)
             else:
                 resume = latest_checkpoint(exp_dir) is not None
-                res = train(cfg, resume=resume)
+                if cfg.train.num_procs > 1:
+                    res = _train_ddp(cfg, resume)
+                else:
+                    res = train(cfg, resume=resume)
             summary.update(
                 params=res["params"],
                 train_minutes=res["train_minutes"],
@@ -127,7 +130,8 @@ def run_pipeline(
             loaded = load_model(model_path)
             split = cfg.data.test_split
             for streaming in (False, True):
-                res = evaluate(loaded, _cuts(cfg, split), method=cfg.decode.method, streaming=streaming, beam=cfg.decode.beam)
+                res = evaluate(loaded, _cuts(cfg, split), method=cfg.decode.method, streaming=streaming, beam=cfg.decode.beam,
+                               ctc_weight=cfg.decode.ctc_weight)
                 tag = f"{split}-{cfg.decode.method}" + ("-streaming" if streaming else "")
                 write_errors(exp_dir / f"errs-{tag}.txt", res.results, title=tag)
                 atomic_write_json(exp_dir / f"wer-{tag}.json", res.summary())
@@ -186,6 +190,31 @@ def _finished(model_path: Path, cfg: ExperimentConfig) -> bool:
     # vocab_size is filled in at training time; compare everything else
     stored_model = {**stored["model"], "vocab_size": 0}
     return stored_model == {**want["model"], "vocab_size": 0} and stored["train"] == want["train"]
+
+
+def _train_ddp(cfg: ExperimentConfig, resume: bool) -> dict[str, Any]:
+    """The train stage as ``torchrun --nproc-per-node cfg.train.num_procs`` on this host (DDP,
+    gloo); the resolved config goes to the workers as a YAML file beside the checkpoints."""
+    import os
+    import subprocess
+    import sys
+
+    from asrq.config import dump_yaml
+    from asrq.utils.io import atomic_write_text
+
+    exp_dir = Path(cfg.train.exp_dir)
+    cfg_path = exp_dir / "train_config.yaml"
+    atomic_write_text(cfg_path, dump_yaml(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.train.num_procs}",
+           "-m", "asrq.cli.main", "train", "--config", str(cfg_path)]
+    if resume:
+        cmd.append("--resume")
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.train.num_procs))}
+    log.info("training with %d processes: %s", cfg.train.num_procs, " ".join(cmd))
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise AsrqError(f"training failed (torchrun exit code {proc.returncode}); see {exp_dir / 'train_log.jsonl'}")
+    return _train_summary(exp_dir)
 
 
 def _train_summary(exp_dir: Path) -> dict[str, Any]:

@@ -39,10 +39,14 @@ def test_console_script_and_recipe_help() -> None:
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-m", "asrq.cli.main", "--version"], capture_output=True, text=True, check=True)
     assert "asrq" in out.stdout
-    out = subprocess.run(
-        [sys.executable, str(root / "recipes" / "mini" / "run.py"), "--help"], capture_output=True, text=True, check=True
-    )
-    assert "--stages" in out.stdout
+    for recipe in ("mini", "librispeech"):
+        out = subprocess.run(
+            [sys.executable, str(root / "recipes" / recipe / "run.py"), "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "--stages" in out.stdout
 
 
 def test_bad_override_is_a_one_line_error(tmp_path: Path) -> None:

@@ -240,3 +240,69 @@ def test_parity_failure_fails_the_export_and_writes_nothing(tiny_ckpt: Path, tmp
     assert "parity failed" in res.output and "onnx/encoder" in res.output
     assert isinstance(res.exception, SystemExit)
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing half-written
+
+
+# --------------------------------------------------------------------------------------------
+# any encoder: the streaming states come from the encoder's state_specs
+# --------------------------------------------------------------------------------------------
+def test_runtime_reads_the_states_from_metadata_with_a_conformer_fallback():
+    from asrq.runtime.backends import streaming_states
+
+    states = [{"name": "ssm_state", "shape": [2, 1, 4, 16, 2], "dtype": "float32", "batch_axis": 1},
+              {"name": "processed", "shape": [1], "dtype": "int64", "batch_axis": 0}]  # fmt: skip
+    got = streaming_states({"model": {"states": states}})
+    assert [(s.name, s.shape, s.dtype, s.batch_axis) for s in got] == [
+        ("ssm_state", (2, 1, 4, 16, 2), torch.float32, 1),
+        ("processed", (1,), torch.int64, 0),
+    ]
+    # exports written before the metadata named its states: the Conformer's three
+    old = {"attn_cache": [2, 1, 16, 128], "conv_cache": [2, 1, 64, 6], "processed": [1]}
+    got = streaming_states({"model": {"state_shapes": old}})
+    assert [(s.name, s.batch_axis, s.dtype) for s in got] == [
+        ("attn_cache", 1, torch.float32), ("conv_cache", 1, torch.float32), ("processed", 0, torch.int64)
+    ]
+
+
+def test_program_specs_follow_the_encoder_state_specs(tmp_path: Path):
+    model = load_model(make_tiny_checkpoint(tmp_path / "sf.pt", encoder={"type": "stateformer"})).model
+    for target in ("onnx", "executorch"):
+        spec = program_specs(model, 4, 16, target)["encoder_streaming"]
+        assert spec.input_names == ["x", "x_lens", "ssm_state", "conv_cache", "processed"]
+        assert spec.output_names[2:] == ["new_ssm_state", "new_conv_cache", "new_processed"]
+        out = spec.module(*spec.example_inputs)
+        assert [tuple(o.shape) for o in out[2:]] == [s.shape for s in spec.states]
+
+
+@pytest.mark.slow
+def test_stateformer_export_parity_and_exported_streaming(tmp_path: Path):
+    """A tiny stateformer (MH-SSM, no attention): full and streaming encoders exported to ONNX and
+    ExecuTorch pass parity; the runtimes stream a batch of 2 through them (ExecuTorch: row by
+    row, slicing the states on their declared batch axes) as the eager model does."""
+    from asrq.decode import TorchRnnt
+    from asrq.export.pipeline import export_loaded
+
+    loaded = load_model(make_tiny_checkpoint(tmp_path / "sf.pt", encoder={"type": "stateformer"}))
+    out = tmp_path / "model"
+    res = export_loaded(loaded, out, programs=("encoder", "encoder_streaming"))
+    assert res.parity.ok, res.parity.table()
+    for backend in ("onnx", "executorch"):
+        got = {c.program for c in res.parity.checks if c.backend == backend}
+        assert got == {"encoder", "encoder_streaming"}
+    meta = json.loads((out / "metadata.json").read_text())
+    assert [s["name"] for s in meta["model"]["states"]] == ["ssm_state", "conv_cache", "processed"]
+    assert meta["model"]["states"][0]["shape"] == [2, 1, 4, 16, 2]  # (layers, N, heads, S, re/im)
+    eager = TorchRnnt(loaded.model.eval(), 4, 16)
+    g = torch.Generator().manual_seed(1)
+    chunks = [torch.randn(2, 19, 80, generator=g) for _ in range(3)]
+    for backend in ("onnx", "executorch"):
+        comp = load_rnnt(out, backend)
+        s_x, s_e = comp.init_states(2), eager.init_states(2)
+        assert [t.shape for t in s_x] == [t.shape for t in s_e]
+        for k, x in enumerate(chunks):
+            lens = torch.tensor([19, 19 if k < 2 else 12])
+            e_x, l_x, s_x = comp.encode_chunk(x, lens, s_x)
+            e_e, l_e, s_e = eager.encode_chunk(x, lens, s_e)
+            assert torch.equal(l_x, l_e)
+            torch.testing.assert_close(e_x, e_e, atol=1e-4, rtol=0)
+            for a, b in zip(s_x, s_e, strict=True):
+                torch.testing.assert_close(a.to(b.dtype), b, atol=1e-4, rtol=0)

@@ -177,34 +177,47 @@ def run_once(settings: RunSettings) -> dict[str, Any]:
 
         executorch_extension()
     import_s = time.perf_counter() - t0
+    hybrid = read_metadata(settings.model_dir).get("head") == "ctc_attention"
     baseline_rss = _current_rss_bytes()
     t0 = time.perf_counter()
-    comp = load_rnnt(
-        settings.model_dir, settings.backend, settings.threads, preload=STREAMING_PROGRAMS
-    )
+    if hybrid:  # CTC / attention export: streaming encoder + CTC head, online CTC greedy
+        from asrq.runtime.ctc_attention import load_streaming_ctc_greedy
+
+        comp, new_search, advance = load_streaming_ctc_greedy(settings.model_dir, settings.backend, settings.threads)
+    else:
+        comp = load_rnnt(
+            settings.model_dir, settings.backend, settings.threads, preload=STREAMING_PROGRAMS
+        )
+
+        def new_search() -> GreedyState:
+            return GreedyState.create(comp, 1)
+
+        def advance(enc: Tensor, valid: Tensor, search: GreedyState) -> None:
+            greedy_advance(comp, enc, valid, search)
+
     load_s = time.perf_counter() - t0
 
     def windows(u: Utterance):
         return iter_windows(u.feats[None], torch.tensor([u.feats.shape[0]]), comp.chunk_frames)
 
     # warm-up: a few chunks, not timed (first calls allocate and pack weights)
-    states, search = comp.init_states(1), GreedyState.create(comp, 1)
+    states, search = comp.init_states(1), new_search()
     for k, (x, x_lens) in enumerate(windows(utts[0])):
         if k >= settings.warmup_chunks:
             break
         enc, valid, states = comp.encode_chunk(x, x_lens, states)
-        greedy_advance(comp, enc, valid, search)
+        advance(enc, valid, search)
 
     chunk_s: list[float] = []
     enc_s: list[float] = []
     audio_s = 0.0
     for u in utts:
-        states, search = comp.init_states(1), GreedyState.create(comp, 1)
+        states, search = comp.init_states(1), new_search()
         for x, x_lens in windows(u):
             t = time.perf_counter()
             enc, valid, states = comp.encode_chunk(x, x_lens, states)
             t_enc = time.perf_counter()
-            greedy_advance(comp, enc, valid, search)
+            advance(enc, valid, search)
             done = time.perf_counter()
             chunk_s.append(done - t)
             enc_s.append(t_enc - t)
@@ -316,7 +329,7 @@ def run_bench(
             "dtype": "fp32",
         },
         "settings": {
-            "search": "greedy",
+            "search": "ctc_greedy" if meta.get("head") == "ctc_attention" else "greedy",
             "inputs": [u.label for u in utts],
             "num_utterances": len(utts),
             "audio_seconds": round(sum(u.seconds for u in utts), 3),

@@ -27,9 +27,14 @@ def result_name(split: str, method: str, streaming: bool) -> str:
 @click.option("--split", default=None,
               help="Split name, used for the default --cuts and in output names. "
                    "[default: the checkpoint's data.test_split (test-clean), or taken from the --cuts file name]")
-@click.option("--method", type=click.Choice(["greedy", "modified_beam_search", "ctc_greedy"]), default="greedy",
-              show_default=True, help="RNN-T greedy, RNN-T modified beam search, or greedy on the CTC head.")
-@click.option("--beam", type=click.IntRange(min=1), default=4, show_default=True, help="Beam size (modified_beam_search).")
+@click.option("--method", type=click.Choice(["greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring"]),
+              default="greedy", show_default=True,
+              help="RNN-T: greedy, modified_beam_search, ctc_greedy (CTC head). ctc_attention: greedy (= ctc_greedy), "
+                   "ctc_prefix_beam, attention_rescoring (CTC prefix beam n-best rescored by the attention decoder).")
+@click.option("--beam", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Beam size (modified_beam_search, ctc_prefix_beam, attention_rescoring).")
+@click.option("--ctc-weight", type=click.FloatRange(min=0.0), default=0.5, show_default=True,
+              help="attention_rescoring: score = ctc_weight * CTC + attention.")
 @click.option("--max-sym-per-frame", type=click.IntRange(min=1), default=1, show_default=True,
               help="Most symbols greedy search emits per encoder frame.")
 @click.option("--streaming/--full-context", default=False, show_default=True,
@@ -51,6 +56,7 @@ def decode(
     split: str | None,
     method: str,
     beam: int,
+    ctc_weight: float,
     max_sym_per_frame: int,
     streaming: bool,
     chunk_frames: int | None,
@@ -71,10 +77,11 @@ def decode(
       asrq decode exp/mini/model.pt
       asrq decode exp/mini/model.pt --split dev-clean --method modified_beam_search --beam 4
       asrq decode exp/mini/model.pt --streaming --max-utts 100
+      asrq decode exp/hybrid/model.pt --method attention_rescoring --beam 10
     """
     try:
         _decode(checkpoint, cuts_path, split, method, beam, max_sym_per_frame, streaming, chunk_frames,
-                left_frames, max_utts, max_duration, out_dir, threads, progress)
+                left_frames, max_utts, max_duration, out_dir, threads, progress, ctc_weight)
     except AsrqError as e:  # the root group does the same; this keeps ``decode`` alone consistent
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -95,6 +102,7 @@ def _decode(
     out_dir: Path | None,
     threads: int | None,
     progress: bool,
+    ctc_weight: float = 0.5,
 ) -> None:
     import torch
 
@@ -123,7 +131,7 @@ def _decode(
     res = evaluate_model(
         loaded.model, loaded.sp, cuts_path, method=method, streaming=streaming, chunk_frames=chunk,
         left_frames=left, max_utts=max_utts, beam=beam, max_sym_per_frame=max_sym_per_frame,
-        max_duration=max_duration, progress=progress, threads=threads,
+        max_duration=max_duration, progress=progress, threads=threads, ctc_weight=ctc_weight,
     )  # fmt: skip
     out_dir = out_dir or checkpoint.parent
     name = result_name(split, method, streaming)
@@ -132,7 +140,9 @@ def _decode(
         "cuts": str(cuts_path),
         "split": split,
         "method": method,
-        "beam": beam if method == "modified_beam_search" else None,
+        "beam": beam if method in ("modified_beam_search", "ctc_prefix_beam", "attention_rescoring") else None,
+        "ctc_weight": ctc_weight if method == "attention_rescoring" else None,
+        "head": cfg.model.head,
         "max_sym_per_frame": max_sym_per_frame if method == "greedy" else None,
         "streaming": streaming,
         "chunk_frames": chunk if streaming else None,

@@ -29,16 +29,18 @@ from asrq.utils.io import AsrqError
 )
 @click.option(
     "--method",
-    type=click.Choice(["greedy", "modified_beam_search"]),
+    type=click.Choice(["greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring"]),
     default="greedy",
     show_default=True,
+    help="RNN-T: greedy, modified_beam_search. CTC / attention exports: greedy (= ctc_greedy), "
+    "ctc_prefix_beam, attention_rescoring (weight: the export config's decode.ctc_weight).",
 )
 @click.option(
     "--beam",
     type=click.IntRange(min=1),
     default=4,
     show_default=True,
-    help="Beam size (modified_beam_search).",
+    help="Beam size (modified_beam_search, ctc_prefix_beam, attention_rescoring).",
 )
 @click.option(
     "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Runtime threads."

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from asrq.decode import ctc_attention as CA
 from asrq.decode.ctc import ctc_greedy
 from asrq.decode.search import greedy_search, modified_beam_search
 from asrq.decode.streaming import LOG_EPSILON, stream_ctc_greedy_batch, stream_decode_batch
@@ -23,8 +24,13 @@ from asrq.decode.torch_backend import TorchRnnt
 from asrq.decode.wer import UttResult, compute_wer, score_utterance
 from asrq.utils.io import AsrqError
 
-Method = Literal["greedy", "modified_beam_search", "ctc_greedy"]
-METHODS: tuple[str, ...] = ("greedy", "modified_beam_search", "ctc_greedy")
+Method = Literal["greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring"]
+METHODS: tuple[str, ...] = ("greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring")
+#: methods per model head; on a ctc_attention model ``greedy`` means ``ctc_greedy`` (its greedy search)
+HEAD_METHODS: dict[str, tuple[str, ...]] = {
+    "rnnt": ("greedy", "modified_beam_search", "ctc_greedy"),
+    "ctc_attention": ("greedy", *CA.METHODS),
+}
 
 
 @dataclass
@@ -137,17 +143,23 @@ def cut_text(cut: Any) -> str:
 # decoding
 # --------------------------------------------------------------------------------------------
 def decode_batch(
-    comp: TorchRnnt,
+    comp: TorchRnnt | CA.TorchCtcAttention,
     feats: Tensor,
     feat_lens: Tensor,
     method: Method = "greedy",
     streaming: bool = False,
     beam: int = 4,
     max_sym_per_frame: int = 1,
+    ctc_weight: float = 0.5,
 ) -> list[list[int]]:
-    """feats (N, T, F), feat_lens (N,) -> token ids per utterance."""
+    """feats (N, T, F), feat_lens (N,) -> token ids per utterance. A ctc_attention model
+    (:class:`~asrq.decode.ctc_attention.TorchCtcAttention`) is decoded by
+    :func:`asrq.decode.ctc_attention.decode_batch` (``ctc_weight``: attention rescoring)."""
     if method not in METHODS:
         raise AsrqError(f"unknown decoding method {method!r}; choose one of {', '.join(METHODS)}")
+    if isinstance(comp, CA.TorchCtcAttention):
+        method = "ctc_greedy" if method == "greedy" else method
+        return CA.decode_batch(comp, feats, feat_lens, method, streaming, beam, ctc_weight)  # type: ignore[arg-type]
     if streaming:
         if method == "ctc_greedy":
             return stream_ctc_greedy_batch(comp, feats, feat_lens)
@@ -175,9 +187,13 @@ def evaluate_model(
     max_duration: float = 200.0,
     progress: bool = True,
     threads: int | None = None,
+    ctc_weight: float = 0.5,
 ) -> EvalResult:
     """Decode ``cuts`` (CutSet or manifest path) with ``model`` and score against the
     supervision texts (upper-cased; WER over whitespace-split words of ``sp.decode(tokens)``).
+
+    ``method`` must suit the model's head (:data:`HEAD_METHODS`); ``ctc_weight`` weighs the CTC
+    score in ``attention_rescoring``.
 
     The model runs in eval mode on its own device and its train/eval mode is restored after.
     ``threads``: torch intra-op threads while decoding (restored after). The search runs many
@@ -190,8 +206,14 @@ def evaluate_model(
         raise AsrqError("method ctc_greedy: this model has no CTC head (model.ctc_head: false)")
     if method not in METHODS:
         raise AsrqError(f"unknown decoding method {method!r}; choose one of {', '.join(METHODS)}")
+    head = getattr(model, "head", "rnnt")
+    if method not in HEAD_METHODS[head]:
+        raise AsrqError(f"method {method}: not for a {head} model; choose one of {', '.join(HEAD_METHODS[head])}")
     cut_list = load_eval_cuts(cuts, max_utts)
-    comp = TorchRnnt(model, chunk_frames, left_frames)
+    if head == "ctc_attention":
+        comp = CA.TorchCtcAttention(model, chunk_frames, left_frames)
+    else:
+        comp = TorchRnnt(model, chunk_frames, left_frames)
     was_training = model.training
     old_threads = torch.get_num_threads()
     if threads:
@@ -204,7 +226,7 @@ def evaluate_model(
         with torch.inference_mode(), tqdm(total=len(cut_list), desc="decode", unit="utt", disable=not progress) as bar:
             for batch in make_batches(cut_list, max_duration):
                 feats, lens = collate_features(batch)
-                hyps = decode_batch(comp, feats, lens, method, streaming, beam, max_sym_per_frame)
+                hyps = decode_batch(comp, feats, lens, method, streaming, beam, max_sym_per_frame, ctc_weight)
                 for c, toks in zip(batch, hyps, strict=True):
                     results[id(c)] = score_utterance(c.id, cut_text(c), sp.decode([int(t) for t in toks]).upper())
                     audio += c.duration
@@ -229,6 +251,7 @@ def evaluate(
     progress: bool = True,
     max_sym_per_frame: int = 1,
     threads: int | None = None,
+    ctc_weight: float = 0.5,
 ) -> EvalResult:
     """:func:`evaluate_model` for a :class:`~asrq.train.checkpoint.LoadedModel`; streaming uses
     the checkpoint's ``model.streaming.chunk_frames`` / ``left_frames``."""
@@ -247,4 +270,5 @@ def evaluate(
         max_duration=max_duration,
         progress=progress,
         threads=threads,
+        ctc_weight=ctc_weight,
     )

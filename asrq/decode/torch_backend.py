@@ -47,7 +47,7 @@ class TorchRnnt:
         return self.model.joiner.encoder_proj(enc), lens
 
     def init_states(self, batch_size: int) -> list[Tensor]:
-        """[attn_cache (layers, N, L, 2D), conv_cache (layers, N, D, K-1), processed (N,)]."""
+        """The encoder's zero streaming states (its ``state_specs``; Conformer: attn_cache, conv_cache, processed)."""
         return self.model.encoder.init_states(batch_size, self.left_frames, device=self.device)
 
     @torch.inference_mode()

@@ -194,10 +194,9 @@ def check_streaming(
     """``num_chunks`` chunks through the exported streaming encoder carrying its states, against
     eager carrying its own; the last chunk is partly padding (``x_lens`` < window)."""
     g = torch.Generator().manual_seed(seed)
-    x0, _, a0, c0, p0 = spec.example_inputs
+    x0 = spec.example_inputs[0]
     w, f = x0.shape[1], x0.shape[2]
-    states_rt = [torch.zeros(*a0.shape[:1], batch, *a0.shape[2:]), torch.zeros(*c0.shape[:1], batch, *c0.shape[2:]),
-                 torch.zeros(batch, dtype=torch.int64)]  # fmt: skip
+    states_rt = [s.with_batch(batch).zeros() for s in spec.states]
     states_eager = [s.clone() for s in states_rt]
     checks = []
     for k in range(num_chunks):

@@ -98,6 +98,8 @@ def base_metadata(
             "num_layers": g.num_layers,
             "joiner_dim": int(model.joiner.encoder_proj.out_features),
             "state_shapes": g.state_shapes(1),
+            # the streaming encoder's states in input order (batch 1): runtimes read these
+            "states": [s.to_json() for s in g.states],
             "num_parameters": sum(p.numel() for p in model.parameters()),
         },
         "feature": FEATURE,
@@ -124,6 +126,7 @@ def onnx_metadata(meta: dict[str, Any]) -> dict[str, Any]:
         "feature_dim": m["feature_dim"],
         "joiner_dim": m["joiner_dim"],
         "state_shapes": m["state_shapes"],
+        "states": m["states"],
         "feature": meta["feature"],
         "config": meta["config"],
     }
@@ -245,6 +248,11 @@ def export_loaded(
     if max_steps < 2:
         raise AsrqError(f"--max-seconds {max_seconds} is too short")
     opset = opset or cfg.export.opset
+    if getattr(loaded.model, "head", "rnnt") == "ctc_attention":  # its own programs (``programs`` unused)
+        from asrq.export.ctc_attention import export_ctc_attention
+
+        return export_ctc_attention(loaded, out_dir, targets=targets, chunk_frames=chunk, left_frames=left, max_steps=max_steps,
+                                    opset=opset, name=name, checkpoint=checkpoint, tol=tol, say=say)  # fmt: skip
     _check_out_dir(out_dir)
     model = loaded.model.eval()
     meta = base_metadata(loaded, chunk, left, name, checkpoint)

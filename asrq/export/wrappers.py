@@ -6,11 +6,16 @@ program               inputs                                                    
 ===================== ============================================================ ===========================
 ``encoder``           x (N, T, F) f32, x_lens (N,) i64                             encoder_out (N, T', J),
                                                                                    encoder_out_lens (N,) i64
-``encoder_streaming`` x (N, 4C+3, F), x_lens (N,), attn_cache (L, N, left, 2D),    encoder_out (N, C, J),
-                      conv_cache (L, N, D, K-1), processed (N,) i64                out_lens (N,), new states
+``encoder_streaming`` x (N, 4C+3, F), x_lens (N,), the encoder's states             encoder_out (N, C, J),
+                      (conformer: attn_cache, conv_cache, processed)               out_lens (N,), new_<state>...
 ``predictor``         y (N, context_size) i64 (-1 = padding)                       predictor_out (N, J)
 ``joiner``            encoder_out (N, J), predictor_out (N, J)                     logits (N, V)
 ===================== ============================================================ ===========================
+
+The streaming states are whatever the encoder declares with ``state_specs`` (see
+:mod:`asrq.models.states`): their names become the program's input names (``new_<name>`` for the
+outputs) and travel in the export metadata with their shapes, dtypes and batch axes. The
+Conformer keeps ``attn_cache`` (L, N, left, 2D), ``conv_cache`` (L, N, D, K-1), ``processed`` (N,).
 
 Encoder and predictor outputs are already projected to the joiner width ``J`` (``encoder_proj`` /
 ``decoder_proj``), so the joiner program is only ``output_linear(tanh(enc + pred))``.
@@ -35,6 +40,7 @@ than halves the delegate partitions (and the lowering time).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asrq.models.states import StateSpec
 from asrq.runtime.backends import MIN_ENCODER_STEPS, PROGRAMS
 
 Target = Literal["onnx", "executorch"]
@@ -65,7 +72,8 @@ class EncoderProgram(nn.Module):
 
 
 class StreamingEncoderProgram(nn.Module):
-    """One chunk of the chunked-attention encoder + ``encoder_proj`` (see
+    """One chunk of the streaming encoder + ``encoder_proj``: (x, x_lens, *states) ->
+    (encoder_out, out_lens, *new_states), states in the order of ``encoder.state_specs`` (see
     :meth:`asrq.models.conformer.ConformerEncoder.streaming_forward`)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -73,13 +81,9 @@ class StreamingEncoderProgram(nn.Module):
         self.encoder = model.encoder
         self.encoder_proj = model.joiner.encoder_proj
 
-    def forward(
-        self, x: Tensor, x_lens: Tensor, attn_cache: Tensor, conv_cache: Tensor, processed: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        enc, lens, (a, c, p) = self.encoder.streaming_forward(
-            x, x_lens, [attn_cache, conv_cache, processed]
-        )
-        return self.encoder_proj(enc), lens, a, c, p
+    def forward(self, x: Tensor, x_lens: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+        enc, lens, new_states = self.encoder.streaming_forward(x, x_lens, list(states))
+        return (self.encoder_proj(enc), lens, *new_states)
 
 
 class PredictorProgram(nn.Module):
@@ -118,18 +122,21 @@ class ProgramSpec:
     dynamic_shapes: dict[str, Any] | None = None
     #: per input name: axis -> label, for docs/metadata (e.g. {"x": {0: "N", 1: "T"}})
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    #: the streaming states among the inputs (after x, x_lens), at the example batch size
+    states: list[StateSpec] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class StreamingGeometry:
-    """Streaming shapes of an encoder: chunk ``C`` and left context (encoder frames)."""
+    """Streaming shapes of an encoder: chunk ``C`` and left context (encoder frames), and its
+    declared states at batch 1."""
 
     chunk_frames: int
     left_frames: int
     num_layers: int
     d_model: int
-    conv_kernel: int
     feature_dim: int
+    states: tuple[StateSpec, ...]
 
     @property
     def window_frames(self) -> int:
@@ -137,11 +144,7 @@ class StreamingGeometry:
         return 4 * self.chunk_frames + 3
 
     def state_shapes(self, batch: int) -> dict[str, list[int]]:
-        return {
-            "attn_cache": [self.num_layers, batch, self.left_frames, 2 * self.d_model],
-            "conv_cache": [self.num_layers, batch, self.d_model, self.conv_kernel - 1],
-            "processed": [batch],
-        }
+        return {s.name: list(s.with_batch(batch).shape) for s in self.states}
 
 
 def streaming_geometry(model: nn.Module, chunk_frames: int, left_frames: int) -> StreamingGeometry:
@@ -150,9 +153,8 @@ def streaming_geometry(model: nn.Module, chunk_frames: int, left_frames: int) ->
         raise ValueError(
             f"chunk_frames must be >= 1 and left_frames >= 0 (got {chunk_frames}, {left_frames})"
         )
-    return StreamingGeometry(
-        chunk_frames, left_frames, cfg.num_layers, cfg.d_model, cfg.conv_kernel, cfg.feature_dim
-    )
+    states = tuple(model.encoder.state_specs(1, left_frames))
+    return StreamingGeometry(chunk_frames, left_frames, cfg.num_layers, cfg.d_model, cfg.feature_dim, states)
 
 
 def program_specs(
@@ -185,7 +187,9 @@ def program_specs(
         return d or None
 
     gen = torch.Generator().manual_seed(0)
-    k_ex = 12
+    # traced length: 40 encoder frames, more than one block of the stateformer's blockwise SSM
+    # (a traced block count of 1 let the exporter treat that axis as size 1)
+    k_ex = 40
     x = torch.randn(n_ex, 4 * k_ex + 3, f, generator=gen)
     x_lens = torch.tensor([4 * k_ex + 3, 4 * k_ex - 5][:n_ex], dtype=torch.int64)
     enc = ProgramSpec(
@@ -198,33 +202,28 @@ def program_specs(
         {"x": {0: "N", 1: "T"} if onnx else {1: "T"}, "x_lens": {0: "N"} if onnx else {}},
     )
 
-    states = model.encoder.init_states(n_ex, left_frames)
+    state_specs = [s.with_batch(n_ex) for s in g.states]
+    names = [s.name for s in state_specs]
     xs = torch.randn(n_ex, g.window_frames, f, generator=gen)
     xs_lens = torch.tensor([g.window_frames, g.window_frames - 6][:n_ex], dtype=torch.int64)
     stream = ProgramSpec(
         "encoder_streaming",
         StreamingEncoderProgram(model).eval(),
-        (xs, xs_lens, *states),
-        ["x", "x_lens", "attn_cache", "conv_cache", "processed"],
-        ["encoder_out", "encoder_out_lens", "new_attn_cache", "new_conv_cache", "new_processed"],
+        (xs, xs_lens, *(s.zeros() for s in state_specs)),
+        ["x", "x_lens", *names],
+        ["encoder_out", "encoder_out_lens", *(f"new_{n}" for n in names)],
+        # ``forward(x, x_lens, *states)``: torch.export keys the varargs' shapes by "states"
         {
             "x": axes({0: batch}),
             "x_lens": axes({0: batch}),
-            "attn_cache": axes({1: batch}),
-            "conv_cache": axes({1: batch}),
-            "processed": axes({0: batch}),
+            "states": tuple(axes({s.batch_axis: batch}) for s in state_specs),
         }
         if onnx
         else None,
-        {
-            "x": {0: "N"},
-            "x_lens": {0: "N"},
-            "attn_cache": {1: "N"},
-            "conv_cache": {1: "N"},
-            "processed": {0: "N"},
-        }
+        {"x": {0: "N"}, "x_lens": {0: "N"}, **{s.name: {s.batch_axis: "N"} for s in state_specs}}
         if onnx
         else {},
+        state_specs,
     )
 
     # predictor / joiner: dynamic N on both targets (beam search batches its hypotheses)
@@ -301,12 +300,4 @@ def for_target(spec: ProgramSpec, target: Target) -> ProgramSpec:
     """The spec with its module rewritten for ``target`` (ExecuTorch: :func:`xnnpack_friendly`)."""
     if target != "executorch":
         return spec
-    return ProgramSpec(
-        spec.name,
-        xnnpack_friendly(spec.module).eval(),
-        spec.example_inputs,
-        spec.input_names,
-        spec.output_names,
-        spec.dynamic_shapes,
-        spec.dynamic_axes,
-    )
+    return dataclasses.replace(spec, module=xnnpack_friendly(spec.module).eval())

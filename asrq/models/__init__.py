@@ -9,20 +9,28 @@ from torch import nn
 
 from asrq.config import EncoderConfig, ModelConfig, PredictorConfig
 from asrq.models.conformer import ConformerEncoder
+from asrq.models.ctc_attention import AttentionDecoder, CtcAttentionModel
+from asrq.models.stateformer import StateformerEncoder
 from asrq.models.transducer import Joiner, Predictor, Transducer
 
 
 def build_encoder(cfg: EncoderConfig) -> nn.Module:
     if cfg.type == "conformer":
         return ConformerEncoder(cfg)
+    if cfg.type == "stateformer":
+        return StateformerEncoder(cfg)
     raise ValueError(f"unknown encoder type {cfg.type!r}")
 
 
-def build_model(cfg: ModelConfig) -> Transducer:
-    """Build the model a resolved :class:`ModelConfig` describes (``vocab_size`` must be set)."""
+def build_model(cfg: ModelConfig) -> Transducer | CtcAttentionModel:
+    """Build the model a resolved :class:`ModelConfig` describes (``vocab_size`` must be set):
+    a :class:`Transducer` (``head: rnnt``) or a :class:`CtcAttentionModel` (``head: ctc_attention``)."""
     if cfg.vocab_size <= 0:
         raise ValueError("model.vocab_size is 0: set it (training fills it from the BPE model)")
     encoder = build_encoder(cfg.encoder)
+    if cfg.head == "ctc_attention":
+        decoder = AttentionDecoder(cfg.vocab_size, encoder.output_dim, cfg.decoder)
+        return CtcAttentionModel(encoder, decoder, cfg.vocab_size, cfg.blank_id, cfg.decoder.sos_eos_id)
     predictor = Predictor(cfg.vocab_size, cfg.predictor.d_model, cfg.blank_id, cfg.predictor.context_size)
     joiner = Joiner(encoder.output_dim, cfg.predictor.d_model, cfg.joiner_dim, cfg.vocab_size)
     return Transducer(encoder, predictor, joiner, cfg.vocab_size, cfg.blank_id, ctc_head=cfg.ctc_head)

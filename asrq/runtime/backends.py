@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -60,6 +60,34 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("asrq-export"):
         raise AsrqError(f"{path}: not asrq export metadata (no format 'asrq-export-*')")
     return meta
+
+
+class StreamingState(NamedTuple):
+    """One streaming encoder state as the export metadata declares it (shape at batch 1)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    batch_axis: int
+
+
+_STATE_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+
+
+def streaming_states(meta: dict[str, Any]) -> list[StreamingState]:
+    """The streaming encoder's states, in input order, from ``meta["model"]["states"]`` (written
+    by :meth:`asrq.models.states.StateSpec.to_json`). Exports made before the metadata named its
+    states are Conformers: ``attn_cache``, ``conv_cache`` (batch axis 1) and ``processed`` (int64)."""
+    m = meta["model"]
+    if "states" in m:
+        return [StreamingState(d["name"], tuple(d["shape"]), _STATE_DTYPES[d["dtype"]], int(d["batch_axis"]))
+                for d in m["states"]]  # fmt: skip
+    shapes = m["state_shapes"]
+    return [
+        StreamingState("attn_cache", tuple(shapes["attn_cache"]), torch.float32, 1),
+        StreamingState("conv_cache", tuple(shapes["conv_cache"]), torch.float32, 1),
+        StreamingState("processed", tuple(shapes["processed"]), torch.int64, 0),
+    ]
 
 
 def program_path(model_dir: str | Path, name: str, backend: str) -> Path:
@@ -214,7 +242,7 @@ class ExportedRnnt:
         self.chunk_frames = int(m["chunk_frames"])
         self.left_frames = int(m["left_frames"])
         self.feature_dim = int(m["feature_dim"])
-        self._state_shapes = m["state_shapes"]  # batch 1; the batch is axis 1 of the caches
+        self.states = streaming_states(meta)  # batch 1
         ex = meta.get("programs", {}).get(programs.backend, {})
         self.max_encoder_frames: int | None = ex.get("encoder", {}).get("max_fbank_frames")
         #: the encoders take batch 1 only (ExecuTorch): loop over rows
@@ -257,13 +285,13 @@ class ExportedRnnt:
         return enc, torch.cat(lens) if lens else torch.zeros(0, dtype=torch.int64)
 
     def init_states(self, batch_size: int) -> list[Tensor]:
-        """[attn_cache (L, N, left, 2D), conv_cache (L, N, D, K-1), processed (N,) int64] zeros."""
-        s = self._state_shapes
-        return [
-            torch.zeros(s["attn_cache"][0], batch_size, *s["attn_cache"][2:]),
-            torch.zeros(s["conv_cache"][0], batch_size, *s["conv_cache"][2:]),
-            torch.zeros(batch_size, dtype=torch.int64),
-        ]
+        """Zeros of the encoder's streaming states (:attr:`states`, from the metadata) for ``batch_size``."""
+        out = []
+        for s in self.states:
+            shape = list(s.shape)
+            shape[s.batch_axis] = batch_size
+            out.append(torch.zeros(shape, dtype=s.dtype))
+        return out
 
     def encode_chunk(
         self, x: Tensor, x_lens: Tensor, states: list[Tensor]
@@ -272,24 +300,19 @@ class ExportedRnnt:
         x, x_lens = x.float(), x_lens.to(torch.int64)
         n = x.shape[0]
         if not self.single_batch_encoders or n == 1:
-            e, lens, a, c, p = self.programs.run("encoder_streaming", [x, x_lens, *states])
-            return e, lens, [a, c, p]
+            e, lens, *new = self.programs.run("encoder_streaming", [x, x_lens, *states])
+            return e, lens, new
+        axes = [s.batch_axis for s in self.states]
         outs = [
             self.programs.run(
                 "encoder_streaming",
-                [
-                    x[i : i + 1],
-                    x_lens[i : i + 1],
-                    states[0][:, i : i + 1],
-                    states[1][:, i : i + 1],
-                    states[2][i : i + 1],
-                ],
+                [x[i : i + 1], x_lens[i : i + 1], *(t.narrow(a, i, 1) for t, a in zip(states, axes, strict=True))],
             )
             for i in range(n)
         ]
-        e, lens, p = (torch.cat([o[k] for o in outs]) for k in (0, 1, 4))
-        a, c = (torch.cat([o[k] for o in outs], dim=1) for k in (2, 3))
-        return e, lens, [a, c, p]
+        e, lens = (torch.cat([o[k] for o in outs]) for k in (0, 1))
+        new = [torch.cat([o[2 + k] for o in outs], dim=a) for k, a in enumerate(axes)]
+        return e, lens, new
 
     # ---- predictor / joiner -----------------------------------------------------------------
     def predict(self, context: Tensor) -> Tensor:

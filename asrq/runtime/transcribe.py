@@ -75,9 +75,14 @@ def iter_transcripts(
             f"{missing[0]}: audio file not found"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
+    meta = read_metadata(model_dir)  # a clear error for a wrong directory before anything else
+    if meta.get("head") == "ctc_attention":  # hybrid CTC / attention: its own programs and searches
+        from asrq.runtime import ctc_attention
+
+        yield from ctc_attention.iter_transcripts(model_dir, paths, backend, streaming, method, threads, beam)
+        return
     if method not in METHODS:
         raise AsrqError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    read_metadata(model_dir)  # a clear error for a wrong directory before anything else
     sp = load_tokenizer(model_dir)
     preload = ("encoder_streaming",) if streaming else ("encoder",)
     comp = load_rnnt(model_dir, backend, threads, preload=(*preload, "predictor", "joiner"))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 import torch
 
-from asrq.config import ExperimentConfig
+from asrq.config import EncoderConfig, ExperimentConfig
 from asrq.models import build_model, preset_config
 from asrq.train.checkpoint import model_payload, save_checkpoint
 
@@ -43,18 +44,44 @@ def tiny_bpe_bytes(vocab_size: int = 48) -> bytes:
     return model.getvalue()
 
 
-def tiny_config(vocab_size: int = 48, streaming_left: int = 16, chunk: int = 4) -> ExperimentConfig:
+def tiny_config(
+    vocab_size: int = 48, streaming_left: int = 16, chunk: int = 4, encoder: dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """The tiny preset; ``encoder``: overrides of its EncoderConfig (e.g. ``{"type": "stateformer"}``)."""
     cfg = ExperimentConfig()
     cfg.model = preset_config("tiny", vocab_size, cfg.model)
     cfg.model.streaming.chunk_frames = chunk
     cfg.model.streaming.left_frames = streaming_left
-    cfg.model.encoder.dropout = 0.0
+    cfg.model.encoder = EncoderConfig(**{**cfg.model.encoder.__dict__, "dropout": 0.0, **(encoder or {})})
     return cfg
 
 
-def make_tiny_checkpoint(path: str | Path, vocab_size: int = 48, seed: int = 0) -> Path:
-    """Write a randomly initialised tiny Conformer RNN-T checkpoint at ``path``."""
+def make_tiny_checkpoint(
+    path: str | Path, vocab_size: int = 48, seed: int = 0, encoder: dict[str, Any] | None = None
+) -> Path:
+    """Write a randomly initialised tiny RNN-T checkpoint at ``path`` (a Conformer unless
+    ``encoder`` overrides say otherwise)."""
     torch.manual_seed(seed)
-    cfg = tiny_config(vocab_size)
+    cfg = tiny_config(vocab_size, encoder=encoder)
+    model = build_model(cfg.model)
+    return save_checkpoint(path, model_payload(model, cfg, tiny_bpe_bytes(vocab_size), step=0))
+
+
+def tiny_ctc_attention_config(vocab_size: int = 48, streaming_left: int = 16, chunk: int = 4) -> ExperimentConfig:
+    """The tiny encoder with the hybrid CTC / attention head and a 2-layer decoder."""
+    cfg = tiny_config(vocab_size, streaming_left, chunk)
+    cfg.model.head = "ctc_attention"
+    cfg.model.decoder.num_layers = 2
+    cfg.model.decoder.num_heads = 2
+    cfg.model.decoder.ffn_dim = 128
+    cfg.model.decoder.dropout = 0.0
+    cfg.train.loss.ctc_weight = 0.3
+    return cfg
+
+
+def make_tiny_ctc_attention_checkpoint(path: str | Path, vocab_size: int = 48, seed: int = 0) -> Path:
+    """Write a randomly initialised tiny hybrid CTC / attention checkpoint at ``path``."""
+    torch.manual_seed(seed)
+    cfg = tiny_ctc_attention_config(vocab_size)
     model = build_model(cfg.model)
     return save_checkpoint(path, model_payload(model, cfg, tiny_bpe_bytes(vocab_size), step=0))

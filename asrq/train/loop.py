@@ -20,7 +20,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from asrq.config import ExperimentConfig, LossConfig, StreamingConfig, dump_yaml, to_dict
+from asrq.config import (
+    ExperimentConfig,
+    LossConfig,
+    ModelConfig,
+    StreamingConfig,
+    dump_yaml,
+    from_dict,
+    to_dict,
+)
 from asrq.models import build_model
 from asrq.models.conformer import count_parameters
 from asrq.models.transducer import pad_targets
@@ -33,7 +41,13 @@ from asrq.train.checkpoint import (
     sentencepiece_from_bytes,
     set_rng_state,
 )
-from asrq.train.distributed import DistInfo, all_ranks_agree, barrier, cleanup_distributed, setup_distributed
+from asrq.train.distributed import (
+    DistInfo,
+    all_ranks_agree,
+    barrier,
+    cleanup_distributed,
+    setup_distributed,
+)
 from asrq.utils.io import AsrqError, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -68,6 +82,10 @@ def loss_scales(step: int, cfg: LossConfig) -> tuple[float, float]:
 
 
 def combine_losses(losses: dict[str, torch.Tensor], step: int, cfg: LossConfig) -> torch.Tensor:
+    """``(1 - ctc_weight) * main + ctc_weight * ctc``; main is the RNN-T loss, or the attention
+    decoder's (``att``) for the ctc_attention head."""
+    if "att" in losses:  # asrq.models.ctc_attention
+        return (1.0 - cfg.ctc_weight) * losses["att"] + cfg.ctc_weight * losses["ctc"]
     s, p = loss_scales(step, cfg)
     rnnt = s * losses["simple"] + p * losses["pruned"] if cfg.rnnt_type == "pruned" else losses["pruned"]
     return (1.0 - cfg.ctc_weight) * rnnt + cfg.ctc_weight * losses["ctc"]
@@ -130,7 +148,8 @@ class Trainer:
         if path is None:
             raise AsrqError(f"{self.exp_dir / 'checkpoints'}: no checkpoint to resume from")
         ckpt = load_checkpoint(path)
-        if ckpt.get("config", {}).get("model") != to_dict(self.cfg.model):
+        stored = ckpt.get("config", {}).get("model")  # normalised: keys added later take defaults
+        if stored is None or to_dict(from_dict(ModelConfig, stored)) != to_dict(self.cfg.model):
             raise AsrqError(f"{path}: its model config differs from the current one; cannot resume")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -267,9 +286,7 @@ class Trainer:
         self.scheduler.step_batch(st.step)
         return {
             "loss": float(loss.detach()) / frames,
-            "simple": float(losses["simple"]) / frames,
-            "pruned": float(losses["pruned"]) / frames,
-            "ctc": float(losses["ctc"]) / frames,
+            **{k: float(v.detach()) / frames for k, v in losses.items() if k != "frames"},  # simple, pruned, ctc | ctc, att
             "utts": len(batch["texts"]),
             "audio_s": float(lens.sum()) / 100.0,
             "chunk": chunk,
@@ -301,8 +318,9 @@ class Trainer:
                 st.batch_in_epoch += 1
                 now = time.perf_counter()
                 st.train_seconds += now - t0
-                for k in ("loss", "simple", "pruned", "ctc", "utts", "audio_s"):
-                    acc[k] = acc.get(k, 0.0) + out[k]
+                for k in out:
+                    if k != "chunk":
+                        acc[k] = acc.get(k, 0.0) + out[k]
                 acc["n"] = acc.get("n", 0) + 1
                 acc["sec"] = acc.get("sec", 0.0) + (now - t0)
                 if not math.isfinite(out["loss"]):
@@ -317,9 +335,7 @@ class Trainer:
                             "step": st.step,
                             "epoch": st.epoch,
                             "loss": round(acc["loss"] / n, 5),
-                            "simple": round(acc["simple"] / n, 5),
-                            "pruned": round(acc["pruned"] / n, 5),
-                            "ctc": round(acc["ctc"] / n, 5),
+                            **{k: round(acc[k] / n, 5) for k in ("simple", "pruned", "ctc", "att") if k in acc},
                             "lr": self.scheduler.get_last_lr()[0],
                             "utts_per_s": round(acc["utts"] / acc["sec"], 2),
                             "audio_s_per_s": round(acc["audio_s"] / acc["sec"] * self.dist.world_size, 1),

@@ -8,6 +8,7 @@ torch/python/numpy RNG states (dropout) travel in the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from asrq.models import build_model
 from asrq.models.conformer import count_parameters
 from asrq.models.transducer import pad_targets
 from asrq.train.augment import spec_augment
+from asrq.train.average import WeightAverage
 from asrq.train.checkpoint import (
     load_checkpoint,
     model_payload,
@@ -139,10 +141,17 @@ class Trainer:
 
             mean, std = feature_stats(self._train_cuts())
             self.model.encoder.embed.set_feature_stats(mean, std)
+        self.average = self._make_average()
+        if resume and self.average is not None:
+            self.average.load_state_dict(self._resume_avg)
         unused = cfg.model.ctc_head and cfg.train.loss.ctc_weight == 0
         self.ddp = DDP(self.model, find_unused_parameters=unused) if self.dist.enabled else None
 
     # ---- checkpoints ------------------------------------------------------------------------
+    def _make_average(self) -> WeightAverage | None:
+        t = self.cfg.train
+        return WeightAverage(self.model, t.average_decay, t.average_every) if t.average_decay > 0 else None
+
     def _resume(self, resume: str | Path | bool) -> None:
         path = latest_checkpoint(self.exp_dir) if resume is True else Path(resume)
         if path is None:
@@ -152,6 +161,7 @@ class Trainer:
         if stored is None or to_dict(from_dict(ModelConfig, stored)) != to_dict(self.cfg.model):
             raise AsrqError(f"{path}: its model config differs from the current one; cannot resume")
         self.model.load_state_dict(ckpt["model"])
+        self._resume_avg = ckpt.get("model_avg") or ckpt["model"]
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.state = TrainState(**ckpt["train_state"])
@@ -177,6 +187,7 @@ class Trainer:
             {
                 "config": to_dict(self.cfg),
                 "model": self.model.state_dict(),
+                **({"model_avg": self.average.state_dict()} if self.average is not None else {}),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "train_state": asdict(self.state),
@@ -195,6 +206,12 @@ class Trainer:
     def save_final(self) -> Path | None:
         if not self.dist.is_main:
             return None
+        if self.average is not None:  # the deployable model holds the averaged weights
+            with self.average.applied(self.model):
+                return self._save_final()
+        return self._save_final()
+
+    def _save_final(self) -> Path:
         return save_checkpoint(
             self.exp_dir / "model.pt",
             model_payload(
@@ -220,7 +237,8 @@ class Trainer:
             if cuts.is_file():
                 self.model.eval()
                 loaded = LoadedModel(self.model, self.cfg, sentencepiece_from_bytes(self.bpe_bytes), self.bpe_bytes, {})
-                res = evaluate(loaded, cuts, method="greedy", streaming=False, max_utts=self.cfg.train.eval_max_utts, progress=False)
+                with self.average.applied(self.model) if self.average is not None else contextlib.nullcontext():
+                    res = evaluate(loaded, cuts, method="greedy", streaming=False, max_utts=self.cfg.train.eval_max_utts, progress=False)
                 self.model.train()
                 wer = float(res.wer)
                 point = {"step": self.state.step, "train_minutes": round(self.state.train_seconds / 60, 3), "wer_dev": wer}
@@ -283,6 +301,8 @@ class Trainer:
         (loss / frames).backward()
         self.optimizer.step()
         st.step += 1
+        if self.average is not None:
+            self.average.update(self.model, st.step)
         self.scheduler.step_batch(st.step)
         return {
             "loss": float(loss.detach()) / frames,

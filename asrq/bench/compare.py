@@ -2,7 +2,7 @@
 
 Each variant is the recipe config plus a few dotted overrides (``model.encoder.type=stateformer``,
 ``model.encoder.fold=2``, ``model.head=ctc_attention``...). For each one :func:`compare_models`
-runs the recipe stages ``train, decode, export, bench`` in ``<out_dir>/<name>/`` through
+runs the recipe stages ``train, decode, export, bench, transcribe`` in ``<out_dir>/<name>/`` through
 :func:`asrq.pipeline.run_pipeline` (so a re-run skips finished variants), then collects one
 record per variant into ``models.json`` and a markdown table ``models.md``.
 """
@@ -90,6 +90,7 @@ def record(variant: Variant, cfg: ExperimentConfig, summary: dict[str, Any]) -> 
         "chunk_latency_p90_ms_executorch": summary.get("chunk_latency_p90_ms_executorch_1thread"),
         "train_steps": summary.get("train_steps"),
         "train_minutes": summary.get("train_minutes"),
+        "transcribed_real_files": len(summary.get("transcripts_real") or {}),
         "exp_dir": str(exp_dir),
     }
 
@@ -113,6 +114,7 @@ def compare_models(
     variants: Sequence[Variant] = DEFAULT_VARIANTS,
     steps: int = 600,
     echo: Callable[[str], None] = print,
+    real_audio_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Train/decode/export/bench every variant for ``steps`` steps; writes ``models.json`` and
     ``models.md`` in ``out_dir`` (``exp/mini`` for the recipe) and returns the records."""
@@ -124,7 +126,8 @@ def compare_models(
     for v in variants:
         cfg = variant_config(base, v, runs_dir, steps)
         echo(f"=== {v.name}: {' '.join(v.overrides) or '(recipe config)'}")
-        summary = run_pipeline(cfg, ["train", "decode", "export", "bench"], synthesize=False, echo=echo)
+        stages = ["train", "decode", "export", "bench", "transcribe"]
+        summary = run_pipeline(cfg, stages, synthesize=False, echo=echo, real_audio_dir=real_audio_dir)
         records.append(record(v, cfg, summary))
         atomic_write_json(out_dir / "models.json", records)  # partial results survive a stop
     table = markdown_table(records)

@@ -23,6 +23,9 @@ COMMANDS = [
     ["export"],
     ["transcribe"],
     ["bench"],
+    ["supernet"],
+    ["supernet", "train"],
+    ["slice"],
 ]
 
 

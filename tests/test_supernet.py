@@ -471,3 +471,16 @@ def test_slice_cli_bad_spec_writes_nothing(tmp_path: Path) -> None:
     plain = make_tiny_checkpoint(tmp_path / "plain.pt")
     res = CliRunner().invoke(cli, ["slice", str(plain), "--spec", "smallest", "--out", str(out)])
     assert res.exit_code == 2 and "not a supernet checkpoint" in res.output and not out.exists()
+
+
+def test_plain_train_refuses_a_supernet_config_and_ctc_attention_is_not_elastic(tmp_path: Path) -> None:
+    from asrq.cli.main import cli
+    from asrq.testing.models import tiny_ctc_attention_config
+
+    p = tmp_path / "s.yaml"
+    p.write_text(dump_yaml(tiny_supernet_config()))
+    res = CliRunner().invoke(cli, ["train", "--config", str(p)])
+    assert res.exit_code == 2 and "asrq supernet train" in res.output
+    cfg = tiny_ctc_attention_config()
+    with pytest.raises(AsrqError, match="ctc_attention is not elastic"):
+        SearchSpace(SearchSpaceConfig(), cfg.model)

@@ -434,7 +434,8 @@ def test_slice_cli_writes_a_plain_model(enc: str, tmp_path: Path) -> None:
     loaded = load_model(tmp_path / "sub" / "model.pt")
     assert loaded.config.supernet is None
     assert loaded.config.model.encoder.d_model == 48 and loaded.config.model.encoder.num_layers == 1
-    assert load_checkpoint(tmp_path / "sub" / "model.pt")["subnet"]["d_model"] == 48
+    assert load_checkpoint(tmp_path / "sub" / "model.pt")["subnet_spec"]["d_model"] == 48
+    assert loaded.subnet == {"conformer": "L1-d48-f64-h2-j32-p64", "stateformer": "L1-d48-f64-s4-j32-p64"}[enc]
     # it decodes as the supernet does at that spec
     model, cfg = tiny_supernet(encoder=ENCODERS[enc])
     model.eval()

@@ -5,8 +5,10 @@ A supernet checkpoint is an ordinary asrq checkpoint (training ``ckpt-N.pt`` or 
 out with :func:`asrq.supernet.elastic.slice_model` and writes it as an ordinary deployable
 ``model.pt`` (:func:`asrq.train.checkpoint.model_payload`, atomic): its config is the subnet's
 plain :class:`~asrq.config.ModelConfig` with ``supernet: null``, so ``asrq decode``, ``export``,
-``transcribe`` and ``bench`` take it unchanged. The payload also records ``subnet`` (the spec)
-and ``sliced_from``.
+``transcribe`` and ``bench`` take it unchanged. The payload also records ``subnet`` (the spec's
+label, e.g. ``L4-d96-f288-h4-j128-p128``: :func:`asrq.train.checkpoint.load_model` reads it into
+``LoadedModel.subnet``, and export metadata and benchmark JSON name it), ``subnet_spec`` (the
+spec's fields) and ``sliced_from``.
 """
 
 from __future__ import annotations
@@ -81,7 +83,10 @@ def slice_checkpoint(path: str | Path, spec: str | Path | SubnetSpec, out_dir: s
     cfg.model = model_cfg
     cfg.supernet = None
     out = Path(out_dir) / "model.pt"
-    payload = model_payload(plain, cfg, sup.bpe_model_bytes, **sup.meta, subnet=resolved.to_dict(), sliced_from=str(path))
+    payload = model_payload(
+        plain, cfg, sup.bpe_model_bytes, **sup.meta,
+        subnet=resolved.short(), subnet_spec=resolved.to_dict(), sliced_from=str(path),
+    )  # fmt: skip
     save_checkpoint(out, payload)
     atomic_write_text(Path(out_dir) / "spec.yaml", resolved.dump_yaml())
     params = sum(p.numel() for p in plain.parameters())

@@ -26,6 +26,7 @@ COMMANDS = [
     ["supernet"],
     ["supernet", "train"],
     ["slice"],
+    ["search"],
 ]
 
 

@@ -485,3 +485,43 @@ def test_plain_train_refuses_a_supernet_config_and_ctc_attention_is_not_elastic(
     cfg = tiny_ctc_attention_config()
     with pytest.raises(AsrqError, match="ctc_attention is not elastic"):
         SearchSpace(SearchSpaceConfig(), cfg.model)
+
+
+# --------------------------------------------------------------------------------------------
+# search
+# --------------------------------------------------------------------------------------------
+def test_pareto_front_and_choice() -> None:
+    from asrq.supernet.search import Candidate, choose, pareto_front
+
+    # (cost, error): (1, 9) and (2, 5) and (4, 4) are optimal; (3, 6) is beaten by (2, 5); (4, 5) by (4, 4)
+    assert pareto_front([(1, 9), (2, 5), (3, 6), (4, 4), (4, 5)]) == [True, True, False, True, False]
+    cands = [Candidate(SubnetSpec(num_layers=n), 0, mb, ms, wer) for n, ms, mb, wer in
+             [(1, 1.0, 1.0, 30.0), (2, 2.0, 2.0, 20.0), (3, 3.0, 1.5, 20.0), (4, 5.0, 4.0, 10.0)]]
+    assert choose(cands, None, None).spec.num_layers == 4
+    assert choose(cands, 3.5, None).spec.num_layers == 2  # WER tie at 20: the faster
+    assert choose(cands, 3.5, 1.6).spec.num_layers == 3
+    with pytest.raises(AsrqError, match="no candidate within"):
+        choose(cands, 0.5, None)
+
+
+def test_search_cli_writes_front_and_best_spec(tiny_data: TinyData, tmp_path: Path) -> None:
+    from asrq.cli.main import cli
+    from asrq.supernet.spec import load_spec
+
+    torch.set_num_threads(1)
+    sup = make_tiny_supernet_checkpoint(tmp_path / "supernet.pt")
+    out = tmp_path / "search"
+    args = ["search", str(sup), "--out", str(out), "--cuts", str(tiny_data.dev_cuts), "--max-utts", "2",
+            "--num-candidates", "4", "--repeats", "2"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "search.json").read_text())
+    assert len(report["candidates"]) == 4 and (out / "pareto.png").stat().st_size > 0
+    names = [c["name"] for c in report["candidates"]]
+    assert names[0] == "L2-d64-f128-h2-j64-p64" and names[1] == "L1-d32-f64-h1-j32-p32"
+    assert all(c["latency_ms"] > 0 and c["size_mb"] > 0 for c in report["candidates"])  # timings: no order asserted
+    assert report["pareto_latency"] and report["pareto_size"] and report["best"]["name"] in names
+    space = SearchSpace(tiny_supernet_config().supernet.search_space, tiny_supernet_config().model)
+    assert load_spec(out / "best_spec.yaml", space).short() == report["best"]["name"]
+    res = CliRunner().invoke(cli, [*args, "--budget-ms", "0", "--out", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "no candidate within" in res.output

@@ -40,7 +40,8 @@ def cli() -> None:
     \b
     Train once, deploy many:
       asrq supernet train recipes/mini/supernet.yaml
-      asrq slice exp/mini_supernet/model.pt --spec smallest --out exp/mini_supernet/smallest
+      asrq search exp/mini_supernet/model.pt --budget-ms 5 --out exp/mini_supernet/search
+      asrq slice exp/mini_supernet/model.pt --spec exp/mini_supernet/search/best_spec.yaml --out exp/mini_supernet/best
     """
 
 
@@ -55,6 +56,7 @@ def _register() -> None:
     cli.add_command(bench.bench)
     cli.add_command(supernet.supernet)
     cli.add_command(supernet.slice_)
+    cli.add_command(supernet.search)
 
 
 _register()

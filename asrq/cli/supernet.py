@@ -74,3 +74,40 @@ def slice_(checkpoint: str, spec: str, out_dir: str) -> None:
     pct = 100.0 * res.params / max(1, res.supernet_params)
     click.echo(f"subnet {res.spec.short()}: {res.params:,} parameters ({pct:.1f}% of the supernet's "
                f"{res.supernet_params:,}) -> {res.path}")
+
+
+@click.command("search")
+@click.argument("checkpoint", metavar="SUPERNET_CKPT", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output directory: search.json, pareto.png, best_spec.yaml.")
+@click.option("--cuts", "cuts_path", type=click.Path(dir_okay=False), default=None,
+              help="Dev cuts to score WER on [default: the checkpoint's data.fbank_dir / data.dev_split].")
+@click.option("--max-utts", type=click.IntRange(min=1), default=50, show_default=True, help="Dev utterances per candidate.")
+@click.option("--num-candidates", type=click.IntRange(min=2), default=32, show_default=True,
+              help="Candidates: every spec if the space has at most this many, else largest, smallest and random ones.")
+@click.option("--budget-ms", type=click.FloatRange(min=0), default=None,
+              help="Latency budget: predicted compute ms per streaming chunk on this machine.")
+@click.option("--max-mb", type=click.FloatRange(min=0), default=None, help="Size budget: fp32 megabytes.")
+@click.option("--streaming/--full-context", default=True, show_default=True, help="Decode dev chunk by chunk (the deployment mode).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads for timing and decoding.")
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timings per latency-table entry (median).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random candidates.")
+def search(checkpoint: str, out_dir: str, cuts_path: str | None, max_utts: int, num_candidates: int,
+           budget_ms: float | None, max_mb: float | None, streaming: bool, threads: int, repeats: int, seed: int) -> None:
+    """Find the subnets of a supernet worth deploying: dev WER vs latency vs size.
+
+    Each candidate subnet is decoded (greedy) on dev cuts through the supernet; its latency per
+    streaming chunk is predicted from a per-layer cost table timed on this machine (eager
+    PyTorch) and its size is its fp32 parameter bytes. Writes the Pareto fronts (WER vs latency,
+    WER vs size) to DIR/search.json and DIR/pareto.png, and the lowest-WER spec within
+    --budget-ms / --max-mb to DIR/best_spec.yaml, ready for
+    `asrq slice SUPERNET_CKPT --spec DIR/best_spec.yaml --out ...`.
+    """
+    from asrq.supernet.search import search as run_search
+
+    res = run_search(checkpoint, out_dir, cuts=cuts_path, max_utts=max_utts, num_candidates=num_candidates,
+                     budget_ms=budget_ms, max_mb=max_mb, streaming=streaming, threads=threads, repeats=repeats,
+                     seed=seed, log_fn=click.echo)
+    b = res.best
+    click.echo(f"best {b.spec.short()}: WER {b.wer:.2f}%, {b.latency_ms:.3f} ms per chunk, {b.size_mb:.3f} MB "
+               f"({b.params:,} parameters) -> {res.out_dir / 'best_spec.yaml'}")

@@ -19,6 +19,7 @@ subnets).
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,6 +318,16 @@ class SearchSpace:
         if name == "smallest":
             return self.smallest()
         raise AsrqError(f"unknown spec name {name!r}: use largest, smallest or a spec YAML file")
+
+    def all_specs(self) -> list[SubnetSpec]:
+        """Every exactly sliceable spec (:meth:`size` of them), smallest dimensions first."""
+        out = []
+        for layers, d, f, j, p in itertools.product(*(self.choices[k] for k in ("num_layers", "d_model", "ffn_dim", "joiner_dim", "predictor_dim"))):
+            heads = self._heads_for("num_heads", d) if "num_heads" in self.choices else [None]
+            ssm = self._heads_for("ssm_heads", d) if "ssm_heads" in self.choices else [None]
+            for h, hs in itertools.product(heads, ssm):
+                out.append(SubnetSpec(layers, d, f, h, hs, j, p))
+        return out
 
     def size(self) -> int:
         """Number of distinct exactly sliceable specs."""

@@ -525,3 +525,24 @@ def test_search_cli_writes_front_and_best_spec(tiny_data: TinyData, tmp_path: Pa
     assert load_spec(out / "best_spec.yaml", space).short() == report["best"]["name"]
     res = CliRunner().invoke(cli, [*args, "--budget-ms", "0", "--out", str(tmp_path / "none")])
     assert res.exit_code == 2 and "no candidate within" in res.output
+
+
+def test_stateformer_without_attention_has_no_head_constraint() -> None:
+    """EncoderConfig wants d_model / num_heads even even without attention: a width-30 subnet of
+    a Stateformer (no attention; supernet num_heads 2) gets num_heads 1 in its config."""
+    from asrq.supernet.spec import subnet_model_config
+
+    model, cfg = tiny_supernet(encoder=ENCODERS["stateformer"])
+    model.eval()
+    space_cfg = SearchSpaceConfig(**{**cfg.supernet.search_space.__dict__, "d_model": [30, 64]})
+    space = SearchSpace(space_cfg, cfg.model)
+    small = space.smallest()
+    assert small.d_model == 30 and small.ssm_heads == 2 and small.num_heads is None
+    assert subnet_model_config(cfg.model, small).encoder.num_heads == 1
+    plain, _ = slice_model(model, cfg.model, small)
+    x, x_lens = _inputs()
+    with torch.no_grad(), Supernet(model, cfg.model).active(small) as sub:
+        torch.testing.assert_close(sub.encoder(x, x_lens)[0], plain.encoder(x, x_lens)[0], rtol=0, atol=1e-6)
+    # 45 = 3 heads of 15 fits the MH-SSM, but no num_heads makes an odd width valid
+    with pytest.raises(AsrqError, match="d_model: choice 45: .*d_model=45 must be even"):
+        SearchSpace(SearchSpaceConfig(**{**space_cfg.__dict__, "d_model": [45, 64], "ssm_heads": [3, 4]}), cfg.model)

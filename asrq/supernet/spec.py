@@ -19,6 +19,7 @@ subnets).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,6 +142,14 @@ def _ssm_error(e: EncoderConfig, d: int, hs: int) -> str | None:
     return None
 
 
+def _unused_heads(e: EncoderConfig, d: int) -> int:
+    """``num_heads`` for the config of a width-``d`` subnet of an encoder without attention
+    (Stateformer without ``ssm_attention``): unused, but EncoderConfig requires ``d / num_heads``
+    to be an even integer, so the supernet's value if it fits, else 1."""
+    h = e.num_heads
+    return h if d % h == 0 and (d // h) % 2 == 0 else 1
+
+
 def _predictor_error(cfg: ModelConfig, p: int) -> str | None:
     if cfg.predictor.context_size > 1 and _groups_width(p) != _groups_width(cfg.predictor.d_model):
         return f"predictor_dim={p} changes the predictor conv's channels per group (groups = d // 4): use a multiple of 4"
@@ -171,6 +180,7 @@ def check_sliceable(cfg: ModelConfig, spec: SubnetSpec) -> SubnetSpec:
         f"d_model={s.d_model} must divide by encoder.fold ({e.fold})" if s.d_model % e.fold else None,
         None if s.num_heads is None else _attention_error(e, s.d_model, s.num_heads),
         None if s.ssm_heads is None else _ssm_error(e, s.d_model, s.ssm_heads),
+        f"d_model={s.d_model} must be even" if s.num_heads is None and s.d_model % 2 else None,
         _predictor_error(cfg, s.predictor_dim),
     ]
     for err in errors:
@@ -185,8 +195,7 @@ def subnet_model_config(cfg: ModelConfig, spec: SubnetSpec, dropout: float | Non
     s = check_sliceable(cfg, spec)
     e = cfg.encoder
     enc = dict(e.__dict__, num_layers=s.num_layers, d_model=s.d_model, ffn_dim=s.ffn_dim)
-    if s.num_heads is not None:
-        enc["num_heads"] = s.num_heads
+    enc["num_heads"] = _unused_heads(e, s.d_model) if s.num_heads is None else s.num_heads
     if s.ssm_heads is not None:
         enc["ssm_heads"] = s.ssm_heads
     if dropout is not None:
@@ -235,15 +244,6 @@ class SearchSpace:
                     f"(the supernet is its own largest subnet)"
                 )
             self.choices[k] = choices
-        for d in self.choices["d_model"]:
-            if d % e.fold:
-                raise AsrqError(f"{where}.d_model: choice {d} must divide by encoder.fold ({e.fold})")
-        for f in self.choices["ffn_dim"]:
-            if f % e.fold:
-                raise AsrqError(f"{where}.ffn_dim: choice {f} must divide by encoder.fold ({e.fold})")
-        for p in self.choices["predictor_dim"]:
-            if err := _predictor_error(cfg, p):
-                raise AsrqError(f"{where}.predictor_dim: {err}")
         for k in ("num_heads", "ssm_heads"):
             if k not in self.choices:
                 continue
@@ -258,8 +258,16 @@ class SearchSpace:
                         f"{where}.{k}: choice {h} fits no d_model choice "
                         f"({self._head_error(k, self.choices['d_model'][-1], h)})"
                     )
-        subnet_model_config(cfg, self.largest())
-        subnet_model_config(cfg, self.smallest())
+        # the only constraints across dimensions are width x heads (checked above), so checking
+        # each choice with the other dimensions at their largest covers every spec
+        for k in ("num_layers", "d_model", "ffn_dim", "joiner_dim", "predictor_dim"):
+            for c in self.choices[k]:
+                d = c if k == "d_model" else full.d_model
+                heads = {h: self._heads_for(h, d)[-1] for h in ("num_heads", "ssm_heads") if h in self.choices}
+                try:
+                    subnet_model_config(cfg, dataclasses.replace(full, **{k: c}, **heads))
+                except AsrqError as err:
+                    raise AsrqError(f"{where}.{k}: choice {c}: {err}") from None
 
     def _head_error(self, k: str, d: int, h: int) -> str | None:
         e = self.cfg.encoder

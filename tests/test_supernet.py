@@ -364,7 +364,7 @@ def test_supernet_resume_gives_the_same_next_losses(tiny_data: TinyData, tmp_pat
     # a different search space cannot resume
     cfg = _train_cfg(tiny_data, b, enc, max_steps=6)
     cfg.supernet.search_space.num_layers = [2]
-    with pytest.raises(AsrqError, match="supernet config"):
+    with pytest.raises(AsrqError, match="search space differs"):
         SupernetTrainer(cfg, resume=True, progress=False)
 
 

@@ -89,11 +89,15 @@ class SupernetTrainer(Trainer):
         return None
 
     def _resume(self, resume: str | Path | bool) -> None:
+        """The normal trainer's resume, which also refuses a checkpoint with another search space
+        (the other supernet settings, like the train settings, may change on resume)."""
         path = latest_checkpoint(self.exp_dir) if resume is True else Path(resume)
         if path is not None:
             stored = load_checkpoint(path).get("config", {}).get("supernet")
-            if stored is None or to_dict(from_dict(SupernetConfig, stored)) != to_dict(self.cfg.supernet):
-                raise AsrqError(f"{path}: its supernet config (search space, ...) differs from the current one; cannot resume")
+            if stored is None:
+                raise AsrqError(f"{path}: not a supernet checkpoint (no supernet: section); cannot resume a supernet from it")
+            if to_dict(from_dict(SupernetConfig, stored).search_space) != to_dict(self.cfg.supernet.search_space):
+                raise AsrqError(f"{path}: its supernet search space differs from the current one; cannot resume")
         super()._resume(resume)
 
     def run(self) -> dict[str, Any]:

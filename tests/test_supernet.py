@@ -546,3 +546,21 @@ def test_stateformer_without_attention_has_no_head_constraint() -> None:
     # 45 = 3 heads of 15 fits the MH-SSM, but no num_heads makes an odd width valid
     with pytest.raises(AsrqError, match="d_model: choice 45: .*d_model=45 must be even"):
         SearchSpace(SearchSpaceConfig(**{**space_cfg.__dict__, "d_model": [45, 64], "ssm_heads": [3, 4]}), cfg.model)
+
+
+def test_supernet_train_then_slice_end_to_end_cli(tiny_data: TinyData, tmp_path: Path) -> None:
+    from asrq.cli.main import cli
+    from asrq.decode.evaluate import evaluate
+
+    torch.set_num_threads(1)
+    cfg = _train_cfg(tiny_data, tmp_path / "exp")
+    (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
+    res = CliRunner().invoke(cli, ["supernet", "train", str(tmp_path / "cfg.yaml"), "-s", "train.max_steps=2",
+                                   "-s", "supernet.num_random=1", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["slice", str(tmp_path / "exp" / "model.pt"), "--spec", "smallest",
+                                   "--out", str(tmp_path / "small")])
+    assert res.exit_code == 0, res.output
+    loaded = load_model(tmp_path / "small" / "model.pt")
+    assert loaded.config.supernet is None and loaded.subnet == "L1-d32-f64-h1-j32-p32"
+    assert evaluate(loaded, tiny_data.dev_cuts, max_utts=2, progress=False).num_utts == 2

@@ -23,6 +23,10 @@ COMMANDS = [
     ["export"],
     ["transcribe"],
     ["bench"],
+    ["supernet"],
+    ["supernet", "train"],
+    ["slice"],
+    ["search"],
 ]
 
 

@@ -36,11 +36,17 @@ def cli() -> None:
       asrq export exp/mini/model.pt --out exp/mini/export
       asrq transcribe exp/mini/export audio.wav
       asrq bench exp/mini/export --backend onnx --threads 1,2
+
+    \b
+    Train once, deploy many:
+      asrq supernet train recipes/mini/supernet.yaml
+      asrq search exp/mini_supernet/model.pt --budget-ms 5 --out exp/mini_supernet/search
+      asrq slice exp/mini_supernet/model.pt --spec exp/mini_supernet/search/best_spec.yaml --out exp/mini_supernet/best
     """
 
 
 def _register() -> None:
-    from asrq.cli import bench, data, decode, export, train, transcribe
+    from asrq.cli import bench, data, decode, export, supernet, train, transcribe
 
     cli.add_command(data.data)
     cli.add_command(train.train)
@@ -48,6 +54,9 @@ def _register() -> None:
     cli.add_command(export.export)
     cli.add_command(transcribe.transcribe)
     cli.add_command(bench.bench)
+    cli.add_command(supernet.supernet)
+    cli.add_command(supernet.slice_)
+    cli.add_command(supernet.search)
 
 
 _register()

@@ -7,6 +7,7 @@ import logging
 import click
 
 from asrq.config import load_config
+from asrq.utils.io import AsrqError
 
 
 @click.command()
@@ -30,6 +31,8 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(config_path, overrides)
+    if cfg.supernet is not None:
+        raise AsrqError(f"{config_path}: this config has a supernet: section; train it with `asrq supernet train`")
     res: str | bool = False
     if resume == "latest":
         res = True

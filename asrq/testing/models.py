@@ -85,3 +85,49 @@ def make_tiny_ctc_attention_checkpoint(path: str | Path, vocab_size: int = 48, s
     cfg = tiny_ctc_attention_config(vocab_size)
     model = build_model(cfg.model)
     return save_checkpoint(path, model_payload(model, cfg, tiny_bpe_bytes(vocab_size), step=0))
+
+
+#: a search space of the tiny preset (2 layers, d 64, 2 heads, FFN 128, joiner / predictor 64)
+TINY_SEARCH_SPACE: dict[str, list[int]] = dict(
+    num_layers=[1, 2], d_model=[32, 48, 64], ffn_dim=[64, 128], num_heads=[1, 2], joiner_dim=[32, 64], predictor_dim=[32, 64]
+)
+
+
+def tiny_supernet_config(vocab_size: int = 48, encoder: dict[str, Any] | None = None, **supernet: Any) -> ExperimentConfig:
+    """:func:`tiny_config` with a ``supernet:`` section over :data:`TINY_SEARCH_SPACE` (a
+    Stateformer encoder gets ``ssm_heads`` [2, 4] and, without ``ssm_attention``, no ``num_heads``)."""
+    from asrq.config import SearchSpaceConfig, SupernetConfig
+
+    cfg = tiny_config(vocab_size, encoder=encoder)
+    space = dict(TINY_SEARCH_SPACE)
+    e = cfg.model.encoder
+    if e.type == "stateformer":
+        space["ssm_heads"] = [h for h in (2, 4) if h <= e.ssm_heads] or [e.ssm_heads]
+        if not e.ssm_attention:
+            space.pop("num_heads")
+    cfg.supernet = SupernetConfig(search_space=SearchSpaceConfig(**space), **supernet)
+    return cfg
+
+
+def tiny_supernet(
+    vocab_size: int = 48, seed: int = 0, encoder: dict[str, Any] | None = None, noise: float = 0.1
+) -> tuple[torch.nn.Module, ExperimentConfig]:
+    """A tiny supernet (:func:`tiny_supernet_config`) and its config: random weights, every saved
+    tensor (LayerNorms and CMVN included) perturbed by ``noise`` so that slicing mistakes cannot
+    hide behind ones and zeros."""
+    torch.manual_seed(seed)
+    cfg = tiny_supernet_config(vocab_size, encoder=encoder)
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        for t in model.state_dict().values():  # parameters and persistent buffers
+            if t.is_floating_point():
+                t.add_(noise * torch.randn_like(t))
+    return model, cfg
+
+
+def make_tiny_supernet_checkpoint(
+    path: str | Path, vocab_size: int = 48, seed: int = 0, encoder: dict[str, Any] | None = None
+) -> Path:
+    """Write the :func:`tiny_supernet` checkpoint at ``path`` (a final ``model.pt``-style file)."""
+    model, cfg = tiny_supernet(vocab_size, seed, encoder)
+    return save_checkpoint(path, model_payload(model, cfg, tiny_bpe_bytes(vocab_size), step=0))

@@ -71,6 +71,7 @@ class LoadedModel:
     sp: spm.SentencePieceProcessor
     bpe_model_bytes: bytes
     meta: dict[str, Any]
+    subnet: str | None = None  # the subnet's label when cut out of a supernet (``asrq slice``)
 
     def decode_tokens(self, ids: list[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
@@ -93,7 +94,7 @@ def load_model(path: str | Path) -> LoadedModel:
     if not bpe:
         raise AsrqError(f"{path}: checkpoint holds no BPE model")
     meta = {k: v for k, v in ckpt.items() if k in ("step", "epoch", "train_seconds", "wer_curve")}
-    return LoadedModel(model, cfg, sentencepiece_from_bytes(bpe), bpe, meta)
+    return LoadedModel(model, cfg, sentencepiece_from_bytes(bpe), bpe, meta, subnet=ckpt.get("subnet"))
 
 
 def model_payload(model: torch.nn.Module, cfg: ExperimentConfig, bpe_model_bytes: bytes, **extra: Any) -> dict:

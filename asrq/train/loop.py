@@ -109,7 +109,13 @@ def fast_forward(sampler: Any, epoch: int, num_batches: int) -> None:
 
 
 class Trainer:
-    """Runs training for an :class:`ExperimentConfig`; ``run()`` returns a summary dict."""
+    """Runs training for an :class:`ExperimentConfig`; ``run()`` returns a summary dict.
+
+    Subclasses (asrq.supernet.train) override :meth:`train_step` and the hooks
+    :meth:`_wrap_ddp` and :attr:`log_keys`."""
+
+    #: per-step outputs of :meth:`train_step` averaged into the ``train`` log lines (besides ``loss``)
+    log_keys: tuple[str, ...] = ("simple", "pruned", "ctc", "att")
 
     def __init__(self, cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True) -> None:
         from asrq.data.bpe import Tokenizer
@@ -144,8 +150,14 @@ class Trainer:
         self.average = self._make_average()
         if resume and self.average is not None:
             self.average.load_state_dict(self._resume_avg)
-        unused = cfg.model.ctc_head and cfg.train.loss.ctc_weight == 0
-        self.ddp = DDP(self.model, find_unused_parameters=unused) if self.dist.enabled else None
+        self.ddp = self._wrap_ddp()
+
+    def _wrap_ddp(self) -> DDP | None:
+        """The DDP wrapper of ``self.model`` under torchrun, else None."""
+        if not self.dist.enabled:
+            return None
+        unused = self.cfg.model.ctc_head and self.cfg.train.loss.ctc_weight == 0
+        return DDP(self.model, find_unused_parameters=unused)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _make_average(self) -> WeightAverage | None:
@@ -285,7 +297,9 @@ class Trainer:
         )
         return all_ranks_agree(stop, self.dist)
 
-    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+        """A batch's (SpecAugmented) features (N, T, F), lengths (N,), padded targets (N, S), target
+        lengths (N,), and the step's chunk size and left chunks."""
         cfg, st = self.cfg, self.state
         feats, lens = batch["features"], batch["feature_lens"]
         if cfg.data.spec_augment:
@@ -293,6 +307,11 @@ class Trainer:
             feats = spec_augment(feats, lens, gen)
         targets, target_lens = pad_targets(self.tokenizer.encode(batch["texts"]), pad=-1)
         chunk, left = sample_chunk(cfg.model.streaming, cfg.train.seed, st.step)
+        return feats, lens, targets, target_lens, chunk, left
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        cfg, st = self.cfg, self.state
+        feats, lens, targets, target_lens, chunk, left = self._inputs(batch)
         module = self.ddp if self.ddp is not None else self.model
         losses = module(feats, lens, targets, target_lens, cfg.train.loss, chunk, left)
         frames = max(1.0, float(losses["frames"]))
@@ -355,7 +374,7 @@ class Trainer:
                             "step": st.step,
                             "epoch": st.epoch,
                             "loss": round(acc["loss"] / n, 5),
-                            **{k: round(acc[k] / n, 5) for k in ("simple", "pruned", "ctc", "att") if k in acc},
+                            **{k: round(acc[k] / n, 5) for k in self.log_keys if k in acc},
                             "lr": self.scheduler.get_last_lr()[0],
                             "utts_per_s": round(acc["utts"] / acc["sec"], 2),
                             "audio_s_per_s": round(acc["audio_s"] / acc["sec"] * self.dist.world_size, 1),

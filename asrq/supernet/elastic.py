@@ -1,0 +1,246 @@
+"""Running a subnet inside the supernet, and cutting it out as a plain model.
+
+**The form: functional slicing.** A supernet is an ordinary model (``asrq.models.build_model``
+of the largest config). The supernet's forward *at a spec* is defined as the forward of the
+plain model of that spec (``build_model(subnet_model_config(cfg, spec))``) whose parameters
+are slices of the supernet's parameters: :meth:`Supernet.active` builds that plain model once
+per spec on the ``meta`` device (no memory, no init cost) as a *template*, and binds the sliced
+tensors (differentiable views / gathers of the supernet's parameters) into it for the
+duration of a ``with`` block. Gradients flow back into the supernet's parameters, so
+several subnets' backward passes accumulate into one set of gradients.
+
+:func:`slice_model` runs the same slicing once, copies the tensors into a freshly built plain
+model and returns it with its config. Because the supernet at a spec *is* that plain model
+running on those tensors, the two compute exactly the same thing (bit for bit on the same
+device and threads): LayerNorms normalize over the subnet's ``d`` channels, the
+subsampling's output projection, residual scales, rotary frequencies, ALiBi slopes, head
+dims and streaming states are all the plain model's own. Inference needs no supernet code.
+
+**What a subnet takes** (supernet widths D, F, H heads of width Dh = D / fold / H, H_s
+MH-SSM heads of width P_s = D / H_s; subnet widths d, f, h, h_s):
+
+- the first ``num_layers`` encoder layers; every other tensor is cut to the template's shape by
+  taking the *first* entries of each axis (the first d model channels, the first f FFN
+  channels, the first p predictor / j joiner channels, ...), except:
+- attention ``q`` / ``kv`` rows and ``out`` columns: the first h heads, and inside supernet head
+  ``i`` the first ``dh / 2`` channels of each rotary half (channels ``i Dh + [0, dh/2)`` and
+  ``i Dh + Dh/2 + [0, dh/2)``), so rotary channel pairs stay pairs. The subnet's head dim
+  ``dh = d / fold / h`` may be smaller than Dh, never larger (a subnet head is the front of a
+  supernet head), and the subnet uses the plain model's rotary frequencies and ALiBi slopes for
+  its own ``dh`` and ``h`` (so a head's rotary frequencies and ALiBi slope differ between
+  subnets whose ``dh`` / ``h`` differ: the price of exactness with an unmodified plain model);
+- the conv module's ``pw1`` (D -> 2D, then GLU): rows ``[0, d)`` and ``[D, D + d)``;
+- MH-SSM ``in_proj`` (u | gate) rows and ``out`` columns: the first h_s heads, first
+  ``p_s = d / h_s`` channels of each (``u`` and gate alike); ``A``, ``B``, ``C``, ``dt``,
+  ``Dskip`` of the first h_s heads (``B`` / ``C`` / ``Dskip`` on their first p_s channels). The
+  state size is not elastic.
+
+Folding (``fold > 1``) works the same way: the subnet folds its d channels into sub-tokens of
+``d / fold`` and its folded projections are the fronts of the supernet's (exact by the same
+argument; the sub-token boundaries move with d). The ``ctc_attention`` head is not elastic
+(:func:`asrq.supernet.spec.check_sliceable` rejects it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from asrq.config import ModelConfig
+from asrq.models import build_model
+from asrq.models.conformer import (
+    CausalConvModule,
+    RotarySelfAttention,
+    alibi_slopes,
+    count_parameters,
+)
+from asrq.models.stateformer import MultiHeadSSM
+from asrq.supernet.spec import SubnetSpec, subnet_model_config
+
+Rule = tuple[Tensor | None, ...]  # per axis: an index tensor, or None for "the first entries"
+
+
+def head_index(full_heads: int, full_dim: int, heads: int, dim: int, rotary: bool) -> Tensor:
+    """Supernet channels of ``heads`` subnet heads of width ``dim`` cut from ``full_heads`` heads of
+    width ``full_dim``: ``(heads * dim,)`` int64, subnet channel order. ``rotary``: the first
+    ``dim / 2`` channels of each half of the head (rotary pairs ``(c, c + dim/2)``), else the
+    first ``dim`` channels."""
+    if heads > full_heads or dim > full_dim:
+        raise ValueError(f"cannot cut {heads} heads of {dim} from {full_heads} heads of {full_dim}")
+    per_head = torch.arange(dim)
+    if rotary:
+        half = dim // 2
+        per_head = torch.cat([torch.arange(half), full_dim // 2 + torch.arange(half)])
+    return (torch.arange(heads)[:, None] * full_dim + per_head[None, :]).reshape(-1)
+
+
+def slicing_rules(template: nn.Module, cfg: ModelConfig) -> dict[str, Rule]:
+    """The tensors of ``template`` (a plain model of a subnet of supernet ``cfg``) that are not
+    cut by taking the first entries of every axis, with their per-axis index (module doc)."""
+    e = cfg.encoder
+    big_d = e.d_model
+    rules: dict[str, Rule] = {}
+    for name, mod in template.named_modules():
+        pre = f"{name}." if name else ""
+        if isinstance(mod, RotarySelfAttention):
+            big_w = big_d // e.fold
+            idx = head_index(e.num_heads, big_w // e.num_heads, mod.h, mod.dh, rotary=True)
+            kv = torch.cat([idx, big_w + idx])
+            rules.update({
+                f"{pre}q.weight": (idx, None), f"{pre}q.bias": (idx,),
+                f"{pre}kv.weight": (kv, None), f"{pre}kv.bias": (kv,),
+                f"{pre}out.weight": (None, idx),
+            })
+        elif isinstance(mod, CausalConvModule):
+            d = mod.norm.normalized_shape[0]
+            idx = torch.cat([torch.arange(d), big_d + torch.arange(d)])
+            rules.update({f"{pre}pw1.weight": (idx, None), f"{pre}pw1.bias": (idx,)})
+        elif isinstance(mod, MultiHeadSSM):
+            idx = head_index(e.ssm_heads, big_d // e.ssm_heads, mod.h, mod.p, rotary=False)
+            both = torch.cat([idx, big_d + idx])
+            rules.update({
+                f"{pre}in_proj.weight": (both, None), f"{pre}in_proj.bias": (both,),
+                f"{pre}out.weight": (None, idx),
+            })
+    return rules
+
+
+def cut(t: Tensor, shape: torch.Size, rule: Rule | None) -> Tensor:
+    """Cut supernet tensor ``t`` to ``shape``: per axis the rule's index, or the first entries."""
+    for axis, size in enumerate(shape):
+        idx = rule[axis] if rule is not None and axis < len(rule) else None
+        if idx is not None:
+            t = t.index_select(axis, idx)
+        elif t.shape[axis] != size:
+            t = t.narrow(axis, 0, size)
+    if t.shape != shape:
+        raise RuntimeError(f"slicing produced {tuple(t.shape)}, expected {tuple(shape)} (asrq.supernet.elastic bug)")
+    return t.contiguous()  # the layout a plain model's own tensors have: same kernels, same bits
+
+
+@dataclass
+class _Plan:
+    """A subnet's meta-device template and how to fill it."""
+
+    cfg: ModelConfig
+    template: nn.Module
+    shapes: dict[str, torch.Size]  # parameters and persistent buffers
+    rules: dict[str, Rule]
+    num_params: int
+    device_cache: dict[torch.device, tuple[dict[str, Rule], dict[str, Tensor]]] = field(default_factory=dict)
+
+
+def _non_persistent(template: nn.Module, cfg: ModelConfig) -> dict[str, Tensor]:
+    """Values of the template's non-persistent buffers (not in any state dict), on the CPU."""
+    persistent = set(template.state_dict().keys())
+    out: dict[str, Tensor] = {}
+    for name, _ in template.named_buffers():
+        if name in persistent:
+            continue
+        mod_name, _, attr = name.rpartition(".")
+        mod = template.get_submodule(mod_name)
+        if isinstance(mod, RotarySelfAttention) and attr == "slopes":
+            out[name] = alibi_slopes(mod.h) if cfg.encoder.alibi else torch.zeros(mod.h)
+        else:
+            raise NotImplementedError(f"asrq.supernet.elastic: no value for the non-persistent buffer {name}")
+    return out
+
+
+@contextlib.contextmanager
+def bind(module: nn.Module, tensors: Mapping[str, Tensor]) -> Iterator[nn.Module]:
+    """Put ``tensors`` in place of ``module``'s parameters / buffers of those names for the
+    duration (what ``torch.func.functional_call`` does around ``forward``, for any method)."""
+    saved = []
+    try:
+        for name, t in tensors.items():
+            mod_name, _, attr = name.rpartition(".")
+            mod = module.get_submodule(mod_name)
+            store = mod._parameters if attr in mod._parameters else mod._buffers
+            if attr not in store:
+                raise KeyError(f"{name}: not a parameter or buffer of {type(module).__name__}")
+            saved.append((store, attr, store[attr]))
+            store[attr] = t
+        yield module
+    finally:
+        for store, attr, old in reversed(saved):
+            store[attr] = old
+
+
+class Supernet:
+    """A supernet: ``model`` is the plain model of the largest config ``cfg``; subnets run
+    inside it through :meth:`active` (see the module doc). Templates are cached per
+    (spec, dropout), at most ``cache_size`` of them (least recently used go)."""
+
+    def __init__(self, model: nn.Module, cfg: ModelConfig, cache_size: int = 64) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.cache_size = cache_size
+        self._plans: OrderedDict[tuple[SubnetSpec, float | None], _Plan] = OrderedDict()
+
+    def plan(self, spec: SubnetSpec, dropout: float | None = None) -> _Plan:
+        key = (spec, dropout)
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        cfg = subnet_model_config(self.cfg, spec, dropout)
+        with torch.device("meta"):
+            template = build_model(cfg)
+        shapes = {k: v.shape for k, v in template.state_dict().items()}
+        plan = _Plan(cfg, template, shapes, slicing_rules(template, self.cfg), count_parameters(template))
+        self._plans[key] = plan
+        if len(self._plans) > self.cache_size:
+            self._plans.popitem(last=False)
+        return plan
+
+    def num_params(self, spec: SubnetSpec) -> int:
+        """Parameters of the subnet (as a plain model)."""
+        return self.plan(spec).num_params
+
+    def sliced_tensors(self, plan: _Plan) -> dict[str, Tensor]:
+        """The subnet's parameters and persistent buffers, cut from the supernet's (differentiable)."""
+        source = dict(self.model.named_parameters())
+        source.update(self.model.named_buffers())
+        dev = next(iter(source.values())).device
+        if dev not in plan.device_cache:
+            rules = {k: tuple(None if i is None else i.to(dev) for i in r) for k, r in plan.rules.items()}
+            extra = {k: v.to(dev) for k, v in _non_persistent(plan.template, plan.cfg).items()}
+            plan.device_cache[dev] = (rules, extra)
+        rules, _ = plan.device_cache[dev]
+        return {k: cut(source[k], shape, rules.get(k)) for k, shape in plan.shapes.items()}
+
+    @contextlib.contextmanager
+    def active(self, spec: SubnetSpec, dropout: float | None = None) -> Iterator[nn.Module]:
+        """A plain model of subnet ``spec`` computing with the supernet's (sliced) weights, in the
+        supernet's train / eval mode; ``dropout``: its encoder dropout (None: the supernet's).
+        Use it only inside the ``with`` block."""
+        plan = self.plan(spec, dropout)
+        if plan.cfg == self.cfg:  # the whole supernet
+            yield self.model
+            return
+        tensors = self.sliced_tensors(plan)
+        tensors.update(plan.device_cache[next(iter(tensors.values())).device][1])
+        plan.template.train(self.model.training)
+        with bind(plan.template, tensors) as m:
+            yield m
+
+
+def slice_model(
+    model: nn.Module, cfg: ModelConfig, spec: SubnetSpec, dropout: float | None = None
+) -> tuple[nn.Module, ModelConfig]:
+    """Cut subnet ``spec`` out of supernet ``model`` (the plain model of ``cfg``): a standalone
+    model built by :func:`asrq.models.build_model` holding copies of the sliced weights, and its
+    :class:`ModelConfig`. It computes exactly what ``Supernet(model, cfg).active(spec)`` does
+    and is in ``model``'s train / eval mode, on its device."""
+    sn = Supernet(model, cfg, cache_size=1)
+    plan = sn.plan(spec, dropout)
+    with torch.no_grad():
+        tensors = {k: v.detach().clone() for k, v in sn.sliced_tensors(plan).items()}
+    plain = build_model(plan.cfg)
+    plain.load_state_dict(tensors, strict=True)
+    dev = next(iter(tensors.values())).device
+    return plain.to(dev).train(model.training), plan.cfg

@@ -1,0 +1,281 @@
+"""Searching a trained supernet for the subnets worth deploying (``asrq search``).
+
+For each candidate spec (every spec of the search space when there are at most
+``num_candidates``, else the largest, the smallest and random distinct specs):
+
+- **WER**: greedy decoding of dev cuts through the supernet at that spec
+  (:meth:`Supernet.active`; the same numbers a sliced model gives, see
+  :mod:`asrq.supernet.elastic`), streaming by default;
+- **size**: parameters and fp32 megabytes (``4 * params / 2^20``);
+- **latency**: predicted compute time of one streaming chunk on this machine from a
+  :class:`LatencyTable` (eager PyTorch, ``threads`` intra-op threads), so a large space needs only
+  a few measurements. Per chunk of C frames::
+
+      latency(spec) = embed(d) + num_layers * layer(d, f, h, h_s) + head(d, j, p)
+
+  ``embed(d)``: the subsampling of one ``4C + 3``-frame window; ``layer``: one encoder layer's
+  streaming step, measured as a 1-layer encoder's ``streaming_forward`` minus ``embed`` (so it
+  carries the output LayerNorm too); ``head``: the joiner's encoder projection of C frames plus
+  C joiner and C predictor calls (greedy search with one symbol per frame: an upper bound).
+  Each entry is the median of ``repeats`` timings of a randomly initialized plain model with
+  those dims. For latencies of the exported runtimes use ``asrq slice`` + ``asrq export`` +
+  ``asrq bench`` on the chosen specs.
+
+Outputs: the Pareto fronts (WER vs latency, WER vs size: no other candidate is at least as
+good in both and better in one), the best spec under ``budget_ms`` / ``max_mb`` (lowest WER,
+then lowest latency, then smallest), ``search.json``, ``pareto.png`` and ``best_spec.yaml``
+(for ``asrq slice --spec``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asrq.config import ModelConfig
+from asrq.models import build_model
+from asrq.supernet.checkpoint import load_supernet
+from asrq.supernet.elastic import Supernet
+from asrq.supernet.spec import SearchSpace, SubnetSpec, subnet_model_config
+from asrq.train.checkpoint import sentencepiece_from_bytes
+from asrq.utils.io import AsrqError, atomic_path, atomic_write_json, atomic_write_text
+
+BYTES_PER_PARAM = 4  # fp32
+
+
+# --------------------------------------------------------------------------------------------
+# latency table
+# --------------------------------------------------------------------------------------------
+def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+@dataclass
+class LatencyTable:
+    """Milliseconds per streaming chunk of each part (module doc); keys ``embed d=..``,
+    ``layer d=.. f=.. h=.. s=..``, ``head d=.. j=.. p=..``."""
+
+    chunk_frames: int
+    left_frames: int
+    threads: int
+    entries: dict[str, float] = field(default_factory=dict)
+
+    @staticmethod
+    def keys(spec: SubnetSpec) -> tuple[str, str, str]:
+        s = spec
+        return (f"embed d={s.d_model}", f"layer d={s.d_model} f={s.ffn_dim} h={s.num_heads} s={s.ssm_heads}",
+                f"head d={s.d_model} j={s.joiner_dim} p={s.predictor_dim}")
+
+    def predict(self, spec: SubnetSpec) -> float:
+        embed, layer, head = (self.entries[k] for k in self.keys(spec))
+        return embed + spec.num_layers * layer + head
+
+    def measure(self, cfg: ModelConfig, specs: list[SubnetSpec], repeats: int = 20) -> None:
+        """Fill the entries the resolved ``specs`` of supernet ``cfg`` need."""
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            for spec in specs:
+                if any(k not in self.entries for k in self.keys(spec)):
+                    self._measure_one(cfg, spec, repeats)
+        finally:
+            torch.set_num_threads(old)
+
+    @torch.inference_mode()
+    def _measure_one(self, cfg: ModelConfig, spec: SubnetSpec, repeats: int) -> None:
+        k_embed, k_layer, k_head = self.keys(spec)
+        torch.manual_seed(0)
+        m = build_model(subnet_model_config(cfg, SubnetSpec(**{**asdict(spec), "num_layers": 1}))).eval()
+        c = self.chunk_frames
+        x = torch.randn(1, 4 * c + 3, cfg.encoder.feature_dim)  # one streaming window
+        x_lens = torch.tensor([4 * c + 3])
+        states = m.encoder.init_states(1, self.left_frames)
+        if k_embed not in self.entries:
+            self.entries[k_embed] = _median_ms(lambda: m.encoder.embed(x, x_lens), repeats)
+        if k_layer not in self.entries:
+            full = _median_ms(lambda: m.encoder.streaming_forward(x, x_lens, states), repeats)
+            self.entries[k_layer] = max(0.0, full - self.entries[k_embed])
+        if k_head not in self.entries:
+            enc = torch.randn(1, c, spec.d_model)
+            ctx = torch.zeros(1, m.predictor.context_size, dtype=torch.int64)
+
+            def head() -> None:  # encoder projection of the chunk, then C predictor + joiner calls
+                e = m.joiner.encoder_proj(enc)
+                for t in range(c):
+                    p = m.joiner.decoder_proj(m.predictor(ctx, need_pad=False)[:, -1])
+                    m.joiner(e[:, t], p, project_input=False)
+
+            self.entries[k_head] = _median_ms(head, repeats)
+
+
+# --------------------------------------------------------------------------------------------
+# candidates and Pareto fronts
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    spec: SubnetSpec
+    params: int
+    size_mb: float
+    latency_ms: float
+    wer: float = float("nan")
+    pareto_latency: bool = False
+    pareto_size: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "name": self.spec.short(), "params": self.params,
+                "size_mb": round(self.size_mb, 4), "latency_ms": round(self.latency_ms, 4), "wer": self.wer,
+                "pareto_latency": self.pareto_latency, "pareto_size": self.pareto_size}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """Whether each ``(cost, error)`` point is Pareto-optimal (both minimized): no other point is
+    at most as large in both and smaller in one."""
+    return [
+        not any(c2 <= c and e2 <= e and (c2 < c or e2 < e) for j, (c2, e2) in enumerate(points) if j != i)
+        for i, (c, e) in enumerate(points)
+    ]
+
+
+def choose(cands: list[Candidate], budget_ms: float | None, max_mb: float | None) -> Candidate:
+    """The lowest-WER candidate within the budgets (ties: lower latency, then smaller)."""
+    ok = [c for c in cands if (budget_ms is None or c.latency_ms <= budget_ms) and (max_mb is None or c.size_mb <= max_mb)]
+    if not ok:
+        fastest = min(cands, key=lambda c: c.latency_ms)
+        smallest = min(cands, key=lambda c: c.size_mb)
+        raise AsrqError(
+            f"no candidate within --budget-ms {budget_ms} / --max-mb {max_mb}: the fastest takes "
+            f"{fastest.latency_ms:.3f} ms per chunk ({fastest.spec.short()}), the smallest is "
+            f"{smallest.size_mb:.3f} MB ({smallest.spec.short()})"
+        )
+    return min(ok, key=lambda c: (c.wer, c.latency_ms, c.size_mb))
+
+
+def candidate_specs(space: SearchSpace, num: int, seed: int) -> list[SubnetSpec]:
+    """Every spec when there are at most ``num``; else largest, smallest and random distinct ones."""
+    if space.size() <= num:
+        return space.all_specs()
+    out = [space.largest(), space.smallest()]
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(100 * num):
+        if len(out) >= num:
+            break
+        s = space.sample(g)
+        if s not in out:
+            out.append(s)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the search
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SearchResult:
+    candidates: list[Candidate]
+    best: Candidate
+    table: LatencyTable
+    out_dir: Path
+
+
+def plot_pareto(cands: list[Candidate], best: Candidate, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, cost, flag, label in ((axes[0], "latency_ms", "pareto_latency", "predicted ms per chunk"),
+                                  (axes[1], "size_mb", "pareto_size", "fp32 MB")):
+        xs = [getattr(c, cost) for c in cands]
+        ax.scatter(xs, [c.wer for c in cands], s=14, color="0.6", label="candidates")
+        front = sorted((getattr(c, cost), c.wer) for c in cands if getattr(c, flag))
+        ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="C0", label="Pareto front")
+        ax.scatter([getattr(best, cost)], [best.wer], s=80, marker="*", color="C3", label=f"best {best.spec.short()}", zorder=3)
+        ax.set_xlabel(label)
+        ax.set_ylabel("WER %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def search(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    cuts: str | Path | None = None,
+    max_utts: int | None = 50,
+    num_candidates: int = 32,
+    budget_ms: float | None = None,
+    max_mb: float | None = None,
+    streaming: bool = True,
+    threads: int = 1,
+    repeats: int = 20,
+    seed: int = 0,
+    progress: bool = False,
+    log_fn: Callable[[str], None] | None = None,
+) -> SearchResult:
+    """Evaluate candidate subnets of the supernet ``checkpoint`` and pick one (module doc).
+    ``cuts``: dev cuts (default: the checkpoint's ``data.fbank_dir`` / ``data.dev_split``)."""
+    from asrq.decode.evaluate import evaluate_model
+
+    sup = load_supernet(checkpoint)
+    cfg = sup.config
+    if cuts is None:
+        cuts = Path(cfg.data.fbank_dir) / f"librispeech_cuts_{cfg.data.dev_split}.jsonl.gz"
+    if not Path(cuts).is_file():
+        raise AsrqError(f"{cuts}: dev cuts not found (pass --cuts)")
+    specs = candidate_specs(sup.space, num_candidates, seed)
+    sn = Supernet(sup.model, cfg.model)
+    st = cfg.model.streaming
+    table = LatencyTable(st.chunk_frames, st.left_frames, threads)
+    table.measure(cfg.model, specs, repeats)
+    sp = sentencepiece_from_bytes(sup.bpe_model_bytes)
+    cands = []
+    for i, spec in enumerate(specs):
+        params = sn.num_params(spec)
+        c = Candidate(spec, params, BYTES_PER_PARAM * params / 2**20, table.predict(spec))
+        with torch.no_grad(), sn.active(spec) as model:
+            c.wer = evaluate_model(model, sp, cuts, "greedy", streaming, st.chunk_frames, st.left_frames,
+                                   max_utts=max_utts, progress=progress, threads=threads).wer
+        cands.append(c)
+        if log_fn:
+            log_fn(f"[{i + 1}/{len(specs)}] {spec.short()}: WER {c.wer:.2f}%  {c.latency_ms:.3f} ms/chunk  {c.size_mb:.3f} MB")
+    for flag, cost in (("pareto_latency", "latency_ms"), ("pareto_size", "size_mb")):
+        for c, on in zip(cands, pareto_front([(getattr(c, cost), c.wer) for c in cands]), strict=True):
+            setattr(c, flag, on)
+    best = choose(cands, budget_ms, max_mb)
+    out = Path(out_dir)
+    report = {
+        "checkpoint": str(checkpoint),
+        "cuts": str(cuts),
+        "max_utts": max_utts,
+        "streaming": streaming,
+        "threads": threads,
+        "budget_ms": budget_ms,
+        "max_mb": max_mb,
+        "search_space_size": sup.space.size(),
+        "latency_table": {"chunk_frames": table.chunk_frames, "left_frames": table.left_frames,
+                          "threads": table.threads, "ms_per_chunk": table.entries},
+        "best": best.to_json(),
+        "pareto_latency": [c.spec.short() for c in sorted(cands, key=lambda c: c.latency_ms) if c.pareto_latency],
+        "pareto_size": [c.spec.short() for c in sorted(cands, key=lambda c: c.size_mb) if c.pareto_size],
+        "candidates": [c.to_json() for c in cands],
+    }
+    atomic_write_json(out / "search.json", report)
+    atomic_write_text(out / "best_spec.yaml", best.spec.dump_yaml())
+    plot_pareto(cands, best, out / "pareto.png")
+    return SearchResult(cands, best, table, out)

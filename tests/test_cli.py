@@ -51,6 +51,11 @@ def test_console_script_and_recipe_help() -> None:
             check=True,
         )
         assert "--stages" in out.stdout
+    for script in ("compare_models.py", "todm_experiment.py"):
+        out = subprocess.run(
+            [sys.executable, str(root / "recipes" / "mini" / script), "--help"], capture_output=True, text=True, check=True
+        )
+        assert "--steps" in out.stdout
 
 
 def test_bad_override_is_a_one_line_error(tmp_path: Path) -> None:

@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Train once, deploy many, measured on the mini corpus: one supernet training vs K individually
+trained models of the sizes the supernet exports (same per-model step budget, same data).
+Writes exp/mini/todm.json and exp/mini/todm.md. Needs the mini corpus (`make demo`, or its
+synth/prepare/bpe stages). A benchmark, not a test; logic in asrq.bench.todm."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from asrq.bench.todm import DEFAULT_SIZES, deploy_many
+from asrq.config import load_config
+from asrq.utils.io import AsrqError
+
+HERE = Path(__file__).resolve().parent
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", default=str(HERE / "supernet.yaml"), show_default=True, help="Supernet recipe YAML.")
+@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override (repeatable), e.g. -s supernet.num_random=2.")
+@click.option("--steps", default=600, show_default=True, help="Training steps of the supernet and of each individual model.")
+@click.option("--only", multiple=True, type=click.Choice([s.name for s in DEFAULT_SIZES]),
+              help="Compare only these sizes (at least 3).")
+@click.option("--out", default="exp/mini", show_default=True, help="Where todm.json / todm.md and todm/ go.")
+def main(config: str, overrides: tuple[str, ...], steps: int, only: tuple[str, ...], out: str) -> None:
+    """One supernet vs K individually trained models of the same sizes."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(config, overrides)
+        sizes = [s for s in DEFAULT_SIZES if not only or s.name in only]
+        deploy_many(cfg, out, sizes, steps=steps)
+    except AsrqError as e:
+        raise click.ClickException(str(e)) from e
+
+
+if __name__ == "__main__":
+    main()

@@ -380,6 +380,10 @@ class SupernetConfig:
 
     search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
     num_random: int = 2
+    # OFA-style warm-up: the first `warmup_steps` steps train only the largest subnet (no sandwich,
+    # no distillation), so the shared weights leave the CTC blank plateau before the small
+    # subnets pull on them.
+    warmup_steps: int = 0
     kd_weight: float = 1.0
     kd_on: Literal["ctc", "rnnt", "both"] = "both"
     alpha_min: float = -1.0
@@ -392,6 +396,7 @@ class SupernetConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_random >= 0, "supernet.num_random must be >= 0")
+        _check(self.warmup_steps >= 0, "supernet.warmup_steps must be >= 0")
         _check(self.kd_weight >= 0, "supernet.kd_weight must be >= 0")
         _check(self.alpha_min <= self.alpha_max, "supernet.alpha_min must be <= supernet.alpha_max")
         _check(self.alpha_clip > 0, "supernet.alpha_clip must be > 0")

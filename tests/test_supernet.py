@@ -591,3 +591,13 @@ def test_deploy_many_experiment_writes_todm_json(tiny_data: TinyData, tmp_path: 
     assert "| big |" in (tmp_path / "out" / "todm.md").read_text()
     with pytest.raises(AsrqError, match="K >= 3"):
         deploy_many(cfg, tmp_path / "out2", sizes[:2], steps=2)
+
+
+def test_warmup_trains_the_largest_alone_first(tiny_data: TinyData, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    cfg = _train_cfg(tiny_data, tmp_path / "exp", max_steps=3)
+    cfg.supernet.warmup_steps = 2
+    cfg.supernet.num_random = 1
+    SupernetTrainer(cfg, progress=False).run()
+    recs = _log(tmp_path / "exp")
+    assert [("loss_smallest" in r, "kd_ctc" in r) for r in recs] == [(False, False), (False, False), (True, True)]

@@ -6,7 +6,8 @@ One step (:meth:`SupernetTrainer.train_step`), on one batch with one SpecAugment
 chunk size:
 
 1. specs = ``[largest, smallest, num_random random]`` (:meth:`SearchSpace.sandwich`, a function
-   of (seed, step) only: every rank and every resume trains the same subnets);
+   of (seed, step) only: every rank and every resume trains the same subnets); during the first
+   ``supernet.warmup_steps`` steps only ``[largest]`` (OFA's "train the full network first");
 2. the largest subnet (the whole supernet) runs first on its task loss (pruned RNN-T + CTC,
    :func:`asrq.train.loop.combine_losses`); its outputs, detached, are the teacher;
 3. every other subnet runs inside the supernet (:meth:`Supernet.active`) on the teacher's
@@ -134,7 +135,10 @@ class SupernetTrainer(Trainer):
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         cfg, st, sn = self.cfg, self.state, self.cfg.supernet
         feats, lens, targets, target_lens, chunk, left = self._inputs(batch)
-        specs = self.space.sandwich(cfg.train.seed, st.step, sn.num_random)
+        if st.step < sn.warmup_steps:  # warm-up: the largest subnet alone
+            specs = [self.space.largest()]
+        else:
+            specs = self.space.sandwich(cfg.train.seed, st.step, sn.num_random)
         kd_ctc = sn.kd_weight > 0 and sn.kd_on in ("ctc", "both")
         self.optimizer.zero_grad(set_to_none=True)
         teacher = None
@@ -170,8 +174,10 @@ class SupernetTrainer(Trainer):
         self.scheduler.step_batch(st.step)
         if self.average is not None:  # the EMA of the supernet's weights (asrq.train.average)
             self.average.update(self.model, st.step)
-        if sn.num_random == 0:
+        if len(specs) < 3:
             del out["loss_random"]
+        if len(specs) == 1:
+            del out["kd_ctc"], out["kd_rnnt"]
         return {**out, "utts": len(batch["texts"]), "audio_s": float(lens.sum()) / 100.0, "chunk": chunk}
 
 

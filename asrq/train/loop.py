@@ -360,6 +360,7 @@ class Trainer:
                 for k in out:
                     if k != "chunk":
                         acc[k] = acc.get(k, 0.0) + out[k]
+                        acc["#" + k] = acc.get("#" + k, 0) + 1  # keys some steps lack average over their own steps
                 acc["n"] = acc.get("n", 0) + 1
                 acc["sec"] = acc.get("sec", 0.0) + (now - t0)
                 if not math.isfinite(out["loss"]):
@@ -374,7 +375,7 @@ class Trainer:
                             "step": st.step,
                             "epoch": st.epoch,
                             "loss": round(acc["loss"] / n, 5),
-                            **{k: round(acc[k] / n, 5) for k in self.log_keys if k in acc},
+                            **{k: round(acc[k] / acc["#" + k], 5) for k in self.log_keys if k in acc},
                             "lr": self.scheduler.get_last_lr()[0],
                             "utts_per_s": round(acc["utts"] / acc["sec"], 2),
                             "audio_s_per_s": round(acc["audio_s"] / acc["sec"] * self.dist.world_size, 1),

@@ -147,7 +147,7 @@ def _non_persistent(template: nn.Module, cfg: ModelConfig) -> dict[str, Tensor]:
         if isinstance(mod, RotarySelfAttention) and attr == "slopes":
             out[name] = alibi_slopes(mod.h) if cfg.encoder.alibi else torch.zeros(mod.h)
         else:
-            raise NotImplementedError(f"asrq.supernet.elastic: no value for the non-persistent buffer {name}")
+            raise RuntimeError(f"asrq.supernet.elastic: a new non-persistent buffer {name} needs a value rule here")
     return out
 
 

@@ -1,0 +1,53 @@
+"""Supernet warm-up and the deploy-many experiment (asrq.bench.todm) on the tiny corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from asrq.supernet import SubnetSpec
+from asrq.supernet.train import SupernetTrainer
+from asrq.testing.data import TinyData
+from asrq.train.checkpoint import load_model
+from asrq.utils.io import AsrqError
+from tests.test_supernet import _log, _train_cfg
+
+
+def test_deploy_many_experiment_writes_todm_json(tiny_data: TinyData, tmp_path: Path) -> None:
+    from asrq.bench.todm import Size, deploy_many
+
+    torch.set_num_threads(1)
+    cfg = _train_cfg(tiny_data, tmp_path / "unused")
+    cfg.supernet.num_random = 1
+    sizes = [
+        Size("big", SubnetSpec(num_layers=2, d_model=64, ffn_dim=128, num_heads=2, joiner_dim=64, predictor_dim=64)),
+        Size("mid", SubnetSpec(num_layers=2, d_model=48, ffn_dim=64, num_heads=2, joiner_dim=32, predictor_dim=32)),
+        Size("small", SubnetSpec(num_layers=1, d_model=32, ffn_dim=64, num_heads=1, joiner_dim=32, predictor_dim=32)),
+    ]
+    res = deploy_many(cfg, tmp_path / "out", sizes, steps=2, echo=lambda s: None)
+    saved = json.loads((tmp_path / "out" / "todm.json").read_text())
+    assert saved == json.loads(json.dumps(res))
+    assert [s["name"] for s in saved["sizes"]] == ["big", "mid", "small"]
+    params = [s["params"] for s in saved["sizes"]]
+    assert params == sorted(params, reverse=True) and len(set(params)) == 3
+    for s in saved["sizes"]:
+        assert 0 <= s["wer_supernet"] and 0 <= s["wer_individual"]
+        ind = load_model(tmp_path / "out" / "todm" / "individual" / s["name"] / "model.pt")
+        assert ind.config.supernet is None and ind.meta["step"] == 2  # trained alone, from scratch
+    assert saved["supernet_train_minutes"] > 0 and saved["individual_train_minutes_total"] > 0
+    assert "| big |" in (tmp_path / "out" / "todm.md").read_text()
+    with pytest.raises(AsrqError, match="K >= 3"):
+        deploy_many(cfg, tmp_path / "out2", sizes[:2], steps=2)
+
+
+def test_warmup_trains_the_largest_alone_first(tiny_data: TinyData, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    cfg = _train_cfg(tiny_data, tmp_path / "exp", max_steps=3)
+    cfg.supernet.warmup_steps = 2
+    cfg.supernet.num_random = 1
+    SupernetTrainer(cfg, progress=False).run()
+    recs = _log(tmp_path / "exp")
+    assert [("loss_smallest" in r, "kd_ctc" in r) for r in recs] == [(False, False), (False, False), (True, True)]

@@ -384,7 +384,15 @@ class SupernetConfig:
     # no distillation), so the shared weights leave the CTC blank plateau before the small
     # subnets pull on them.
     warmup_steps: int = 0
+    # Random subnets drawn from this list of specs (SubnetSpec fields; missing: the supernet's
+    # value) instead of per dimension from search_space, e.g. the sizes meant for deployment.
+    sample_pool: list[dict[str, int]] = field(default_factory=list)
     kd_weight: float = 1.0
+    # The distillation weight ramps linearly from 0 to kd_weight over the kd_ramp_steps steps
+    # after kd_start_step (a teacher that is itself still on the blank plateau, with full
+    # weight, drags the shared weights more than it teaches: see the README's TODM section).
+    kd_start_step: int = 0
+    kd_ramp_steps: int = 0
     kd_on: Literal["ctc", "rnnt", "both"] = "both"
     alpha_min: float = -1.0
     alpha_max: float = 1.0
@@ -398,6 +406,7 @@ class SupernetConfig:
         _check(self.num_random >= 0, "supernet.num_random must be >= 0")
         _check(self.warmup_steps >= 0, "supernet.warmup_steps must be >= 0")
         _check(self.kd_weight >= 0, "supernet.kd_weight must be >= 0")
+        _check(self.kd_start_step >= 0 and self.kd_ramp_steps >= 0, "supernet.kd_start_step / kd_ramp_steps must be >= 0")
         _check(self.alpha_min <= self.alpha_max, "supernet.alpha_min must be <= supernet.alpha_max")
         _check(self.alpha_clip > 0, "supernet.alpha_clip must be > 0")
         if self.dropout_max is not None:

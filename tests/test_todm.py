@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from asrq.supernet import SubnetSpec
-from asrq.supernet.train import SupernetTrainer
+from asrq.config import SupernetConfig
+from asrq.supernet import SearchSpace, SubnetSpec
+from asrq.supernet.train import SupernetTrainer, kd_weight_at
 from asrq.testing.data import TinyData
+from asrq.testing.models import tiny_supernet_config
 from asrq.train.checkpoint import load_model
 from asrq.utils.io import AsrqError
 from tests.test_supernet import _log, _train_cfg
@@ -37,6 +39,10 @@ def test_deploy_many_experiment_writes_todm_json(tiny_data: TinyData, tmp_path: 
         assert 0 <= s["wer_supernet"] and 0 <= s["wer_individual"]
         ind = load_model(tmp_path / "out" / "todm" / "individual" / s["name"] / "model.pt")
         assert ind.config.supernet is None and ind.meta["step"] == 2  # trained alone, from scratch
+    # the random subnet of each step came from the middle size (largest and smallest train anyway)
+    assert saved["supernet"]["sample_pool"] == [
+        {"num_layers": 2, "d_model": 48, "ffn_dim": 64, "num_heads": 2, "joiner_dim": 32, "predictor_dim": 32}
+    ]
     assert saved["supernet_train_minutes"] > 0 and saved["individual_train_minutes_total"] > 0
     assert "| big |" in (tmp_path / "out" / "todm.md").read_text()
     with pytest.raises(AsrqError, match="K >= 3"):
@@ -51,3 +57,35 @@ def test_warmup_trains_the_largest_alone_first(tiny_data: TinyData, tmp_path: Pa
     SupernetTrainer(cfg, progress=False).run()
     recs = _log(tmp_path / "exp")
     assert [("loss_smallest" in r, "kd_ctc" in r) for r in recs] == [(False, False), (False, False), (True, True)]
+
+
+def test_sample_pool_draws_random_subnets_from_the_listed_specs() -> None:
+    cfg = tiny_supernet_config()
+    space = SearchSpace(cfg.supernet.search_space, cfg.model)
+    pool = space.pool([{"num_layers": 2, "d_model": 48}, {"d_model": 32, "num_heads": 1}])
+    assert pool[0] == SubnetSpec(2, 48, 128, 2, None, 64, 64)  # missing fields: the supernet's
+    drawn = [s for step in range(40) for s in space.sandwich(7, step, 2, pool)[2:]]
+    assert set(drawn) == set(pool)
+    assert drawn == [s for step in range(40) for s in space.sandwich(7, step, 2, pool)[2:]]
+    with pytest.raises(AsrqError, match=r"supernet.sample_pool\[1\]: d_model=40 is not one of"):
+        space.pool([{"num_layers": 1}, {"d_model": 40}])
+    with pytest.raises(AsrqError, match=r"supernet.sample_pool\[0\]: unknown key"):
+        space.pool([{"layers": 1}])
+
+
+def test_kd_weight_schedule() -> None:
+    sn = SupernetConfig(kd_weight=0.5, kd_start_step=10, kd_ramp_steps=4)
+    assert [kd_weight_at(sn, s) for s in (0, 9, 10, 11, 12, 13, 100)] == [0, 0, 0.125, 0.25, 0.375, 0.5, 0.5]
+    assert kd_weight_at(SupernetConfig(kd_weight=0.7), 0) == 0.7
+
+
+def test_kd_start_step_in_training(tiny_data: TinyData, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    cfg = _train_cfg(tiny_data, tmp_path / "exp", max_steps=3)
+    cfg.train.log_every = 1
+    cfg.supernet.num_random = 0
+    cfg.supernet.kd_start_step = 2
+    SupernetTrainer(cfg, progress=False).run()
+    recs = _log(tmp_path / "exp")
+    assert [r["kd_weight"] for r in recs] == [0.0, 0.0, cfg.supernet.kd_weight]
+    assert recs[0]["kd_ctc"] == recs[1]["kd_ctc"] == 0.0 and recs[2]["kd_ctc"] > 0

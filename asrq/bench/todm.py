@@ -89,15 +89,31 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def middle_sizes(cfg: ExperimentConfig, sizes: Sequence[Size]) -> list[dict[str, int]]:
+    """The ``sizes`` other than the search space's largest and smallest subnet, as
+    ``supernet.sample_pool`` entries (the sandwich trains those two every step anyway)."""
+    from asrq.supernet.spec import SearchSpace
+
+    assert cfg.supernet is not None
+    space = SearchSpace(cfg.supernet.search_space, cfg.model)
+    ends = {space.largest(), space.smallest()}
+    specs = [space.validate(s.spec, where=f"todm size {s.name}") for s in sizes]
+    return [{k: v for k, v in s.to_dict().items() if v is not None} for s in specs if s not in ends]
+
+
 def deploy_many(
     base: ExperimentConfig,
     out_dir: str | Path,
     sizes: Sequence[Size] = DEFAULT_SIZES,
     steps: int = 600,
     echo: Callable[[str], None] = print,
+    pool_middle: bool = True,
 ) -> dict[str, Any]:
     """Run the experiment (see the module doc) for the supernet config ``base``; returns the
-    result written to ``out_dir/todm.json``."""
+    result written to ``out_dir/todm.json``. ``pool_middle``: when the config has no
+    ``supernet.sample_pool``, the random subnets of each step are drawn from the compared sizes
+    other than the largest and smallest (so every compared size trains directly); False: from
+    the whole search space."""
     from asrq.supernet.checkpoint import slice_checkpoint
     from asrq.supernet.train import train_supernet
     from asrq.train.loop import train
@@ -110,7 +126,12 @@ def deploy_many(
     root = out_dir / "todm"
     limits = [f"train.max_steps={steps}", "train.max_minutes=0"]
     sup_cfg = _with(base, [f"train.exp_dir={root / 'supernet'}", *limits])
-    echo(f"=== supernet: {steps} steps, largest + smallest + {base.supernet.num_random} random subnets per step")
+    assert sup_cfg.supernet is not None
+    if not sup_cfg.supernet.sample_pool and pool_middle:
+        sup_cfg.supernet.sample_pool = middle_sizes(sup_cfg, sizes)
+    pool = f"{len(sup_cfg.supernet.sample_pool)} pooled specs" if sup_cfg.supernet.sample_pool else "the search space"
+    echo(f"=== supernet: {steps} steps, largest + smallest + {base.supernet.num_random} random subnets "
+         f"(from {pool}) per step")
     sup_summary = _train_once(sup_cfg, train_supernet)
     sup_model = root / "supernet" / "model.pt"
     records = []
@@ -141,7 +162,7 @@ def deploy_many(
         result = {
             "steps": steps,
             "subnets_per_step": 2 + base.supernet.num_random,
-            "supernet": {k: v for k, v in to_dict(base.supernet).items() if k != "search_space"},
+            "supernet": {k: v for k, v in to_dict(sup_cfg.supernet).items() if k != "search_space"},
             "sizes": records,
             "supernet_train_minutes": float(sup_summary["train_minutes"]),
             "individual_train_minutes_total": round(individual_minutes, 3),

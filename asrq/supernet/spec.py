@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,11 +300,28 @@ class SearchSpace:
         """A uniformly random choice per dimension (heads: among those that fit the drawn width)."""
         return self._make(lambda c: c[int(torch.randint(len(c), (1,), generator=generator))])
 
-    def sandwich(self, seed: int, step: int, num_random: int) -> list[SubnetSpec]:
+    def sandwich(
+        self, seed: int, step: int, num_random: int, pool: Sequence[SubnetSpec] = ()
+    ) -> list[SubnetSpec]:
         """The sandwich rule for one training step: ``[largest, smallest, num_random random]``,
-        a function of ``(seed, step)`` only (every rank and every resume draws the same)."""
+        a function of ``(seed, step)`` only (every rank and every resume draws the same). The
+        random subnets come from :meth:`sample`, or uniformly from ``pool`` when it is given
+        (e.g. the sizes one means to deploy; validated specs, see :meth:`pool`)."""
         g = torch.Generator().manual_seed(seed * 1_000_033 + step)
-        return [self.largest(), self.smallest(), *(self.sample(g) for _ in range(num_random))]
+        if pool:
+            rand = [pool[int(torch.randint(len(pool), (1,), generator=g))] for _ in range(num_random)]
+        else:
+            rand = [self.sample(g) for _ in range(num_random)]
+        return [self.largest(), self.smallest(), *rand]
+
+    def pool(self, specs: Sequence[Mapping[str, int]], where: str = "supernet.sample_pool") -> list[SubnetSpec]:
+        """Validated, resolved specs from a list of :class:`SubnetSpec` field mappings (missing
+        fields: the supernet's value); an error naming ``where[i]`` for a bad one."""
+        out = []
+        for i, d in enumerate(specs):
+            spec = from_dict(SubnetSpec, dict(d), where=f"{where}[{i}]")
+            out.append(self.validate(spec, where=f"{where}[{i}]"))
+        return out
 
     def validate(self, spec: SubnetSpec, where: str = "subnet spec") -> SubnetSpec:
         """The resolved ``spec``; an error naming ``where`` unless every value is one of the choices

@@ -7,11 +7,14 @@ chunk size:
 
 1. specs = ``[largest, smallest, num_random random]`` (:meth:`SearchSpace.sandwich`, a function
    of (seed, step) only: every rank and every resume trains the same subnets); during the first
-   ``supernet.warmup_steps`` steps only ``[largest]`` (OFA's "train the full network first");
+   ``supernet.warmup_steps`` steps only ``[largest]`` (OFA's "train the full network first").
+   The random subnets come from ``supernet.sample_pool`` when it lists specs (e.g. the sizes
+   to deploy), else from the whole search space;
 2. the largest subnet (the whole supernet) runs first on its task loss (pruned RNN-T + CTC,
    :func:`asrq.train.loop.combine_losses`); its outputs, detached, are the teacher;
 3. every other subnet runs inside the supernet (:meth:`Supernet.active`) on the teacher's
-   pruning ranges, with loss ``task + kd_weight * (kd_ctc + kd_rnnt)``
+   pruning ranges, with loss ``task + w * (kd_ctc + kd_rnnt)``, ``w`` = :func:`kd_weight_at`
+   (0 before ``kd_start_step``, then a ramp to ``kd_weight``)
    (:func:`asrq.supernet.distill.distillation_loss`);
 4. each subnet's loss (divided by the batch's frames, as the normal trainer) is backpropagated
    at once, so its graph is freed and the gradients of all subnets accumulate in the shared
@@ -52,6 +55,16 @@ def adaptive_dropout(cfg: SupernetConfig, params: int, largest_params: int, base
     return cfg.dropout_min + (hi - cfg.dropout_min) * (params / largest_params) ** cfg.dropout_power
 
 
+def kd_weight_at(cfg: SupernetConfig, step: int) -> float:
+    """The distillation weight at ``step``: 0 before ``kd_start_step``, then a linear ramp to
+    ``kd_weight`` over ``kd_ramp_steps`` steps."""
+    if step < cfg.kd_start_step:
+        return 0.0
+    if cfg.kd_ramp_steps <= 0:
+        return cfg.kd_weight
+    return cfg.kd_weight * min(1.0, (step - cfg.kd_start_step + 1) / cfg.kd_ramp_steps)
+
+
 def resolve_supernet_config(cfg: ExperimentConfig) -> SearchSpace:
     """Validate ``cfg.supernet`` against ``cfg.model`` and write the resolved values back (every
     search-space dimension explicit, ``dropout_max`` filled), so checkpoints hold them."""
@@ -60,6 +73,7 @@ def resolve_supernet_config(cfg: ExperimentConfig) -> SearchSpace:
     sn = cfg.supernet
     space = SearchSpace(sn.search_space, cfg.model)
     sn.search_space = space.config()
+    space.pool(sn.sample_pool)  # errors name supernet.sample_pool[i]
     if sn.dropout_max is None:
         sn.dropout_max = cfg.model.encoder.dropout
     if sn.kd_weight > 0 and sn.kd_on in ("ctc", "both") and not cfg.model.ctc_head:
@@ -72,13 +86,14 @@ def resolve_supernet_config(cfg: ExperimentConfig) -> SearchSpace:
 class SupernetTrainer(Trainer):
     """Trains a supernet for an :class:`ExperimentConfig` with a ``supernet:`` section (module doc)."""
 
-    log_keys = (*Trainer.log_keys, "kd_ctc", "kd_rnnt", "loss_smallest", "loss_random")
+    log_keys = (*Trainer.log_keys, "kd_ctc", "kd_rnnt", "kd_weight", "loss_smallest", "loss_random")
 
     def __init__(self, cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True) -> None:
         self.space = resolve_supernet_config(cfg)
         super().__init__(cfg, resume=resume, progress=progress)
         self.supernet = Supernet(self.model, cfg.model)
         self.largest_params = self.supernet.num_params(self.space.largest())
+        self.pool = self.space.pool(cfg.supernet.sample_pool)
 
     # ---- hooks of Trainer -------------------------------------------------------------------
     def _wrap_ddp(self) -> None:
@@ -138,7 +153,8 @@ class SupernetTrainer(Trainer):
         if st.step < sn.warmup_steps:  # warm-up: the largest subnet alone
             specs = [self.space.largest()]
         else:
-            specs = self.space.sandwich(cfg.train.seed, st.step, sn.num_random)
+            specs = self.space.sandwich(cfg.train.seed, st.step, sn.num_random, self.pool)
+        kd_weight = kd_weight_at(sn, st.step)
         kd_ctc = sn.kd_weight > 0 and sn.kd_on in ("ctc", "both")
         self.optimizer.zero_grad(set_to_none=True)
         teacher = None
@@ -157,9 +173,9 @@ class SupernetTrainer(Trainer):
                 out.update({"loss": float(task.detach()) / frames,
                             **{k: float(v.detach()) / frames for k, v in res.losses.items() if k != "frames"}})
             else:
-                if sn.kd_weight > 0:
+                if kd_weight > 0:
                     kd = distillation_loss(teacher, res, sn)
-                    loss = task + sn.kd_weight * sum(kd.values())
+                    loss = task + kd_weight * sum(kd.values())
                     for k, v in kd.items():
                         out[k] += float(v.detach()) / frames / (len(specs) - 1)
                 if i == 1:
@@ -178,6 +194,8 @@ class SupernetTrainer(Trainer):
             del out["loss_random"]
         if len(specs) == 1:
             del out["kd_ctc"], out["kd_rnnt"]
+        else:
+            out["kd_weight"] = kd_weight
         return {**out, "utts": len(batch["texts"]), "audio_s": float(lens.sum()) / 100.0, "chunk": chunk}
 
 

@@ -375,8 +375,8 @@ from asrq.supernet.spec import SearchSpace
 from asrq.supernet.train import SupernetTrainer
 drawn = []
 orig = SearchSpace.sandwich
-def record(self, seed, step, k):
-    specs = orig(self, seed, step, k)
+def record(self, seed, step, k, pool=()):
+    specs = orig(self, seed, step, k, pool)
     drawn.append([s.short() for s in specs])
     return specs
 SearchSpace.sandwich = record

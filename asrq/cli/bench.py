@@ -86,6 +86,17 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     show_default=True,
     help="Run each (backend, threads) in a fresh subprocess so peak RSS is its own.",
 )
+@click.option(
+    "--layer-table",
+    is_flag=True,
+    help="MODEL_DIR is a supernet checkpoint (model.pt): time the parts (subsampling, one encoder layer, "
+    "joiner + predictor) of every subnet of its search space on this machine and write the per-device "
+    "latency table that `asrq search --latency-table` predicts from. [--out default: beside the checkpoint]",
+)
+@click.option(
+    "--repeats", type=click.IntRange(min=1), default=20, show_default=True,
+    help="Timings per latency-table entry, median (--layer-table only).",
+)
 def bench(
     model_dir: Path,
     backends: tuple[str, ...],
@@ -98,6 +109,8 @@ def bench(
     out: Path | None,
     plot: bool,
     isolate: bool,
+    layer_table: bool,
+    repeats: int,
 ) -> None:
     """Benchmark streaming recognition with the model exported to MODEL_DIR.
 
@@ -111,7 +124,11 @@ def bench(
       asrq bench exp/mini/export --threads 1,2
       asrq bench exp/mini/export --backend executorch --threads 1,2,4 --chunk-ms 320 --audio a.wav
       asrq bench exp/mini/export --cuts data/mini/fbank/librispeech_cuts_test-clean.jsonl.gz --max-files 20
+      asrq bench exp/mini_supernet/model.pt --layer-table --threads 1 --out tables/host-1t.json
     """
+    if layer_table:
+        _layer_table(model_dir, out, (threads or [1])[0], repeats)
+        return
     from asrq.bench.report import format_table
     from asrq.bench.runner import run_bench
     from asrq.runtime.backends import read_metadata
@@ -127,6 +144,18 @@ def bench(
         sys.exit(2)
     click.echo(format_table(report))
     click.echo(f"wrote {report['json']}" + (f" and {report['chart']}" if "chart" in report else ""))
+
+
+def _layer_table(checkpoint: Path, out: Path | None, threads: int, repeats: int) -> None:
+    from asrq.supernet.search import build_latency_table
+
+    out = out or checkpoint.parent / "latency_table.json"
+    try:
+        table = build_latency_table(checkpoint, out, threads=threads, repeats=repeats, log_fn=click.echo)
+    except AsrqError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    click.echo(f"{len(table.entries)} entries ({threads} thread(s), chunk {table.chunk_frames} frames) -> {out}")
 
 
 if __name__ == "__main__":

@@ -86,19 +86,24 @@ def slice_(checkpoint: str, spec: str, out_dir: str) -> None:
 @click.option("--num-candidates", type=click.IntRange(min=2), default=32, show_default=True,
               help="Candidates: every spec if the space has at most this many, else largest, smallest and random ones.")
 @click.option("--budget-ms", type=click.FloatRange(min=0), default=None,
-              help="Latency budget: predicted compute ms per streaming chunk on this machine.")
+              help="Latency budget: predicted compute ms per streaming chunk (timed here or from --latency-table).")
 @click.option("--max-mb", type=click.FloatRange(min=0), default=None, help="Size budget: fp32 megabytes.")
 @click.option("--streaming/--full-context", default=True, show_default=True, help="Decode dev chunk by chunk (the deployment mode).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads for timing and decoding.")
 @click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timings per latency-table entry (median).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random candidates.")
+@click.option("--latency-table", type=click.Path(dir_okay=False), default=None,
+              help="Predict latencies from this table (e.g. another device's, built there with "
+                   "`asrq bench SUPERNET_CKPT --layer-table`) instead of timing here.")
 def search(checkpoint: str, out_dir: str, cuts_path: str | None, max_utts: int, num_candidates: int,
-           budget_ms: float | None, max_mb: float | None, streaming: bool, threads: int, repeats: int, seed: int) -> None:
+           budget_ms: float | None, max_mb: float | None, streaming: bool, threads: int, repeats: int, seed: int,
+           latency_table: str | None) -> None:
     """Find the subnets of a supernet worth deploying: dev WER vs latency vs size.
 
     Each candidate subnet is decoded (greedy) on dev cuts through the supernet; its latency per
     streaming chunk is predicted from a per-layer cost table timed on this machine (eager
-    PyTorch) and its size is its fp32 parameter bytes. Writes the Pareto fronts (WER vs latency,
+    PyTorch; or read from --latency-table, a device's table from `asrq bench --layer-table`) and
+    its size is its fp32 parameter bytes. The table used goes to DIR/latency_table.json. Writes the Pareto fronts (WER vs latency,
     WER vs size) to DIR/search.json and DIR/pareto.png, and the lowest-WER spec within
     --budget-ms / --max-mb to DIR/best_spec.yaml, ready for
     `asrq slice SUPERNET_CKPT --spec DIR/best_spec.yaml --out ...`.
@@ -107,7 +112,7 @@ def search(checkpoint: str, out_dir: str, cuts_path: str | None, max_utts: int, 
 
     res = run_search(checkpoint, out_dir, cuts=cuts_path, max_utts=max_utts, num_candidates=num_candidates,
                      budget_ms=budget_ms, max_mb=max_mb, streaming=streaming, threads=threads, repeats=repeats,
-                     seed=seed, log_fn=click.echo)
+                     seed=seed, log_fn=click.echo, latency_table=latency_table)
     b = res.best
     click.echo(f"best {b.spec.short()}: WER {b.wer:.2f}%, {b.latency_ms:.3f} ms per chunk, {b.size_mb:.3f} MB "
                f"({b.params:,} parameters) -> {res.out_dir / 'best_spec.yaml'}")

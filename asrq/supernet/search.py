@@ -29,6 +29,7 @@ then lowest latency, then smallest), ``search.json``, ``pareto.png`` and ``best_
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -79,18 +80,69 @@ class LatencyTable:
         return (f"embed d={s.d_model}", f"layer d={s.d_model} f={s.ffn_dim} h={s.num_heads} s={s.ssm_heads}",
                 f"head d={s.d_model} j={s.joiner_dim} p={s.predictor_dim}")
 
+    device: dict[str, Any] = field(default_factory=dict)  # where it was timed (asrq.bench.report.host_info)
+    source: str = ""  # the file it was read from, for error messages
+
     def predict(self, spec: SubnetSpec) -> float:
+        missing = [k for k in self.keys(spec) if k not in self.entries]
+        if missing:
+            where = self.source or "the latency table"
+            raise AsrqError(f"{where}: no entry {missing[0]!r} for subnet {spec.short()} (build the table from "
+                            f"this supernet: asrq bench SUPERNET_CKPT --layer-table --out TABLE.json)")
         embed, layer, head = (self.entries[k] for k in self.keys(spec))
         return embed + spec.num_layers * layer + head
 
-    def measure(self, cfg: ModelConfig, specs: list[SubnetSpec], repeats: int = 20) -> None:
-        """Fill the entries the resolved ``specs`` of supernet ``cfg`` need."""
+    def to_json(self) -> dict[str, Any]:
+        return {"format": "asrq-latency-table-1", "chunk_frames": self.chunk_frames, "left_frames": self.left_frames,
+                "threads": self.threads, "device": self.device, "ms_per_chunk": self.entries}
+
+    def save(self, path: str | Path) -> Path:
+        atomic_write_json(Path(path), self.to_json())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        """A table written by :meth:`save` (``asrq bench --layer-table``); errors name the file."""
+        p = Path(path)
+        if not p.is_file():
+            raise AsrqError(f"{p}: latency table not found (build one: asrq bench SUPERNET_CKPT --layer-table --out {p})")
+        try:
+            d = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise AsrqError(f"{p}: not a JSON latency table ({e})") from None
+        if not isinstance(d, dict) or d.get("format") != "asrq-latency-table-1":
+            raise AsrqError(f"{p}: not an asrq latency table (no \"format\": \"asrq-latency-table-1\")")
+        try:
+            entries = {str(k): float(v) for k, v in d["ms_per_chunk"].items()}
+            return cls(int(d["chunk_frames"]), int(d["left_frames"]), int(d["threads"]), entries,
+                       dict(d.get("device") or {}), str(p))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise AsrqError(f"{p}: malformed latency table ({type(e).__name__}: {e})") from None
+
+    def check_streaming(self, chunk_frames: int, left_frames: int) -> None:
+        """An error unless the table was timed with this chunk and left context."""
+        if (self.chunk_frames, self.left_frames) != (chunk_frames, left_frames):
+            raise AsrqError(
+                f"{self.source or 'latency table'}: timed with chunk_frames {self.chunk_frames} / left_frames "
+                f"{self.left_frames}, the supernet streams {chunk_frames} / {left_frames}; rebuild it"
+            )
+
+    def measure(self, cfg: ModelConfig, specs: list[SubnetSpec], repeats: int = 20,
+                progress: Callable[[int, int], None] | None = None) -> None:
+        """Fill the entries the resolved ``specs`` of supernet ``cfg`` need (``progress(i, n)``
+        after each spec)."""
+        from asrq.bench.report import host_info
+
+        if not self.device:
+            self.device = host_info()
         old = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            for spec in specs:
+            for i, spec in enumerate(specs):
                 if any(k not in self.entries for k in self.keys(spec)):
                     self._measure_one(cfg, spec, repeats)
+                if progress:
+                    progress(i + 1, len(specs))
         finally:
             torch.set_num_threads(old)
 
@@ -119,6 +171,24 @@ class LatencyTable:
                     m.joiner(e[:, t], p, project_input=False)
 
             self.entries[k_head] = _median_ms(head, repeats)
+
+
+def build_latency_table(checkpoint: str | Path, out: str | Path, threads: int = 1, repeats: int = 20,
+                        log_fn: Callable[[str], None] | None = None) -> LatencyTable:
+    """Time every part (embed, layer, head) that any spec of the supernet ``checkpoint``'s search
+    space uses, on this machine, and write the table to ``out`` (``asrq bench --layer-table``;
+    ``asrq search --latency-table`` reads it)."""
+    sup = load_supernet(checkpoint)
+    st = sup.config.model.streaming
+    table = LatencyTable(st.chunk_frames, st.left_frames, threads)
+
+    def tick(i: int, n: int) -> None:
+        if log_fn and (i == n or i % max(1, n // 10) == 0):
+            log_fn(f"[{i}/{n}] specs covered, {len(table.entries)} table entries")
+
+    table.measure(sup.config.model, sup.space.all_specs(), repeats, progress=tick)
+    table.save(out)
+    return table
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,9 +297,12 @@ def search(
     seed: int = 0,
     progress: bool = False,
     log_fn: Callable[[str], None] | None = None,
+    latency_table: str | Path | None = None,
 ) -> SearchResult:
     """Evaluate candidate subnets of the supernet ``checkpoint`` and pick one (module doc).
-    ``cuts``: dev cuts (default: the checkpoint's ``data.fbank_dir`` / ``data.dev_split``)."""
+    ``cuts``: dev cuts (default: the checkpoint's ``data.fbank_dir`` / ``data.dev_split``).
+    ``latency_table``: predict latencies from this saved table (another device's, built with
+    ``asrq bench --layer-table``) instead of timing the parts here."""
     from asrq.decode.evaluate import evaluate_model
 
     sup = load_supernet(checkpoint)
@@ -241,8 +314,14 @@ def search(
     specs = candidate_specs(sup.space, num_candidates, seed)
     sn = Supernet(sup.model, cfg.model)
     st = cfg.model.streaming
-    table = LatencyTable(st.chunk_frames, st.left_frames, threads)
-    table.measure(cfg.model, specs, repeats)
+    if latency_table is not None:
+        table = LatencyTable.load(latency_table)
+        table.check_streaming(st.chunk_frames, st.left_frames)
+        for spec in specs:
+            table.predict(spec)  # every candidate covered, before any decoding
+    else:
+        table = LatencyTable(st.chunk_frames, st.left_frames, threads)
+        table.measure(cfg.model, specs, repeats)
     sp = sentencepiece_from_bytes(sup.bpe_model_bytes)
     cands = []
     for i, spec in enumerate(specs):
@@ -268,8 +347,7 @@ def search(
         "budget_ms": budget_ms,
         "max_mb": max_mb,
         "search_space_size": sup.space.size(),
-        "latency_table": {"chunk_frames": table.chunk_frames, "left_frames": table.left_frames,
-                          "threads": table.threads, "ms_per_chunk": table.entries},
+        "latency_table": {**table.to_json(), "source": table.source or "timed here"},
         "best": best.to_json(),
         "pareto_latency": [c.spec.short() for c in sorted(cands, key=lambda c: c.latency_ms) if c.pareto_latency],
         "pareto_size": [c.spec.short() for c in sorted(cands, key=lambda c: c.size_mb) if c.pareto_size],
@@ -277,5 +355,6 @@ def search(
     }
     atomic_write_json(out / "search.json", report)
     atomic_write_text(out / "best_spec.yaml", best.spec.dump_yaml())
+    table.save(out / "latency_table.json")
     plot_pareto(cands, best, out / "pareto.png")
     return SearchResult(cands, best, table, out)

@@ -1,0 +1,90 @@
+"""Per-device latency tables: `asrq bench --layer-table` builds one for a supernet's whole search
+space, `asrq search --latency-table` predicts from it (asrq.supernet.search.LatencyTable)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from asrq.cli.main import cli
+from asrq.supernet import SearchSpace, SubnetSpec
+from asrq.supernet.search import LatencyTable
+from asrq.testing.data import TinyData
+from asrq.testing.models import make_tiny_supernet_checkpoint, tiny_supernet_config
+from asrq.utils.io import AsrqError
+
+
+@pytest.fixture(scope="module")
+def table_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("latency")
+    sup = make_tiny_supernet_checkpoint(tmp / "supernet.pt")
+    table = tmp / "device.json"
+    res = CliRunner().invoke(cli, ["bench", str(sup), "--layer-table", "--threads", "1", "--repeats", "1", "--out", str(table)])
+    assert res.exit_code == 0, res.output
+    return sup, table
+
+
+def test_layer_table_covers_the_whole_search_space(table_setup: tuple[Path, Path]) -> None:
+    _, path = table_setup
+    table = LatencyTable.load(path)
+    cfg = tiny_supernet_config()
+    space = SearchSpace(cfg.supernet.search_space, cfg.model)
+    assert table.threads == 1 and table.chunk_frames == cfg.model.streaming.chunk_frames
+    assert table.device["cpu_count"] >= 1  # where it was timed
+    for spec in space.all_specs():
+        assert table.predict(spec) > 0
+    # a deeper subnet of the same widths costs its extra layers exactly
+    big, small = space.largest(), SubnetSpec(**{**space.largest().to_dict(), "num_layers": 1})
+    layer = table.entries[LatencyTable.keys(big)[1]]
+    assert table.predict(big) - table.predict(small) == pytest.approx((big.num_layers - 1) * layer)
+
+
+def test_search_predicts_from_a_device_table(table_setup: tuple[Path, Path], tiny_data: TinyData, tmp_path: Path) -> None:
+    sup, path = table_setup
+    d = json.loads(path.read_text())
+    d["ms_per_chunk"] = {k: 1000.0 * v + 1.0 for k, v in d["ms_per_chunk"].items()}  # a much slower "device"
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps(d))
+    table = LatencyTable.load(slow)
+    out = tmp_path / "search"
+    args = ["search", str(sup), "--out", str(out), "--cuts", str(tiny_data.dev_cuts), "--max-utts", "1",
+            "--num-candidates", "3", "--latency-table", str(slow)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "search.json").read_text())
+    for c in report["candidates"]:
+        assert c["latency_ms"] == pytest.approx(table.predict(SubnetSpec(**c["spec"])), abs=1e-3)
+    assert report["latency_table"]["source"] == str(slow)
+    assert LatencyTable.load(out / "latency_table.json").entries == table.entries
+    # the budget is in the table's (device's) milliseconds
+    res = CliRunner().invoke(cli, [*args, "--budget-ms", "5", "--out", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "no candidate within" in res.output
+
+
+def test_bad_latency_tables_are_clear_errors(table_setup: tuple[Path, Path], tmp_path: Path) -> None:
+    _, path = table_setup
+    d = json.loads(path.read_text())
+    with pytest.raises(AsrqError, match="latency table not found"):
+        LatencyTable.load(tmp_path / "missing.json")
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(AsrqError, match=r"junk.json: not a JSON latency table"):
+        LatencyTable.load(tmp_path / "junk.json")
+    (tmp_path / "other.json").write_text(json.dumps({"threads": 1}))
+    with pytest.raises(AsrqError, match=r"other.json: not an asrq latency table"):
+        LatencyTable.load(tmp_path / "other.json")
+    key = next(iter(d["ms_per_chunk"]))
+    del d["ms_per_chunk"][key]
+    (tmp_path / "partial.json").write_text(json.dumps(d))
+    cfg = tiny_supernet_config()
+    space = SearchSpace(cfg.supernet.search_space, cfg.model)
+    partial = LatencyTable.load(tmp_path / "partial.json")
+    with pytest.raises(AsrqError, match=r"partial.json: no entry"):
+        for spec in space.all_specs():
+            partial.predict(spec)
+    with pytest.raises(AsrqError, match=r"timed with chunk_frames .* rebuild it"):
+        partial.check_streaming(partial.chunk_frames + 1, partial.left_frames)

@@ -34,10 +34,12 @@ def train(config_path: str, overrides: tuple[str, ...], resume: str | None, no_p
     """Train a supernet from a recipe CONFIG with a `supernet:` section.
 
     Each step trains the largest, the smallest and supernet.num_random random subnets of
-    supernet.search_space on one batch (the sandwich rule); all but the largest also learn from
-    the largest's output (in-place distillation with an adaptive alpha-divergence on the CTC
-    posteriors and/or the pruned RNN-T lattice, supernet.kd_on), with dropout scaled by subnet
-    size; one ScaledAdam step over the summed gradients. Writes what `asrq train` writes
+    supernet.search_space (or of the specs listed in supernet.sample_pool) on one batch (the
+    sandwich rule); all but the largest also learn from the largest's output (in-place
+    distillation with an adaptive alpha-divergence on the CTC posteriors and/or the pruned RNN-T
+    lattice, supernet.kd_on; weight supernet.kd_weight, from supernet.kd_start_step on, ramped
+    over supernet.kd_ramp_steps), with dropout scaled by subnet size; one ScaledAdam step over
+    the summed gradients. Writes what `asrq train` writes
     (checkpoints/, model.pt = the supernet, train_log.jsonl with per-subnet losses,
     train_summary.json) under train.exp_dir. Multi-process:
     `torchrun --nproc-per-node 2 -m asrq.cli.main supernet train CONFIG` (gloo on CPU).

@@ -105,8 +105,9 @@ def search(checkpoint: str, out_dir: str, cuts_path: str | None, max_utts: int, 
     Each candidate subnet is decoded (greedy) on dev cuts through the supernet; its latency per
     streaming chunk is predicted from a per-layer cost table timed on this machine (eager
     PyTorch; or read from --latency-table, a device's table from `asrq bench --layer-table`) and
-    its size is its fp32 parameter bytes. The table used goes to DIR/latency_table.json. Writes the Pareto fronts (WER vs latency,
-    WER vs size) to DIR/search.json and DIR/pareto.png, and the lowest-WER spec within
+    its size is its fp32 parameter bytes. Writes the Pareto fronts (WER vs latency, WER vs size)
+    to DIR/search.json and DIR/pareto.png, the table used to DIR/latency_table.json, and the
+    lowest-WER spec within
     --budget-ms / --max-mb to DIR/best_spec.yaml, ready for
     `asrq slice SUPERNET_CKPT --spec DIR/best_spec.yaml --out ...`.
     """

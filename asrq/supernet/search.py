@@ -73,15 +73,14 @@ class LatencyTable:
     left_frames: int
     threads: int
     entries: dict[str, float] = field(default_factory=dict)
+    device: dict[str, Any] = field(default_factory=dict)  # where it was timed (asrq.bench.report.host_info)
+    source: str = ""  # the file it was read from, for error messages
 
     @staticmethod
     def keys(spec: SubnetSpec) -> tuple[str, str, str]:
         s = spec
         return (f"embed d={s.d_model}", f"layer d={s.d_model} f={s.ffn_dim} h={s.num_heads} s={s.ssm_heads}",
                 f"head d={s.d_model} j={s.joiner_dim} p={s.predictor_dim}")
-
-    device: dict[str, Any] = field(default_factory=dict)  # where it was timed (asrq.bench.report.host_info)
-    source: str = ""  # the file it was read from, for error messages
 
     def predict(self, spec: SubnetSpec) -> float:
         missing = [k for k in self.keys(spec) if k not in self.entries]

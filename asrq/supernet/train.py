@@ -73,7 +73,6 @@ def resolve_supernet_config(cfg: ExperimentConfig) -> SearchSpace:
     sn = cfg.supernet
     space = SearchSpace(sn.search_space, cfg.model)
     sn.search_space = space.config()
-    space.pool(sn.sample_pool)  # errors name supernet.sample_pool[i]
     if sn.dropout_max is None:
         sn.dropout_max = cfg.model.encoder.dropout
     if sn.kd_weight > 0 and sn.kd_on in ("ctc", "both") and not cfg.model.ctc_head:
@@ -90,10 +89,10 @@ class SupernetTrainer(Trainer):
 
     def __init__(self, cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True) -> None:
         self.space = resolve_supernet_config(cfg)
+        self.pool = self.space.pool(cfg.supernet.sample_pool)  # errors name supernet.sample_pool[i], before any work
         super().__init__(cfg, resume=resume, progress=progress)
         self.supernet = Supernet(self.model, cfg.model)
         self.largest_params = self.supernet.num_params(self.space.largest())
-        self.pool = self.space.pool(cfg.supernet.sample_pool)
 
     # ---- hooks of Trainer -------------------------------------------------------------------
     def _wrap_ddp(self) -> None:

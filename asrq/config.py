@@ -62,7 +62,9 @@ class EncoderConfig:
     dropout: float = 0.1
     rotary_base: float = 10000.0
     alibi: bool = True  # ALiBi distance bias on attention (see RotarySelfAttention)
-    block_final_norm: bool = False  # LayerNorm at the end of every block (Gulati) vs once at the output
+    block_final_norm: bool = (
+        False  # LayerNorm at the end of every block (Gulati) vs once at the output
+    )
     ssm_heads: int = 4
     ssm_state_dim: int = 16
     ssm_attention: bool = False
@@ -76,7 +78,9 @@ class EncoderConfig:
         _check(self.subsampling == 4, "encoder.subsampling: only 4 is supported")
         _check(self.num_layers >= 1, "encoder.num_layers must be >= 1")
         _check(self.num_heads >= 1, "encoder.num_heads must be >= 1")
-        _check(self.d_model % self.num_heads == 0, "encoder.d_model must divide by encoder.num_heads")
+        _check(
+            self.d_model % self.num_heads == 0, "encoder.d_model must divide by encoder.num_heads"
+        )
         _check((self.d_model // self.num_heads) % 2 == 0, "encoder head dim must be even (rotary)")
         _check(self.conv_kernel >= 2, "encoder.conv_kernel must be >= 2")
         _check(0.0 <= self.dropout < 1.0, "encoder.dropout must be in [0, 1)")
@@ -308,8 +312,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.max_steps >= 0 and self.max_minutes >= 0, "train limits must be >= 0")
         _check(self.num_procs >= 1, "train.num_procs must be >= 1")
-        _check(0.0 <= self.average_decay < 1.0, f"train.average_decay must be in [0, 1), got {self.average_decay}")
-        _check(self.average_every >= 1, f"train.average_every must be >= 1, got {self.average_every}")
+        _check(
+            0.0 <= self.average_decay < 1.0,
+            f"train.average_decay must be in [0, 1), got {self.average_decay}",
+        )
+        _check(
+            self.average_every >= 1, f"train.average_every must be >= 1, got {self.average_every}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,10 +367,24 @@ class SearchSpaceConfig:
     predictor_dim: list[int] = field(default_factory=list)  # predictor d_model
 
     def __post_init__(self) -> None:
-        for name in ("num_layers", "d_model", "ffn_dim", "num_heads", "ssm_heads", "joiner_dim", "predictor_dim"):
+        for name in (
+            "num_layers",
+            "d_model",
+            "ffn_dim",
+            "num_heads",
+            "ssm_heads",
+            "joiner_dim",
+            "predictor_dim",
+        ):
             choices = getattr(self, name)
-            _check(all(c >= 1 for c in choices), f"supernet.search_space.{name}: choices must be >= 1, got {choices}")
-            _check(len(set(choices)) == len(choices), f"supernet.search_space.{name}: duplicate choices {choices}")
+            _check(
+                all(c >= 1 for c in choices),
+                f"supernet.search_space.{name}: choices must be >= 1, got {choices}",
+            )
+            _check(
+                len(set(choices)) == len(choices),
+                f"supernet.search_space.{name}: duplicate choices {choices}",
+            )
 
 
 @dataclass
@@ -406,7 +429,10 @@ class SupernetConfig:
         _check(self.num_random >= 0, "supernet.num_random must be >= 0")
         _check(self.warmup_steps >= 0, "supernet.warmup_steps must be >= 0")
         _check(self.kd_weight >= 0, "supernet.kd_weight must be >= 0")
-        _check(self.kd_start_step >= 0 and self.kd_ramp_steps >= 0, "supernet.kd_start_step / kd_ramp_steps must be >= 0")
+        _check(
+            self.kd_start_step >= 0 and self.kd_ramp_steps >= 0,
+            "supernet.kd_start_step / kd_ramp_steps must be >= 0",
+        )
         _check(self.alpha_min <= self.alpha_max, "supernet.alpha_min must be <= supernet.alpha_max")
         _check(self.alpha_clip > 0, "supernet.alpha_clip must be > 0")
         if self.dropout_max is not None:
@@ -494,7 +520,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), cls: type[T] = ExperimentConfig
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    cls: type[T] = ExperimentConfig,
 ) -> T:
     """Load a YAML config (or the defaults when ``path`` is None) with dotted overrides."""
     data: dict[str, Any] = {}

@@ -20,7 +20,16 @@ from asrq.utils.io import AsrqError, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("synth", "prepare", "bpe", "train", "decode", "export", "bench", "transcribe")
+STAGES: tuple[str, ...] = (
+    "synth",
+    "prepare",
+    "bpe",
+    "train",
+    "decode",
+    "export",
+    "bench",
+    "transcribe",
+)
 
 
 def _cuts(cfg: ExperimentConfig, split: str) -> Path:
@@ -87,13 +96,19 @@ def run_pipeline(
                 continue
             from asrq.data.synth import read_synth_info, synthesize_corpus
 
-            corpus = synthesize_corpus(Path(cfg.data.corpus_dir).parent, cfg.data.synth, num_jobs=num_jobs)
+            corpus = synthesize_corpus(
+                Path(cfg.data.corpus_dir).parent, cfg.data.synth, num_jobs=num_jobs
+            )
             summary["corpus"] = read_synth_info(corpus).get("summary", {})
         elif stage == "prepare":
             from asrq.data.prepare import prepare_librispeech
 
             prepare_librispeech(
-                cfg.data.corpus_dir, cfg.data.manifest_dir, cfg.data.fbank_dir, cfg.data.speed_perturb, num_jobs=num_jobs
+                cfg.data.corpus_dir,
+                cfg.data.manifest_dir,
+                cfg.data.fbank_dir,
+                cfg.data.speed_perturb,
+                num_jobs=num_jobs,
             )
         elif stage == "bpe":
             from asrq.data.bpe import read_transcripts, train_bpe
@@ -120,7 +135,11 @@ def run_pipeline(
                 train_steps=res["steps"],
                 wer_curve=res["wer_curve"],
             )
-            png = plot_wer_curve(res["wer_curve"], exp_dir / "wer_curve.png", f"{exp_dir.name}: dev WER vs training time")
+            png = plot_wer_curve(
+                res["wer_curve"],
+                exp_dir / "wer_curve.png",
+                f"{exp_dir.name}: dev WER vs training time",
+            )
             summary["wer_curve_png"] = str(png) if png else None
         elif stage == "decode":
             from asrq.decode.evaluate import evaluate
@@ -130,8 +149,14 @@ def run_pipeline(
             loaded = load_model(model_path)
             split = cfg.data.test_split
             for streaming in (False, True):
-                res = evaluate(loaded, _cuts(cfg, split), method=cfg.decode.method, streaming=streaming, beam=cfg.decode.beam,
-                               ctc_weight=cfg.decode.ctc_weight)
+                res = evaluate(
+                    loaded,
+                    _cuts(cfg, split),
+                    method=cfg.decode.method,
+                    streaming=streaming,
+                    beam=cfg.decode.beam,
+                    ctc_weight=cfg.decode.ctc_weight,
+                )
                 tag = f"{split}-{cfg.decode.method}" + ("-streaming" if streaming else "")
                 write_errors(exp_dir / f"errs-{tag}.txt", res.results, title=tag)
                 atomic_write_json(exp_dir / f"wer-{tag}.json", res.summary())
@@ -168,7 +193,9 @@ def run_pipeline(
             from asrq.runtime.transcribe import transcribe
 
             files = sorted(
-                p for p in Path(real_audio_dir).rglob("*") if p.suffix.lower() in (".wav", ".flac", ".mp3", ".ogg")
+                p
+                for p in Path(real_audio_dir).rglob("*")
+                if p.suffix.lower() in (".wav", ".flac", ".mp3", ".ogg")
             )
             lines = transcribe(export_dir, files, backend="onnx")
             summary["transcripts_real"] = {str(p): text for p, text in lines}
@@ -205,15 +232,30 @@ def _train_ddp(cfg: ExperimentConfig, resume: bool) -> dict[str, Any]:
     exp_dir = Path(cfg.train.exp_dir)
     cfg_path = exp_dir / "train_config.yaml"
     atomic_write_text(cfg_path, dump_yaml(cfg))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.train.num_procs}",
-           "-m", "asrq.cli.main", "train", "--config", str(cfg_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={cfg.train.num_procs}",
+        "-m",
+        "asrq.cli.main",
+        "train",
+        "--config",
+        str(cfg_path),
+    ]
     if resume:
         cmd.append("--resume")
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.train.num_procs))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cfg.train.num_procs)),
+    }
     log.info("training with %d processes: %s", cfg.train.num_procs, " ".join(cmd))
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
-        raise AsrqError(f"training failed (torchrun exit code {proc.returncode}); see {exp_dir / 'train_log.jsonl'}")
+        raise AsrqError(
+            f"training failed (torchrun exit code {proc.returncode}); see {exp_dir / 'train_log.jsonl'}"
+        )
     return _train_summary(exp_dir)
 
 

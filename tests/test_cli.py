@@ -41,7 +41,12 @@ def test_help(args: list[str]) -> None:
 
 def test_console_script_and_recipe_help() -> None:
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-m", "asrq.cli.main", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "asrq.cli.main", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "asrq" in out.stdout
     for recipe in ("mini", "librispeech"):
         out = subprocess.run(
@@ -53,7 +58,10 @@ def test_console_script_and_recipe_help() -> None:
         assert "--stages" in out.stdout
     for script in ("compare_models.py", "todm_experiment.py"):
         out = subprocess.run(
-            [sys.executable, str(root / "recipes" / "mini" / script), "--help"], capture_output=True, text=True, check=True
+            [sys.executable, str(root / "recipes" / "mini" / script), "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         assert "--steps" in out.stdout
 

@@ -81,7 +81,10 @@ def _brute_force(lp: torch.Tensor, blank: int) -> dict[tuple[int, ...], float]:
                 seq.append(s)
             prev = s
         scores.setdefault(tuple(seq), []).append(sum(float(lp[i, s]) for i, s in enumerate(path)))
-    return {k: float(torch.logsumexp(torch.tensor(v, dtype=torch.float64), 0)) for k, v in scores.items()}
+    return {
+        k: float(torch.logsumexp(torch.tensor(v, dtype=torch.float64), 0))
+        for k, v in scores.items()
+    }
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -96,7 +99,9 @@ def test_prefix_beam_scores_equal_the_sum_over_alignments(seed: int):
         for k, s in exact.items():
             assert got[k] == pytest.approx(s, abs=1e-5), k
         assert [s for _, s in nbest] == sorted((s for _, s in nbest), reverse=True)
-        assert math.isclose(float(torch.logsumexp(torch.tensor(list(got.values())), 0)), 0.0, abs_tol=1e-5)
+        assert math.isclose(
+            float(torch.logsumexp(torch.tensor(list(got.values())), 0)), 0.0, abs_tol=1e-5
+        )
     # pruned: the n-best is a subset and its scores are lower bounds of the exact ones
     for h, s in ctc_prefix_beam_search_one(lp, beam=3, blank=0):
         assert s <= _brute_force(lp, 0)[tuple(h)] + 1e-6
@@ -147,7 +152,9 @@ def test_attention_scores_match_one_by_one_scoring(model: CtcAttentionModel):
     batched = attention_scores(comp, enc, 9, hyps)
     for h, s in zip(hyps, batched, strict=True):
         ys_in = torch.tensor([[1, *h]])
-        lp = comp.decoder_log_probs(enc[None, :9], torch.tensor([9]), ys_in, torch.tensor([len(h) + 1]))[0]
+        lp = comp.decoder_log_probs(
+            enc[None, :9], torch.tensor([9]), ys_in, torch.tensor([len(h) + 1])
+        )[0]
         want = sum(float(lp[u, y]) for u, y in enumerate([*h, 1]))
         assert s == pytest.approx(want, abs=1e-4)
 
@@ -205,10 +212,12 @@ def test_streaming_equals_the_chunk_masked_encoder(model: CtcAttentionModel):
         lp = model.ctc_log_probs(enc)
     assert decode_batch(comp, x, x_lens, "ctc_greedy", streaming=True) == ctc_greedy(lp, lens)
     nb = ctc_prefix_beam_search(lp, lens, beam=4)
-    assert decode_batch(comp, x, x_lens, "ctc_prefix_beam", streaming=True, beam=4) == [b[0][0] for b in nb]
-    assert decode_batch(comp, x, x_lens, "attention_rescoring", streaming=True, beam=4) == attention_rescoring(
-        comp, enc, lens, nb, 0.5
-    )
+    assert decode_batch(comp, x, x_lens, "ctc_prefix_beam", streaming=True, beam=4) == [
+        b[0][0] for b in nb
+    ]
+    assert decode_batch(
+        comp, x, x_lens, "attention_rescoring", streaming=True, beam=4
+    ) == attention_rescoring(comp, enc, lens, nb, 0.5)
     full = decode_batch(comp, x, x_lens, "ctc_prefix_beam", beam=4)
     enc_f, lens_f, lp_f = comp.encode(x, x_lens)
     assert full == [b[0][0] for b in ctc_prefix_beam_search(lp_f, lens_f, 4)]
@@ -297,5 +306,7 @@ def test_decode_cli_on_a_ctc_attention_checkpoint(tiny_data: TinyData, tmp_path:
     # greedy on a hybrid model is its CTC greedy search
     errs = (tmp_path / "errs-test-clean-greedy.txt").read_text().split("\n", 1)[1]
     assert errs == (tmp_path / "errs-test-clean-ctc_greedy.txt").read_text().split("\n", 1)[1]
-    r = runner.invoke(decode, [str(ckpt), "--cuts", str(tiny_data.test_cuts), "--method", "modified_beam_search"])
+    r = runner.invoke(
+        decode, [str(ckpt), "--cuts", str(tiny_data.test_cuts), "--method", "modified_beam_search"]
+    )
     assert r.exit_code == 2 and "not for a ctc_attention model" in r.output

@@ -57,7 +57,9 @@ def _liven(model: torch.nn.Module, seed: int = 1, blank_bias: float = 3.0) -> No
         e, _ = model.encoder(ref, torch.tensor([400]))
         mu, sd = e[0].mean(0), e[0].std(0).mean()
         lin = model.joiner.encoder_proj
-        lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * 1.5 / sd / lin.weight.shape[1] ** 0.5)
+        lin.weight.copy_(
+            torch.randn(lin.weight.shape, generator=g) * 1.5 / sd / lin.weight.shape[1] ** 0.5
+        )
         lin.bias.copy_(-lin.weight @ mu)
         lin = model.joiner.decoder_proj
         lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) / lin.weight.shape[1] ** 0.5)
@@ -119,7 +121,9 @@ def total_log_prob(model, enc_raw: torch.Tensor, seq: list[int]) -> float:
     """log P(seq) summed over all alignments with one symbol (blank or token) per frame."""
     ctx, blank = model.predictor.context_size, model.blank_id
     full = _start(model) + seq
-    preds = torch.stack([_pred_raw(model, full[u : u + ctx]) for u in range(len(seq) + 1)])  # (U+1, P)
+    preds = torch.stack(
+        [_pred_raw(model, full[u : u + ctx]) for u in range(len(seq) + 1)]
+    )  # (U+1, P)
     lp = model.joiner(enc_raw[:, None], preds[None]).log_softmax(-1).double()  # (T, U+1, V)
     alpha = torch.full((len(seq) + 1,), -math.inf, dtype=torch.float64)
     alpha[0] = 0.0
@@ -149,7 +153,9 @@ def test_torch_rnnt_implements_interface(tiny, batch):
     assert enc.shape == (4, 50, tiny.config.model.joiner_dim)
     assert enc_lens.tolist() == [50, 36, 18, 9]
     states = comp.init_states(4)
-    out, valid, states = comp.encode_chunk(x[:, : 4 * CHUNK + 3], torch.tensor([19, 19, 19, 10]), states)
+    out, valid, states = comp.encode_chunk(
+        x[:, : 4 * CHUNK + 3], torch.tensor([19, 19, 19, 10]), states
+    )
     assert out.shape == (4, CHUNK, tiny.config.model.joiner_dim) and valid.tolist() == [4, 4, 4, 1]
     assert states[2].tolist() == [CHUNK] * 4
     assert comp.predict(torch.tensor([[-1, 0], [5, 6]])).shape == (2, tiny.config.model.joiner_dim)
@@ -300,7 +306,10 @@ def test_ctc_greedy_hand_made():
             lp[n, t, v] = -0.1
     assert ctc_greedy(lp, torch.tensor([9, 4]), blank=0) == [[1, 1, 2, 3], [2, 2]]
     assert ctc_greedy(lp, torch.tensor([0, 1]), blank=0) == [[], [2]]
-    assert ctc_greedy(lp, torch.tensor([9, 9]), blank=3) == [[1, 0, 1, 2, 0], [2, 0, 2]]  # blank id 3
+    assert ctc_greedy(lp, torch.tensor([9, 9]), blank=3) == [
+        [1, 0, 1, 2, 0],
+        [2, 0, 2],
+    ]  # blank id 3
     assert ctc_greedy(torch.zeros(3, 0, 4), torch.zeros(3, dtype=torch.int64)) == [[], [], []]
 
 
@@ -327,12 +336,18 @@ def tiny_cuts(tmp_path_factory):
     recs, sups = [], []
     for i, dur in enumerate([1.1, 3.0, 2.2, 1.7]):
         t = np.arange(int(16000 * dur)) / 16000
-        wav = 0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t * (1 + 0.3 * t)) + 0.05 * rng.standard_normal(t.shape)
+        wav = 0.3 * np.sin(
+            2 * np.pi * (200 + 150 * i) * t * (1 + 0.3 * t)
+        ) + 0.05 * rng.standard_normal(t.shape)
         sf.write(d / f"utt{i}.wav", wav.astype(np.float32), 16000)
         rec = Recording.from_file(d / f"utt{i}.wav", recording_id=f"utt{i}")
         recs.append(rec)
-        sups.append(SupervisionSegment(f"utt{i}", f"utt{i}", 0.0, rec.duration, text=SENTENCES[i].lower()))
-    cuts = CutSet.from_manifests(RecordingSet.from_recordings(recs), SupervisionSet.from_segments(sups))
+        sups.append(
+            SupervisionSegment(f"utt{i}", f"utt{i}", 0.0, rec.duration, text=SENTENCES[i].lower())
+        )
+    cuts = CutSet.from_manifests(
+        RecordingSet.from_recordings(recs), SupervisionSet.from_segments(sups)
+    )
     cuts = cuts.compute_and_store_features(
         Fbank(FbankConfig(num_mel_bins=80)), d / "feats", num_jobs=1, storage_type=LilcomChunkyWriter,
         progress_bar=False,
@@ -369,15 +384,21 @@ def test_evaluate_matches_direct_decoding(tiny, tiny_cuts):
     s_res = evaluate(tiny, tiny_cuts, method="greedy", streaming=True, progress=False)
     assert [r.cut_id for r in res.results] == [c.id for c in cuts]
     assert res.num_words == sum(len(s.split()) for s in SENTENCES[:4]) and res.num_utts == 4
-    assert res.errors == sum(r.errors for r in res.results) and res.wer == pytest.approx(100 * res.errors / res.num_words)
+    assert res.errors == sum(r.errors for r in res.results) and res.wer == pytest.approx(
+        100 * res.errors / res.num_words
+    )
     assert res.audio_seconds == pytest.approx(8.0) and res.rtf > 0
     for c, r in zip(cuts, res.results, strict=True):
         f = torch.from_numpy(c.load_features())[None]
         enc, enc_lens = comp.encode(f, torch.tensor([f.shape[1]]))
-        assert r.hyp == " ".join(tiny.sp.decode(greedy_search(comp, enc, enc_lens)[0]).upper().split())
+        assert r.hyp == " ".join(
+            tiny.sp.decode(greedy_search(comp, enc, enc_lens)[0]).upper().split()
+        )
         assert r.ref == c.supervisions[0].text.upper()
         streamed = stream_decode(comp, f[0])
-        assert s_res.results[cuts.index(c)].hyp == " ".join(tiny.sp.decode(streamed).upper().split())
+        assert s_res.results[cuts.index(c)].hyp == " ".join(
+            tiny.sp.decode(streamed).upper().split()
+        )
     assert evaluate(tiny, tiny_cuts, max_utts=2, progress=False).num_utts == 2
 
 
@@ -386,7 +407,11 @@ def test_decode_cli(tiny_ckpt, tiny_cuts, tmp_path):
 
     runner = CliRunner()
     r = runner.invoke(decode, ["--help"])
-    assert r.exit_code == 0 and "--streaming / --full-context" in r.output and "modified_beam_search" in r.output
+    assert (
+        r.exit_code == 0
+        and "--streaming / --full-context" in r.output
+        and "modified_beam_search" in r.output
+    )
 
     # default cuts from the checkpoint's data.fbank_dir, default out dir = the checkpoint's folder
     r = runner.invoke(decode, [str(tiny_ckpt), "--no-progress"])
@@ -402,10 +427,24 @@ def test_decode_cli(tiny_ckpt, tiny_cuts, tmp_path):
     assert f"%WER {out['wer']:.2f}" in r.output
 
     for args, name in [
-        (["--method", "modified_beam_search", "--beam", "3", "--streaming"], "test-clean-modified_beam_search-streaming"),
+        (
+            ["--method", "modified_beam_search", "--beam", "3", "--streaming"],
+            "test-clean-modified_beam_search-streaming",
+        ),
         (["--method", "ctc_greedy", "--max-utts", "2"], "test-clean-ctc_greedy"),
     ]:
-        r = runner.invoke(decode, [str(tiny_ckpt), "--cuts", str(tiny_cuts), "--out-dir", str(tmp_path), "--no-progress", *args])
+        r = runner.invoke(
+            decode,
+            [
+                str(tiny_ckpt),
+                "--cuts",
+                str(tiny_cuts),
+                "--out-dir",
+                str(tmp_path),
+                "--no-progress",
+                *args,
+            ],
+        )
         assert r.exit_code == 0, r.output
         out = json.loads((tmp_path / f"wer-{name}.json").read_text())
         assert (tmp_path / f"errs-{name}.txt").is_file()

@@ -259,12 +259,16 @@ def test_runtime_reads_the_states_from_metadata_with_a_conformer_fallback():
     old = {"attn_cache": [2, 1, 16, 128], "conv_cache": [2, 1, 64, 6], "processed": [1]}
     got = streaming_states({"model": {"state_shapes": old}})
     assert [(s.name, s.batch_axis, s.dtype) for s in got] == [
-        ("attn_cache", 1, torch.float32), ("conv_cache", 1, torch.float32), ("processed", 0, torch.int64)
+        ("attn_cache", 1, torch.float32),
+        ("conv_cache", 1, torch.float32),
+        ("processed", 0, torch.int64),
     ]
 
 
 def test_program_specs_follow_the_encoder_state_specs(tmp_path: Path):
-    model = load_model(make_tiny_checkpoint(tmp_path / "sf.pt", encoder={"type": "stateformer", "num_layers": 1})).model
+    model = load_model(
+        make_tiny_checkpoint(tmp_path / "sf.pt", encoder={"type": "stateformer", "num_layers": 1})
+    ).model
     for target in ("onnx", "executorch"):
         spec = program_specs(model, 4, 16, target)["encoder_streaming"]
         assert spec.input_names == ["x", "x_lens", "ssm_state", "conv_cache", "processed"]
@@ -281,7 +285,9 @@ def test_stateformer_export_parity_and_exported_streaming(tmp_path: Path):
     from asrq.decode import TorchRnnt
     from asrq.export.pipeline import export_loaded
 
-    loaded = load_model(make_tiny_checkpoint(tmp_path / "sf.pt", encoder={"type": "stateformer", "num_layers": 1}))
+    loaded = load_model(
+        make_tiny_checkpoint(tmp_path / "sf.pt", encoder={"type": "stateformer", "num_layers": 1})
+    )
     out = tmp_path / "model"
     res = export_loaded(loaded, out, programs=("encoder", "encoder_streaming"))
     assert res.parity.ok, res.parity.table()
@@ -290,7 +296,13 @@ def test_stateformer_export_parity_and_exported_streaming(tmp_path: Path):
         assert got == {"encoder", "encoder_streaming"}
     meta = json.loads((out / "metadata.json").read_text())
     assert [s["name"] for s in meta["model"]["states"]] == ["ssm_state", "conv_cache", "processed"]
-    assert meta["model"]["states"][0]["shape"] == [1, 1, 4, 16, 2]  # (layers, N, heads, S, re/im); 1 layer: ET lowering is slow
+    assert meta["model"]["states"][0]["shape"] == [
+        1,
+        1,
+        4,
+        16,
+        2,
+    ]  # (layers, N, heads, S, re/im); 1 layer: ET lowering is slow
     eager = TorchRnnt(loaded.model.eval(), 4, 16)
     g = torch.Generator().manual_seed(1)
     chunks = [torch.randn(2, 19, 80, generator=g) for _ in range(3)]

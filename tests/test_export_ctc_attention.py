@@ -84,12 +84,21 @@ def test_export_writes_every_program_and_passes_parity(exported: Path):
     meta = json.loads((exported / "metadata.json").read_text())
     assert meta["head"] == "ctc_attention" and meta["model_type"] == "conformer_ctc_attention"
     m = meta["model"]
-    assert (m["vocab_size"], m["blank_id"], m["sos_id"], m["eos_id"], m["chunk_frames"], m["left_frames"]) == (48, 0, 1, 1, 4, 16)
+    assert (
+        m["vocab_size"],
+        m["blank_id"],
+        m["sos_id"],
+        m["eos_id"],
+        m["chunk_frames"],
+        m["left_frames"],
+    ) == (48, 0, 1, 1, 4, 16)
     assert [s["name"] for s in m["states"]] == ["attn_cache", "conv_cache", "processed"]
     assert meta["config"]["model"]["head"] == "ctc_attention"
     for backend, suffix in (("onnx", "onnx"), ("executorch", "pte")):
         for name in PROGRAMS:
-            assert (exported / f"{name}.{suffix}").stat().st_size == meta["programs"][backend][name]["bytes"]
+            assert (exported / f"{name}.{suffix}").stat().st_size == meta["programs"][backend][
+                name
+            ]["bytes"]
     assert (exported / "bpe.model").is_file() and (exported / "tokens.txt").is_file()
     parity = meta["parity"]
     assert parity["ok"] and parity["tol"] == 1e-4
@@ -142,12 +151,19 @@ def test_exported_decoding_matches_eager(exported: Path, backend: str):
     for method in ("ctc_greedy", "ctc_prefix_beam", "attention_rescoring"):
         for streaming in (False, True):
             got = decode_batch(comp, feats[None], lens, method, streaming, beam=4)  # type: ignore[arg-type]
-            assert got == decode_batch(eager, feats[None], lens, method, streaming, beam=4), (method, streaming)  # type: ignore[arg-type]
+            assert got == decode_batch(eager, feats[None], lens, method, streaming, beam=4), (
+                method,
+                streaming,
+            )  # type: ignore[arg-type]
     # more hypotheses than the ExecuTorch decoder's plan holds: run in pieces, same scores
     nbest = ctc_prefix_beam_search(lp_e, lens_e, beam=MAX_DECODER_HYPS + 3)
     assert len(nbest[0]) > MAX_DECODER_HYPS
-    assert attention_rescoring(comp, enc_x[:, :n], lens_x, nbest) == attention_rescoring(eager, enc_e, lens_e, nbest)
-    hyps = torch.tensor([[1] + [h[0] if h else 2 for h, _ in nbest[0][:4]]] * (MAX_DECODER_HYPS + 3))
+    assert attention_rescoring(comp, enc_x[:, :n], lens_x, nbest) == attention_rescoring(
+        eager, enc_e, lens_e, nbest
+    )
+    hyps = torch.tensor(
+        [[1] + [h[0] if h else 2 for h, _ in nbest[0][:4]]] * (MAX_DECODER_HYPS + 3)
+    )
     hl = torch.full((hyps.shape[0],), hyps.shape[1])
     e = enc_e.expand(hyps.shape[0], -1, -1)
     el = lens_e.expand(hyps.shape[0])
@@ -170,7 +186,10 @@ def test_transcribe_cli_on_a_ctc_attention_export(exported: Path):
         assert line.startswith(wav + "\t")
         texts[" ".join(args)] = line.split("\t", 1)[1]
     # the same search on both runtimes gives the same text
-    assert texts["--method attention_rescoring"] == texts["--backend executorch --method attention_rescoring"]
+    assert (
+        texts["--method attention_rescoring"]
+        == texts["--backend executorch --method attention_rescoring"]
+    )
     r = runner.invoke(transcribe, [str(exported), wav, "--method", "modified_beam_search"])
     assert r.exit_code == 2 and "not for a ctc_attention model" in r.output
 

@@ -39,9 +39,13 @@ def ffn_params(d: int, ffn: int, fold: int) -> int:
 @pytest.mark.parametrize("fold", [1, 2, 3])
 def test_attention_and_ffn_parameter_counts(fold: int) -> None:
     d, ffn = MINI["d_model"], MINI["ffn_dim"]
-    assert count_parameters(RotarySelfAttention(d, 4, 0.0, 10000.0, fold=fold)) == attention_params(d, fold)
+    assert count_parameters(RotarySelfAttention(d, 4, 0.0, 10000.0, fold=fold)) == attention_params(
+        d, fold
+    )
     assert count_parameters(FeedForward(d, ffn, 0.0, fold)) == ffn_params(d, ffn, fold)
-    assert attention_params(144, 2) == 21024 and ffn_params(144, 576, 2) == 42120  # written out once
+    assert (
+        attention_params(144, 2) == 21024 and ffn_params(144, 576, 2) == 42120
+    )  # written out once
 
 
 @pytest.mark.parametrize("encoder_type", ["conformer", "stateformer"])
@@ -50,7 +54,11 @@ def test_mini_encoder_parameters_drop_at_fold_2(encoder_type: str) -> None:
     n1 = count_parameters(build_encoder(EncoderConfig(**MINI, **extra)))
     n2 = count_parameters(build_encoder(EncoderConfig(**MINI, **extra, fold=2)))
     d, ffn, layers = MINI["d_model"], MINI["ffn_dim"], MINI["num_layers"]
-    per_layer = attention_params(d, 1) - attention_params(d, 2) + 2 * (ffn_params(d, ffn, 1) - ffn_params(d, ffn, 2))
+    per_layer = (
+        attention_params(d, 1)
+        - attention_params(d, 2)
+        + 2 * (ffn_params(d, ffn, 1) - ffn_params(d, ffn, 2))
+    )
     assert n1 - n2 == layers * per_layer  # only the attention and the two FFNs of each block shrink
     assert (n1 - n2) / n1 >= 0.15, (n1, n2)
     if encoder_type == "conformer":
@@ -120,11 +128,18 @@ def test_streaming_equals_full_forward_at_fold_2(encoder_type: str, chunk: int, 
     with torch.no_grad():
         full, full_lens = enc(x, lens, chunk_size=chunk, left_chunks=left // chunk)
         states = enc.init_states(2, left)
-        assert states[0].shape == (2, 2, 2 * left, 64)  # attn_cache: sub-tokens of the last L frames
+        assert states[0].shape == (
+            2,
+            2,
+            2 * left,
+            64,
+        )  # attn_cache: sub-tokens of the last L frames
         outs = []
         for i in range(k):
             w = x[:, 4 * chunk * i : 4 * chunk * (i + 1) + 3]
-            o, _, states = enc.streaming_forward(w, (lens - 4 * chunk * i).clamp(0, w.shape[1]), states)
+            o, _, states = enc.streaming_forward(
+                w, (lens - 4 * chunk * i).clamp(0, w.shape[1]), states
+            )
             outs.append(o)
     stream = torch.cat(outs, dim=1)
     for b in range(2):
@@ -167,8 +182,19 @@ def test_fold_2_onnx_export_parity(encoder_type: str, tmp_path: Path) -> None:
 
     enc = {"type": encoder_type, "ssm_attention": True, "fold": 2}
     loaded = load_model(make_tiny_checkpoint(tmp_path / "fold2.pt", encoder=enc))
-    res = export_loaded(loaded, tmp_path / "model", onnx=True, executorch=False, programs=("encoder", "encoder_streaming"))
+    res = export_loaded(
+        loaded,
+        tmp_path / "model",
+        onnx=True,
+        executorch=False,
+        programs=("encoder", "encoder_streaming"),
+    )
     assert res.parity.ok and res.parity.max_abs_err("onnx") <= 1e-4
     assert {c.program for c in res.parity.checks} == {"encoder", "encoder_streaming"}
     states = {s["name"]: s for s in res.metadata["model"]["states"]}
-    assert states["attn_cache"]["shape"] == [2, 1, 2 * 16, 64]  # (layers, N, fold * left, 2D / fold)
+    assert states["attn_cache"]["shape"] == [
+        2,
+        1,
+        2 * 16,
+        64,
+    ]  # (layers, N, fold * left, 2D / fold)

@@ -24,7 +24,20 @@ def table_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("latency")
     sup = make_tiny_supernet_checkpoint(tmp / "supernet.pt")
     table = tmp / "device.json"
-    res = CliRunner().invoke(cli, ["bench", str(sup), "--layer-table", "--threads", "1", "--repeats", "1", "--out", str(table)])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            str(sup),
+            "--layer-table",
+            "--threads",
+            "1",
+            "--repeats",
+            "1",
+            "--out",
+            str(table),
+        ],
+    )
     assert res.exit_code == 0, res.output
     return sup, table
 
@@ -44,16 +57,32 @@ def test_layer_table_covers_the_whole_search_space(table_setup: tuple[Path, Path
     assert table.predict(big) - table.predict(small) == pytest.approx((big.num_layers - 1) * layer)
 
 
-def test_search_predicts_from_a_device_table(table_setup: tuple[Path, Path], tiny_data: TinyData, tmp_path: Path) -> None:
+def test_search_predicts_from_a_device_table(
+    table_setup: tuple[Path, Path], tiny_data: TinyData, tmp_path: Path
+) -> None:
     sup, path = table_setup
     d = json.loads(path.read_text())
-    d["ms_per_chunk"] = {k: 1000.0 * v + 1.0 for k, v in d["ms_per_chunk"].items()}  # a much slower "device"
+    d["ms_per_chunk"] = {
+        k: 1000.0 * v + 1.0 for k, v in d["ms_per_chunk"].items()
+    }  # a much slower "device"
     slow = tmp_path / "slow.json"
     slow.write_text(json.dumps(d))
     table = LatencyTable.load(slow)
     out = tmp_path / "search"
-    args = ["search", str(sup), "--out", str(out), "--cuts", str(tiny_data.dev_cuts), "--max-utts", "1",
-            "--num-candidates", "3", "--latency-table", str(slow)]
+    args = [
+        "search",
+        str(sup),
+        "--out",
+        str(out),
+        "--cuts",
+        str(tiny_data.dev_cuts),
+        "--max-utts",
+        "1",
+        "--num-candidates",
+        "3",
+        "--latency-table",
+        str(slow),
+    ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     report = json.loads((out / "search.json").read_text())
@@ -66,7 +95,9 @@ def test_search_predicts_from_a_device_table(table_setup: tuple[Path, Path], tin
     assert res.exit_code == 2 and "no candidate within" in res.output
 
 
-def test_bad_latency_tables_are_clear_errors(table_setup: tuple[Path, Path], tmp_path: Path) -> None:
+def test_bad_latency_tables_are_clear_errors(
+    table_setup: tuple[Path, Path], tmp_path: Path
+) -> None:
     _, path = table_setup
     d = json.loads(path.read_text())
     with pytest.raises(AsrqError, match="latency table not found"):

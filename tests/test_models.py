@@ -80,7 +80,9 @@ def test_training_forward_losses_finite_and_backprop() -> None:
     lens = torch.tensor([120, 100, 64])
     targets, tlens = pad_targets([[3, 4, 5, 6], [7, 8], [9]], pad=-1)
     for rnnt_type in ("pruned", "full"):
-        losses = model(x, lens, targets, tlens, LossConfig(rnnt_type=rnnt_type), chunk_size=4, left_chunks=2)
+        losses = model(
+            x, lens, targets, tlens, LossConfig(rnnt_type=rnnt_type), chunk_size=4, left_chunks=2
+        )
         total = losses["simple"] + losses["pruned"] + losses["ctc"]
         assert torch.isfinite(total)
         model.zero_grad()

@@ -35,7 +35,9 @@ def _regression_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _mlp(seed: int = 100) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4))
+    return nn.Sequential(
+        nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4)
+    )
 
 
 def _train(model: nn.Module, opt: torch.optim.Optimizer, x, y, steps: int) -> list[float]:
@@ -82,7 +84,9 @@ def test_update_size_is_proportional_to_param_rms() -> None:
     # update = -lr * (1 - beta1) * rms(p) * sign(g).
     rms_a = before[0].pow(2).mean().sqrt()
     torch.testing.assert_close(da, -lr * (1 - beta1) * rms_a * g.sign(), rtol=1e-4, atol=0)
-    torch.testing.assert_close(ds, torch.tensor([lr * scalar_lr_scale * (1 - beta1)]), rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        ds, torch.tensor([lr * scalar_lr_scale * (1 - beta1)]), rtol=1e-4, atol=0
+    )
 
 
 def test_scale_update_shrinks_a_parameter_whose_gradient_says_so() -> None:

@@ -18,7 +18,15 @@ from asrq.testing.data import TinyData
 from asrq.testing.models import tiny_config
 from asrq.utils.io import AsrqError
 
-TINY = dict(type="stateformer", num_layers=2, d_model=64, num_heads=2, ffn_dim=128, conv_kernel=7, dropout=0.0)
+TINY = dict(
+    type="stateformer",
+    num_layers=2,
+    d_model=64,
+    num_heads=2,
+    ffn_dim=128,
+    conv_kernel=7,
+    dropout=0.0,
+)
 
 
 def _ssm(seed: int = 0, d: int = 48, heads: int = 3, state: int = 8) -> MultiHeadSSM:
@@ -86,7 +94,11 @@ def test_long_sequence_is_stable() -> None:
 def test_heads_start_at_different_time_scales() -> None:
     m = MultiHeadSSM(64, 4, 16)
     dt = m.log_dt.detach().exp()
-    assert torch.all(dt[:-1] > dt[1:]) and float(dt[0]) == pytest.approx(0.5) and float(dt[-1]) == pytest.approx(0.01)
+    assert (
+        torch.all(dt[:-1] > dt[1:])
+        and float(dt[0]) == pytest.approx(0.5)
+        and float(dt[-1]) == pytest.approx(0.01)
+    )
     la, _ = m.discretize()
     assert (la[0] < 0).all()  # |Abar| < 1: every mode decays
 
@@ -124,7 +136,12 @@ def test_padding_does_not_leak_into_valid_frames() -> None:
     x = torch.randn(1, 83, 80)
     with torch.no_grad():
         a, la = enc(x, torch.tensor([83]), chunk_size=4, left_chunks=2)
-        b, lb = enc(torch.cat([x, torch.randn(1, 40, 80) * 5], dim=1), torch.tensor([83]), chunk_size=4, left_chunks=2)
+        b, lb = enc(
+            torch.cat([x, torch.randn(1, 40, 80) * 5], dim=1),
+            torch.tensor([83]),
+            chunk_size=4,
+            left_chunks=2,
+        )
     assert int(la[0]) == int(lb[0])
     torch.testing.assert_close(a[0, : la[0]], b[0, : lb[0]], atol=1e-5, rtol=1e-5)
 
@@ -144,7 +161,9 @@ def test_build_model_and_checkpoint_config_round_trip(tmp_path: Path) -> None:
     from asrq.testing.models import make_tiny_checkpoint
     from asrq.train.checkpoint import load_model
 
-    ckpt = make_tiny_checkpoint(tmp_path / "sf.pt", encoder={"type": "stateformer", "ssm_attention": True})
+    ckpt = make_tiny_checkpoint(
+        tmp_path / "sf.pt", encoder={"type": "stateformer", "ssm_attention": True}
+    )
     loaded = load_model(ckpt)
     assert isinstance(loaded.model.encoder, StateformerEncoder)
     assert loaded.config.model.encoder.ssm_attention is True

@@ -73,8 +73,14 @@ def test_sliced_model_equals_supernet_at_spec(enc: str) -> None:
     for spec in _specs(space):
         seen.add(spec)
         plain, plain_cfg = slice_model(model, cfg.model, spec)
-        assert plain_cfg.encoder.d_model == spec.d_model and plain_cfg.encoder.num_layers == spec.num_layers
-        assert plain_cfg.joiner_dim == spec.joiner_dim and plain_cfg.predictor.d_model == spec.predictor_dim
+        assert (
+            plain_cfg.encoder.d_model == spec.d_model
+            and plain_cfg.encoder.num_layers == spec.num_layers
+        )
+        assert (
+            plain_cfg.joiner_dim == spec.joiner_dim
+            and plain_cfg.predictor.d_model == spec.predictor_dim
+        )
         assert not plain.training
         ref = TorchRnnt(plain, chunk, left)
         with torch.no_grad(), sn.active(spec) as sub:
@@ -87,15 +93,22 @@ def test_sliced_model_equals_supernet_at_spec(enc: str) -> None:
             j1 = got.join(got.encode(x, x_lens)[0][:, :, None], got.predict(context)[None, None])
             j2 = ref.join(ref.encode(x, x_lens)[0][:, :, None], ref.predict(context)[None, None])
             torch.testing.assert_close(j1, j2, rtol=0, atol=1e-6)
-            torch.testing.assert_close(got.ctc_log_probs(x, x_lens)[0], ref.ctc_log_probs(x, x_lens)[0], rtol=0, atol=1e-6)
-            assert greedy_search(got, *got.encode(x, x_lens)) == greedy_search(ref, *ref.encode(x, x_lens))
+            torch.testing.assert_close(
+                got.ctc_log_probs(x, x_lens)[0], ref.ctc_log_probs(x, x_lens)[0], rtol=0, atol=1e-6
+            )
+            assert greedy_search(got, *got.encode(x, x_lens)) == greedy_search(
+                ref, *ref.encode(x, x_lens)
+            )
             # chunked (masked) full-sequence forward and true streaming with states
             c1 = sub.encoder(x, x_lens, chunk_size=chunk, left_chunks=left // chunk)[0]
             c2 = plain.encoder(x, x_lens, chunk_size=chunk, left_chunks=left // chunk)[0]
             torch.testing.assert_close(c1, c2, rtol=0, atol=1e-6)
             s1, s2 = got.init_states(2), ref.init_states(2)
             assert [t.shape for t in s1] == [t.shape for t in s2]
-            for w, w_lens in [(x[:, :35], torch.tensor([35, 35])), (x[:, 32:67], torch.tensor([35, 35]))]:
+            for w, w_lens in [
+                (x[:, :35], torch.tensor([35, 35])),
+                (x[:, 32:67], torch.tensor([35, 35])),
+            ]:
                 o1, v1, s1 = got.encode_chunk(w, w_lens, s1)
                 o2, v2, s2 = ref.encode_chunk(w, w_lens, s2)
                 torch.testing.assert_close(o1, o2, rtol=0, atol=1e-6)
@@ -119,7 +132,9 @@ def test_subnet_gradients_reach_only_its_slice() -> None:
     model, cfg = tiny_supernet()
     model.train()
     sn = Supernet(model, cfg.model)
-    spec = SubnetSpec(num_layers=1, d_model=32, ffn_dim=64, num_heads=2, joiner_dim=32, predictor_dim=32)
+    spec = SubnetSpec(
+        num_layers=1, d_model=32, ffn_dim=64, num_heads=2, joiner_dim=32, predictor_dim=32
+    )
     x, x_lens = _inputs()
     targets, target_lens = pad_targets([[3, 4, 5], [6, 7]], pad=-1)
     with sn.active(spec) as sub:
@@ -134,7 +149,9 @@ def test_subnet_gradients_reach_only_its_slice() -> None:
     # attention q (D, D): 2 subnet heads of 16 = the first 8 channels of each rotary half (16 wide)
     # of the supernet's 2 heads of 32
     q = params["encoder.layers.0.attn.q.weight"].grad
-    used = torch.cat([torch.arange(8), 16 + torch.arange(8), 32 + torch.arange(8), 48 + torch.arange(8)])
+    used = torch.cat(
+        [torch.arange(8), 16 + torch.arange(8), 32 + torch.arange(8), 48 + torch.arange(8)]
+    )
     unused = torch.tensor(sorted(set(range(64)) - set(used.tolist())))
     assert torch.all(q[used, :32].abs().sum(dim=1) > 0) and torch.all(q[:, 32:] == 0)
     assert torch.all(q[unused] == 0)
@@ -147,7 +164,9 @@ def test_transducer_outputs_match_the_model_forward() -> None:
     targets, target_lens = pad_targets([[3, 4, 5], [6, 7]], pad=-1)
     with torch.no_grad():
         ref = model(x, x_lens, targets, target_lens, cfg.train.loss, 4, 2)
-        got = transducer_outputs(model, x, x_lens, targets, target_lens, cfg.train.loss, 4, 2).losses
+        got = transducer_outputs(
+            model, x, x_lens, targets, target_lens, cfg.train.loss, 4, 2
+        ).losses
     for k in ("simple", "pruned", "ctc", "frames"):
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=0)
 
@@ -196,7 +215,10 @@ def test_search_space_errors(change: dict, match: str) -> None:
 def test_bad_spec_is_a_clear_error() -> None:
     cfg = tiny_supernet_config()
     space = SearchSpace(cfg.supernet.search_space, cfg.model)
-    with pytest.raises(AsrqError, match=r"spec.yaml: d_model=40 is not one of the supernet's choices \[32, 48, 64\]"):
+    with pytest.raises(
+        AsrqError,
+        match=r"spec.yaml: d_model=40 is not one of the supernet's choices \[32, 48, 64\]",
+    ):
         space.validate(SubnetSpec(d_model=40), where="spec.yaml")
     with pytest.raises(AsrqError, match="head dim .* exceeds the supernet's 32"):
         space.validate(SubnetSpec(d_model=48, num_heads=1))
@@ -269,7 +291,9 @@ def test_alpha_divergence_gradient_and_limits() -> None:
         elif alpha == 0.0:
             ref = (log_q.exp() * (log_q - log_p)).sum(-1)
         else:
-            ref = (log_q.exp() * (torch.exp(alpha * (log_p - log_q)) - 1)).sum(-1) / (alpha * (alpha - 1))
+            ref = (log_q.exp() * (torch.exp(alpha * (log_p - log_q)) - 1)).sum(-1) / (
+                alpha * (alpha - 1)
+            )
         (g_ref,) = torch.autograd.grad(ref.sum(), logits)
         torch.testing.assert_close(d.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
@@ -277,8 +301,10 @@ def test_alpha_divergence_gradient_and_limits() -> None:
     lq = logits.detach().log_softmax(-1)
     for a in (0.0, 1.0):
         near = alpha_divergence(log_p, lq, a + 1e-2, clip=1e6)
-        torch.testing.assert_close(near, alpha_divergence(log_p, lq, a, clip=1e6), rtol=0.05, atol=1e-3)
-    assert torch.all(alpha_divergence(log_p, log_p, -1.0) .abs() < 1e-6)  # zero at q = p
+        torch.testing.assert_close(
+            near, alpha_divergence(log_p, lq, a, clip=1e6), rtol=0.05, atol=1e-3
+        )
+    assert torch.all(alpha_divergence(log_p, log_p, -1.0).abs() < 1e-6)  # zero at q = p
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,7 +314,9 @@ def test_dropout_scales_with_subnet_size() -> None:
     sn_cfg = SupernetConfig(dropout_max=0.2, dropout_min=0.05, dropout_power=1.0)
     assert adaptive_dropout(sn_cfg, 100, 100, 0.1) == pytest.approx(0.2)
     assert adaptive_dropout(sn_cfg, 25, 100, 0.1) == pytest.approx(0.05 + 0.15 * 0.25)
-    assert adaptive_dropout(SupernetConfig(dropout_power=2.0), 50, 100, 0.1) == pytest.approx(0.1 * 0.25)
+    assert adaptive_dropout(SupernetConfig(dropout_power=2.0), 50, 100, 0.1) == pytest.approx(
+        0.1 * 0.25
+    )
     assert adaptive_dropout(SupernetConfig(adaptive_dropout=False), 10, 100, 0.1) == 0.1
     # the active subnet runs with its rate
     model, cfg = tiny_supernet()
@@ -305,7 +333,9 @@ def test_dropout_scales_with_subnet_size() -> None:
 # --------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------
-def _train_cfg(tiny: TinyData, exp_dir: Path, encoder: dict | None = None, **train) -> ExperimentConfig:
+def _train_cfg(
+    tiny: TinyData, exp_dir: Path, encoder: dict | None = None, **train
+) -> ExperimentConfig:
     cfg = tiny_supernet_config(vocab_size=0, encoder=encoder)
     cfg.data.fbank_dir = str(tiny.fbank_dir)
     cfg.data.lang_dir = str(tiny.lang_dir)
@@ -351,11 +381,15 @@ def test_supernet_resume_gives_the_same_next_losses(tiny_data: TinyData, tmp_pat
     torch.set_num_threads(1)
     enc = ENCODERS["stateformer"]
     a = tmp_path / "a"
-    SupernetTrainer(_train_cfg(tiny_data, a, enc, max_steps=4, save_every=2, keep_last=5), progress=False).run()
+    SupernetTrainer(
+        _train_cfg(tiny_data, a, enc, max_steps=4, save_every=2, keep_last=5), progress=False
+    ).run()
     b = tmp_path / "b"
     (b / "checkpoints").mkdir(parents=True)
     shutil.copy(a / "checkpoints" / "ckpt-2.pt", b / "checkpoints" / "ckpt-2.pt")
-    SupernetTrainer(_train_cfg(tiny_data, b, enc, max_steps=4, save_every=2), resume=True, progress=False).run()
+    SupernetTrainer(
+        _train_cfg(tiny_data, b, enc, max_steps=4, save_every=2), resume=True, progress=False
+    ).run()
     la, lb = {r["step"]: r for r in _log(a)}, {r["step"]: r for r in _log(b)}
     assert sorted(lb) == [3, 4]
     for step in (3, 4):
@@ -395,9 +429,21 @@ def test_ddp_ranks_sample_identical_subnets(tiny_data: TinyData, tmp_path: Path)
     (tmp_path / "worker.py").write_text(DDP_WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29537",
-         str(tmp_path / "worker.py"), str(tmp_path / "cfg.yaml"), str(tmp_path)],
-        check=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29537",
+            str(tmp_path / "worker.py"),
+            str(tmp_path / "cfg.yaml"),
+            str(tmp_path),
+        ],
+        check=True,
+        env=env,
+        timeout=300,
     )
     s0 = json.loads((tmp_path / "specs0.json").read_text())
     s1 = json.loads((tmp_path / "specs1.json").read_text())
@@ -428,24 +474,34 @@ def test_slice_cli_writes_a_plain_model(enc: str, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     fields = {"num_layers": 1, "d_model": 48, "ffn_dim": 64, "joiner_dim": 32}
     spec.write_text("".join(f"{k}: {v}\n" for k, v in fields.items()))
-    res = CliRunner().invoke(cli, ["slice", str(sup), "--spec", str(spec), "--out", str(tmp_path / "sub")])
+    res = CliRunner().invoke(
+        cli, ["slice", str(sup), "--spec", str(spec), "--out", str(tmp_path / "sub")]
+    )
     assert res.exit_code == 0, res.output
     assert "parameters" in res.output
     loaded = load_model(tmp_path / "sub" / "model.pt")
     assert loaded.config.supernet is None
     assert loaded.config.model.encoder.d_model == 48 and loaded.config.model.encoder.num_layers == 1
     assert load_checkpoint(tmp_path / "sub" / "model.pt")["subnet_spec"]["d_model"] == 48
-    assert loaded.subnet == {"conformer": "L1-d48-f64-h2-j32-p64", "stateformer": "L1-d48-f64-s4-j32-p64"}[enc]
+    assert (
+        loaded.subnet
+        == {"conformer": "L1-d48-f64-h2-j32-p64", "stateformer": "L1-d48-f64-s4-j32-p64"}[enc]
+    )
     # it decodes as the supernet does at that spec
     model, cfg = tiny_supernet(encoder=ENCODERS[enc])
     model.eval()
     space = SearchSpace(cfg.supernet.search_space, cfg.model)
     x, x_lens = _inputs(1)
-    with torch.no_grad(), Supernet(model, cfg.model).active(space.validate(SubnetSpec(**fields))) as sub:
+    with (
+        torch.no_grad(),
+        Supernet(model, cfg.model).active(space.validate(SubnetSpec(**fields))) as sub,
+    ):
         e1 = sub.encoder(x, x_lens)[0]
     torch.testing.assert_close(loaded.model.encoder(x, x_lens)[0], e1, rtol=0, atol=1e-6)
     for name in ("largest", "smallest"):
-        res = CliRunner().invoke(cli, ["slice", str(sup), "--spec", name, "--out", str(tmp_path / name)])
+        res = CliRunner().invoke(
+            cli, ["slice", str(sup), "--spec", name, "--out", str(tmp_path / name)]
+        )
         assert res.exit_code == 0, res.output
     assert load_model(tmp_path / "smallest" / "model.pt").config.model.encoder.d_model == 32
     assert build_model(load_model(tmp_path / "largest" / "model.pt").config.model) is not None
@@ -460,7 +516,11 @@ def test_slice_cli_bad_spec_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "sub"
     res = CliRunner().invoke(cli, ["slice", str(sup), "--spec", str(spec), "--out", str(out)])
     assert res.exit_code == 2
-    assert "bad_spec.yaml" in res.output and "d_model=40" in res.output and "Traceback" not in res.output
+    assert (
+        "bad_spec.yaml" in res.output
+        and "d_model=40" in res.output
+        and "Traceback" not in res.output
+    )
     assert not out.exists()
     spec.write_text("d_modle: 32\n")
     res = CliRunner().invoke(cli, ["slice", str(sup), "--spec", str(spec), "--out", str(out)])
@@ -474,7 +534,9 @@ def test_slice_cli_bad_spec_writes_nothing(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "not a supernet checkpoint" in res.output and not out.exists()
 
 
-def test_plain_train_refuses_a_supernet_config_and_ctc_attention_is_not_elastic(tmp_path: Path) -> None:
+def test_plain_train_refuses_a_supernet_config_and_ctc_attention_is_not_elastic(
+    tmp_path: Path,
+) -> None:
     from asrq.cli.main import cli
     from asrq.testing.models import tiny_ctc_attention_config
 
@@ -494,9 +556,22 @@ def test_pareto_front_and_choice() -> None:
     from asrq.supernet.search import Candidate, choose, pareto_front
 
     # (cost, error): (1, 9) and (2, 5) and (4, 4) are optimal; (3, 6) is beaten by (2, 5); (4, 5) by (4, 4)
-    assert pareto_front([(1, 9), (2, 5), (3, 6), (4, 4), (4, 5)]) == [True, True, False, True, False]
-    cands = [Candidate(SubnetSpec(num_layers=n), 0, mb, ms, wer) for n, ms, mb, wer in
-             [(1, 1.0, 1.0, 30.0), (2, 2.0, 2.0, 20.0), (3, 3.0, 1.5, 20.0), (4, 5.0, 4.0, 10.0)]]
+    assert pareto_front([(1, 9), (2, 5), (3, 6), (4, 4), (4, 5)]) == [
+        True,
+        True,
+        False,
+        True,
+        False,
+    ]
+    cands = [
+        Candidate(SubnetSpec(num_layers=n), 0, mb, ms, wer)
+        for n, ms, mb, wer in [
+            (1, 1.0, 1.0, 30.0),
+            (2, 2.0, 2.0, 20.0),
+            (3, 3.0, 1.5, 20.0),
+            (4, 5.0, 4.0, 10.0),
+        ]
+    ]
     assert choose(cands, None, None).spec.num_layers == 4
     assert choose(cands, 3.5, None).spec.num_layers == 2  # WER tie at 20: the faster
     assert choose(cands, 3.5, 1.6).spec.num_layers == 3
@@ -511,15 +586,29 @@ def test_search_cli_writes_front_and_best_spec(tiny_data: TinyData, tmp_path: Pa
     torch.set_num_threads(1)
     sup = make_tiny_supernet_checkpoint(tmp_path / "supernet.pt")
     out = tmp_path / "search"
-    args = ["search", str(sup), "--out", str(out), "--cuts", str(tiny_data.dev_cuts), "--max-utts", "2",
-            "--num-candidates", "4", "--repeats", "2"]
+    args = [
+        "search",
+        str(sup),
+        "--out",
+        str(out),
+        "--cuts",
+        str(tiny_data.dev_cuts),
+        "--max-utts",
+        "2",
+        "--num-candidates",
+        "4",
+        "--repeats",
+        "2",
+    ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     report = json.loads((out / "search.json").read_text())
     assert len(report["candidates"]) == 4 and (out / "pareto.png").stat().st_size > 0
     names = [c["name"] for c in report["candidates"]]
     assert names[0] == "L2-d64-f128-h2-j64-p64" and names[1] == "L1-d32-f64-h1-j32-p32"
-    assert all(c["latency_ms"] > 0 and c["size_mb"] > 0 for c in report["candidates"])  # timings: no order asserted
+    assert all(
+        c["latency_ms"] > 0 and c["size_mb"] > 0 for c in report["candidates"]
+    )  # timings: no order asserted
     assert report["pareto_latency"] and report["pareto_size"] and report["best"]["name"] in names
     space = SearchSpace(tiny_supernet_config().supernet.search_space, tiny_supernet_config().model)
     assert load_spec(out / "best_spec.yaml", space).short() == report["best"]["name"]
@@ -542,10 +631,15 @@ def test_stateformer_without_attention_has_no_head_constraint() -> None:
     plain, _ = slice_model(model, cfg.model, small)
     x, x_lens = _inputs()
     with torch.no_grad(), Supernet(model, cfg.model).active(small) as sub:
-        torch.testing.assert_close(sub.encoder(x, x_lens)[0], plain.encoder(x, x_lens)[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            sub.encoder(x, x_lens)[0], plain.encoder(x, x_lens)[0], rtol=0, atol=1e-6
+        )
     # 45 = 3 heads of 15 fits the MH-SSM, but no num_heads makes an odd width valid
     with pytest.raises(AsrqError, match="d_model: choice 45: .*d_model=45 must be even"):
-        SearchSpace(SearchSpaceConfig(**{**space_cfg.__dict__, "d_model": [45, 64], "ssm_heads": [3, 4]}), cfg.model)
+        SearchSpace(
+            SearchSpaceConfig(**{**space_cfg.__dict__, "d_model": [45, 64], "ssm_heads": [3, 4]}),
+            cfg.model,
+        )
 
 
 def test_supernet_train_then_slice_end_to_end_cli(tiny_data: TinyData, tmp_path: Path) -> None:
@@ -555,13 +649,32 @@ def test_supernet_train_then_slice_end_to_end_cli(tiny_data: TinyData, tmp_path:
     torch.set_num_threads(1)
     cfg = _train_cfg(tiny_data, tmp_path / "exp")
     (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
-    res = CliRunner().invoke(cli, ["supernet", "train", str(tmp_path / "cfg.yaml"), "-s", "train.max_steps=2",
-                                   "-s", "supernet.num_random=1", "--no-progress"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "supernet",
+            "train",
+            str(tmp_path / "cfg.yaml"),
+            "-s",
+            "train.max_steps=2",
+            "-s",
+            "supernet.num_random=1",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(cli, ["slice", str(tmp_path / "exp" / "model.pt"), "--spec", "smallest",
-                                   "--out", str(tmp_path / "small")])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "slice",
+            str(tmp_path / "exp" / "model.pt"),
+            "--spec",
+            "smallest",
+            "--out",
+            str(tmp_path / "small"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     loaded = load_model(tmp_path / "small" / "model.pt")
     assert loaded.config.supernet is None and loaded.subnet == "L1-d32-f64-h1-j32-p32"
     assert evaluate(loaded, tiny_data.dev_cuts, max_utts=2, progress=False).num_utts == 2
-

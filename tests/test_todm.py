@@ -25,9 +25,24 @@ def test_deploy_many_experiment_writes_todm_json(tiny_data: TinyData, tmp_path: 
     cfg = _train_cfg(tiny_data, tmp_path / "unused")
     cfg.supernet.num_random = 1
     sizes = [
-        Size("big", SubnetSpec(num_layers=2, d_model=64, ffn_dim=128, num_heads=2, joiner_dim=64, predictor_dim=64)),
-        Size("mid", SubnetSpec(num_layers=2, d_model=48, ffn_dim=64, num_heads=2, joiner_dim=32, predictor_dim=32)),
-        Size("small", SubnetSpec(num_layers=1, d_model=32, ffn_dim=64, num_heads=1, joiner_dim=32, predictor_dim=32)),
+        Size(
+            "big",
+            SubnetSpec(
+                num_layers=2, d_model=64, ffn_dim=128, num_heads=2, joiner_dim=64, predictor_dim=64
+            ),
+        ),
+        Size(
+            "mid",
+            SubnetSpec(
+                num_layers=2, d_model=48, ffn_dim=64, num_heads=2, joiner_dim=32, predictor_dim=32
+            ),
+        ),
+        Size(
+            "small",
+            SubnetSpec(
+                num_layers=1, d_model=32, ffn_dim=64, num_heads=1, joiner_dim=32, predictor_dim=32
+            ),
+        ),
     ]
     res = deploy_many(cfg, tmp_path / "out", sizes, steps=2, echo=lambda s: None)
     saved = json.loads((tmp_path / "out" / "todm.json").read_text())
@@ -41,7 +56,14 @@ def test_deploy_many_experiment_writes_todm_json(tiny_data: TinyData, tmp_path: 
         assert ind.config.supernet is None and ind.meta["step"] == 2  # trained alone, from scratch
     # the random subnet of each step came from the middle size (largest and smallest train anyway)
     assert saved["supernet"]["sample_pool"] == [
-        {"num_layers": 2, "d_model": 48, "ffn_dim": 64, "num_heads": 2, "joiner_dim": 32, "predictor_dim": 32}
+        {
+            "num_layers": 2,
+            "d_model": 48,
+            "ffn_dim": 64,
+            "num_heads": 2,
+            "joiner_dim": 32,
+            "predictor_dim": 32,
+        }
     ]
     assert saved["supernet_train_minutes"] > 0 and saved["individual_train_minutes_total"] > 0
     assert "| big |" in (tmp_path / "out" / "todm.md").read_text()
@@ -56,7 +78,11 @@ def test_warmup_trains_the_largest_alone_first(tiny_data: TinyData, tmp_path: Pa
     cfg.supernet.num_random = 1
     SupernetTrainer(cfg, progress=False).run()
     recs = _log(tmp_path / "exp")
-    assert [("loss_smallest" in r, "kd_ctc" in r) for r in recs] == [(False, False), (False, False), (True, True)]
+    assert [("loss_smallest" in r, "kd_ctc" in r) for r in recs] == [
+        (False, False),
+        (False, False),
+        (True, True),
+    ]
 
 
 def test_sample_pool_draws_random_subnets_from_the_listed_specs() -> None:
@@ -75,7 +101,15 @@ def test_sample_pool_draws_random_subnets_from_the_listed_specs() -> None:
 
 def test_kd_weight_schedule() -> None:
     sn = SupernetConfig(kd_weight=0.5, kd_start_step=10, kd_ramp_steps=4)
-    assert [kd_weight_at(sn, s) for s in (0, 9, 10, 11, 12, 13, 100)] == [0, 0, 0.125, 0.25, 0.375, 0.5, 0.5]
+    assert [kd_weight_at(sn, s) for s in (0, 9, 10, 11, 12, 13, 100)] == [
+        0,
+        0,
+        0.125,
+        0.25,
+        0.375,
+        0.5,
+        0.5,
+    ]
     assert kd_weight_at(SupernetConfig(kd_weight=0.7), 0) == 0.7
 
 

@@ -114,9 +114,21 @@ def test_ddp_two_processes_end_with_identical_weights(tiny_data: TinyData, tmp_p
     (tmp_path / "worker.py").write_text(DDP_WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-         str(tmp_path / "worker.py"), str(tmp_path / "cfg.yaml"), str(tmp_path)],
-        check=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29533",
+            str(tmp_path / "worker.py"),
+            str(tmp_path / "cfg.yaml"),
+            str(tmp_path),
+        ],
+        check=True,
+        env=env,
+        timeout=300,
     )
     w0 = torch.load(tmp_path / "rank0.pt")
     w1 = torch.load(tmp_path / "rank1.pt")
@@ -125,5 +137,7 @@ def test_ddp_two_processes_end_with_identical_weights(tiny_data: TinyData, tmp_p
         assert torch.equal(w0[k], w1[k]), k
     losses = _losses(tmp_path / "exp")
     assert sorted(losses) == [1, 2, 3, 4]
-    start = [json.loads(x) for x in (tmp_path / "exp" / "train_log.jsonl").read_text().splitlines()][0]
+    start = [
+        json.loads(x) for x in (tmp_path / "exp" / "train_log.jsonl").read_text().splitlines()
+    ][0]
     assert start["world_size"] == 2

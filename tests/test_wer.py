@@ -27,7 +27,9 @@ def test_empty_hypothesis_and_reference():
     r = score_utterance("e3", "", "")
     assert r.errors == 0 and r.num_words == 0
     # totals: 5 errors over 3 reference words
-    st = compute_wer([score_utterance("e1", "ONE TWO THREE", ""), score_utterance("e2", "", "UH UM")])
+    st = compute_wer(
+        [score_utterance("e1", "ONE TWO THREE", ""), score_utterance("e2", "", "UH UM")]
+    )
     assert (st.num_utts, st.num_words, st.errors) == (2, 3, 5)
     assert st.wer == pytest.approx(500 / 3)
     assert compute_wer([score_utterance("e3", "", "")]).wer == 0.0
@@ -50,13 +52,18 @@ def test_errors_file(tmp_path):
         score_utterance("u1", "THE CAT SAT ON THE MAT", "THE BAT SAT THE MAT TODAY"),
         score_utterance("u2", "HELLO WORLD", ""),
     ]
-    path = write_errors(tmp_path / "sub" / "errs-test-greedy.txt", results, title="model.pt test greedy")
+    path = write_errors(
+        tmp_path / "sub" / "errs-test-greedy.txt", results, title="model.pt test greedy"
+    )
     text = path.read_text()
     assert text == format_errors(results, title="model.pt test greedy")
     lines = text.splitlines()
     assert lines[0] == "# model.pt test greedy"
     assert lines[1] == "%WER = 62.50"  # 5 errors / 8 words
-    assert lines[2] == "Errors: 1 insertions, 3 deletions, 1 substitutions, over 8 reference words in 2 utterances"
+    assert (
+        lines[2]
+        == "Errors: 1 insertions, 3 deletions, 1 substitutions, over 8 reference words in 2 utterances"
+    )
     assert "u1:\tins=1 del=1 sub=1 words=6" in lines
     assert "u1:\tREF: THE CAT SAT ON THE MAT" in lines
     assert "u1:\tHYP: THE BAT SAT THE MAT TODAY" in lines

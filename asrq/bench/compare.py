@@ -54,10 +54,17 @@ COLUMNS = (
 )
 
 
-def variant_config(base: ExperimentConfig, variant: Variant, out_dir: Path, steps: int) -> ExperimentConfig:
+def variant_config(
+    base: ExperimentConfig, variant: Variant, out_dir: Path, steps: int
+) -> ExperimentConfig:
     data = apply_overrides(
         copy.deepcopy(to_dict(base)),
-        [*variant.overrides, f"train.exp_dir={out_dir / variant.name}", f"train.max_steps={steps}", "train.max_minutes=0"],
+        [
+            *variant.overrides,
+            f"train.exp_dir={out_dir / variant.name}",
+            f"train.max_steps={steps}",
+            "train.max_minutes=0",
+        ],
     )
     return from_dict(ExperimentConfig, data, where=f"variant {variant.name}")
 
@@ -127,7 +134,9 @@ def compare_models(
         cfg = variant_config(base, v, runs_dir, steps)
         echo(f"=== {v.name}: {' '.join(v.overrides) or '(recipe config)'}")
         stages = ["train", "decode", "export", "bench", "transcribe"]
-        summary = run_pipeline(cfg, stages, synthesize=False, echo=echo, real_audio_dir=real_audio_dir)
+        summary = run_pipeline(
+            cfg, stages, synthesize=False, echo=echo, real_audio_dir=real_audio_dir
+        )
         records.append(record(v, cfg, summary))
         atomic_write_json(out_dir / "models.json", records)  # partial results survive a stop
     table = markdown_table(records)

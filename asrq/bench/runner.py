@@ -183,7 +183,9 @@ def run_once(settings: RunSettings) -> dict[str, Any]:
     if hybrid:  # CTC / attention export: streaming encoder + CTC head, online CTC greedy
         from asrq.runtime.ctc_attention import load_streaming_ctc_greedy
 
-        comp, new_search, advance = load_streaming_ctc_greedy(settings.model_dir, settings.backend, settings.threads)
+        comp, new_search, advance = load_streaming_ctc_greedy(
+            settings.model_dir, settings.backend, settings.threads
+        )
     else:
         comp = load_rnnt(
             settings.model_dir, settings.backend, settings.threads, preload=STREAMING_PROGRAMS

@@ -39,18 +39,44 @@ class Size:
 
 #: Four sizes of the mini supernet (recipes/mini/supernet.yaml): the largest, two middle ones, the smallest.
 DEFAULT_SIZES: tuple[Size, ...] = (
-    Size("L8-d144", SubnetSpec(num_layers=8, d_model=144, ffn_dim=576, num_heads=4, joiner_dim=256, predictor_dim=256)),
-    Size("L6-d120", SubnetSpec(num_layers=6, d_model=120, ffn_dim=432, num_heads=4, joiner_dim=256, predictor_dim=256)),
-    Size("L6-d96", SubnetSpec(num_layers=6, d_model=96, ffn_dim=288, num_heads=4, joiner_dim=128, predictor_dim=128)),
-    Size("L4-d96", SubnetSpec(num_layers=4, d_model=96, ffn_dim=288, num_heads=4, joiner_dim=128, predictor_dim=128)),
+    Size(
+        "L8-d144",
+        SubnetSpec(
+            num_layers=8, d_model=144, ffn_dim=576, num_heads=4, joiner_dim=256, predictor_dim=256
+        ),
+    ),
+    Size(
+        "L6-d120",
+        SubnetSpec(
+            num_layers=6, d_model=120, ffn_dim=432, num_heads=4, joiner_dim=256, predictor_dim=256
+        ),
+    ),
+    Size(
+        "L6-d96",
+        SubnetSpec(
+            num_layers=6, d_model=96, ffn_dim=288, num_heads=4, joiner_dim=128, predictor_dim=128
+        ),
+    ),
+    Size(
+        "L4-d96",
+        SubnetSpec(
+            num_layers=4, d_model=96, ffn_dim=288, num_heads=4, joiner_dim=128, predictor_dim=128
+        ),
+    ),
 )
 
 
 def _with(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
-    return from_dict(ExperimentConfig, apply_overrides(copy.deepcopy(to_dict(cfg)), overrides), where="todm experiment")
+    return from_dict(
+        ExperimentConfig,
+        apply_overrides(copy.deepcopy(to_dict(cfg)), overrides),
+        where="todm experiment",
+    )
 
 
-def _train_once(cfg: ExperimentConfig, fn: Callable[[ExperimentConfig], dict[str, Any]]) -> dict[str, Any]:
+def _train_once(
+    cfg: ExperimentConfig, fn: Callable[[ExperimentConfig], dict[str, Any]]
+) -> dict[str, Any]:
     done = Path(cfg.train.exp_dir) / "train_summary.json"
     if done.is_file() and (Path(cfg.train.exp_dir) / "model.pt").is_file():
         return json.loads(done.read_text())
@@ -64,7 +90,9 @@ def _decode(model_path: Path, cfg: ExperimentConfig) -> dict[str, float]:
     loaded = load_model(model_path)
     cuts = Path(cfg.data.fbank_dir) / f"librispeech_cuts_{cfg.data.test_split}.jsonl.gz"
     if not cuts.is_file():
-        raise AsrqError(f"{cuts}: test cuts not found (run the mini recipe's synth,prepare,bpe stages first)")
+        raise AsrqError(
+            f"{cuts}: test cuts not found (run the mini recipe's synth,prepare,bpe stages first)"
+        )
     full = evaluate(loaded, cuts, method="greedy", streaming=False, progress=False)
     stream = evaluate(loaded, cuts, method="greedy", streaming=True, progress=False)
     return {"wer": round(full.wer, 2), "wer_streaming": round(stream.wer, 2)}
@@ -129,9 +157,15 @@ def deploy_many(
     assert sup_cfg.supernet is not None
     if not sup_cfg.supernet.sample_pool and pool_middle:
         sup_cfg.supernet.sample_pool = middle_sizes(sup_cfg, sizes)
-    pool = f"{len(sup_cfg.supernet.sample_pool)} pooled specs" if sup_cfg.supernet.sample_pool else "the search space"
-    echo(f"=== supernet: {steps} steps, largest + smallest + {base.supernet.num_random} random subnets "
-         f"(from {pool}) per step")
+    pool = (
+        f"{len(sup_cfg.supernet.sample_pool)} pooled specs"
+        if sup_cfg.supernet.sample_pool
+        else "the search space"
+    )
+    echo(
+        f"=== supernet: {steps} steps, largest + smallest + {base.supernet.num_random} random subnets "
+        f"(from {pool}) per step"
+    )
     sup_summary = _train_once(sup_cfg, train_supernet)
     sup_model = root / "supernet" / "model.pt"
     records = []
@@ -139,13 +173,19 @@ def deploy_many(
     for size in sizes:
         sliced = slice_checkpoint(sup_model, size.spec, root / "slices" / size.name)
         wer_s = _decode(sliced.path, sliced.config)
-        echo(f"--- {size.name}: slice {sliced.params:,} params, test WER {wer_s['wer']:.2f}% (streaming {wer_s['wer_streaming']:.2f}%)")
-        ind_cfg = _with(sliced.config, [f"train.exp_dir={root / 'individual' / size.name}", *limits])
+        echo(
+            f"--- {size.name}: slice {sliced.params:,} params, test WER {wer_s['wer']:.2f}% (streaming {wer_s['wer_streaming']:.2f}%)"
+        )
+        ind_cfg = _with(
+            sliced.config, [f"train.exp_dir={root / 'individual' / size.name}", *limits]
+        )
         echo(f"=== individual {size.name}: {steps} steps")
         ind_summary = _train_once(ind_cfg, train)
         wer_i = _decode(root / "individual" / size.name / "model.pt", ind_cfg)
         individual_minutes += float(ind_summary["train_minutes"])
-        echo(f"--- {size.name}: individual test WER {wer_i['wer']:.2f}% (streaming {wer_i['wer_streaming']:.2f}%)")
+        echo(
+            f"--- {size.name}: individual test WER {wer_i['wer']:.2f}% (streaming {wer_i['wer_streaming']:.2f}%)"
+        )
         records.append(
             {
                 "name": size.name,
@@ -153,7 +193,9 @@ def deploy_many(
                 "params": sliced.params,
                 "wer_supernet": wer_s["wer"],
                 "wer_individual": wer_i["wer"],
-                "rel_diff_pct": round(100.0 * (wer_s["wer"] - wer_i["wer"]) / max(wer_i["wer"], 1e-9), 2),
+                "rel_diff_pct": round(
+                    100.0 * (wer_s["wer"] - wer_i["wer"]) / max(wer_i["wer"], 1e-9), 2
+                ),
                 "wer_supernet_streaming": wer_s["wer_streaming"],
                 "wer_individual_streaming": wer_i["wer_streaming"],
                 "individual_train_minutes": float(ind_summary["train_minutes"]),

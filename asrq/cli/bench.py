@@ -94,7 +94,10 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "latency table that `asrq search --latency-table` predicts from. [--out default: beside the checkpoint]",
 )
 @click.option(
-    "--repeats", type=click.IntRange(min=1), default=20, show_default=True,
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
     help="Timings per latency-table entry, median (--layer-table only).",
 )
 def bench(
@@ -151,11 +154,15 @@ def _layer_table(checkpoint: Path, out: Path | None, threads: int, repeats: int)
 
     out = out or checkpoint.parent / "latency_table.json"
     try:
-        table = build_latency_table(checkpoint, out, threads=threads, repeats=repeats, log_fn=click.echo)
+        table = build_latency_table(
+            checkpoint, out, threads=threads, repeats=repeats, log_fn=click.echo
+        )
     except AsrqError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    click.echo(f"{len(table.entries)} entries ({threads} thread(s), chunk {table.chunk_frames} frames) -> {out}")
+    click.echo(
+        f"{len(table.entries)} entries ({threads} thread(s), chunk {table.chunk_frames} frames) -> {out}"
+    )
 
 
 if __name__ == "__main__":

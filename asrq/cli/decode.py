@@ -21,35 +21,95 @@ def result_name(split: str, method: str, streaming: bool) -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--cuts", "cuts_path", type=click.Path(path_type=Path), default=None,
-              help="CutSet manifest with fbank features. [default: <data.fbank_dir>/librispeech_cuts_<split>.jsonl.gz "
-                   "from the checkpoint's config]")
-@click.option("--split", default=None,
-              help="Split name, used for the default --cuts and in output names. "
-                   "[default: the checkpoint's data.test_split (test-clean), or taken from the --cuts file name]")
-@click.option("--method", type=click.Choice(["greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring"]),
-              default="greedy", show_default=True,
-              help="RNN-T: greedy, modified_beam_search, ctc_greedy (CTC head). ctc_attention: greedy (= ctc_greedy), "
-                   "ctc_prefix_beam, attention_rescoring (CTC prefix beam n-best rescored by the attention decoder).")
-@click.option("--beam", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Beam size (modified_beam_search, ctc_prefix_beam, attention_rescoring).")
-@click.option("--ctc-weight", type=click.FloatRange(min=0.0), default=0.5, show_default=True,
-              help="attention_rescoring: score = ctc_weight * CTC + attention.")
-@click.option("--max-sym-per-frame", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Most symbols greedy search emits per encoder frame.")
-@click.option("--streaming/--full-context", default=False, show_default=True,
-              help="Chunk-by-chunk streaming encoder (the checkpoint's model.streaming chunk_frames/left_frames) "
-                   "or the full-context encoder.")
-@click.option("--chunk-frames", type=click.IntRange(min=1), default=None,
-              help="Override the streaming chunk (encoder frames, 40 ms each).")
-@click.option("--left-frames", type=click.IntRange(min=0), default=None,
-              help="Override the streaming left context (encoder frames).")
-@click.option("--max-utts", type=click.IntRange(min=1), default=None, help="Decode only the first N cuts.")
-@click.option("--max-duration", type=float, default=200.0, show_default=True, help="Seconds of audio per batch.")
-@click.option("--out-dir", type=click.Path(path_type=Path), default=None,
-              help="Where wer-*.json and errs-*.txt go. [default: the checkpoint's folder]")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads while decoding (1 is often fastest on a busy CPU) [default: torch's].")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option(
+    "--cuts",
+    "cuts_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CutSet manifest with fbank features. [default: <data.fbank_dir>/librispeech_cuts_<split>.jsonl.gz "
+    "from the checkpoint's config]",
+)
+@click.option(
+    "--split",
+    default=None,
+    help="Split name, used for the default --cuts and in output names. "
+    "[default: the checkpoint's data.test_split (test-clean), or taken from the --cuts file name]",
+)
+@click.option(
+    "--method",
+    type=click.Choice(
+        ["greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring"]
+    ),
+    default="greedy",
+    show_default=True,
+    help="RNN-T: greedy, modified_beam_search, ctc_greedy (CTC head). ctc_attention: greedy (= ctc_greedy), "
+    "ctc_prefix_beam, attention_rescoring (CTC prefix beam n-best rescored by the attention decoder).",
+)
+@click.option(
+    "--beam",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Beam size (modified_beam_search, ctc_prefix_beam, attention_rescoring).",
+)
+@click.option(
+    "--ctc-weight",
+    type=click.FloatRange(min=0.0),
+    default=0.5,
+    show_default=True,
+    help="attention_rescoring: score = ctc_weight * CTC + attention.",
+)
+@click.option(
+    "--max-sym-per-frame",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Most symbols greedy search emits per encoder frame.",
+)
+@click.option(
+    "--streaming/--full-context",
+    default=False,
+    show_default=True,
+    help="Chunk-by-chunk streaming encoder (the checkpoint's model.streaming chunk_frames/left_frames) "
+    "or the full-context encoder.",
+)
+@click.option(
+    "--chunk-frames",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Override the streaming chunk (encoder frames, 40 ms each).",
+)
+@click.option(
+    "--left-frames",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Override the streaming left context (encoder frames).",
+)
+@click.option(
+    "--max-utts", type=click.IntRange(min=1), default=None, help="Decode only the first N cuts."
+)
+@click.option(
+    "--max-duration",
+    type=float,
+    default=200.0,
+    show_default=True,
+    help="Seconds of audio per batch.",
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where wer-*.json and errs-*.txt go. [default: the checkpoint's folder]",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch intra-op threads while decoding (1 is often fastest on a busy CPU) [default: torch's].",
+)
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
+)
 def decode(
     checkpoint: Path,
     cuts_path: Path | None,
@@ -80,8 +140,23 @@ def decode(
       asrq decode exp/hybrid/model.pt --method attention_rescoring --beam 10
     """
     try:
-        _decode(checkpoint, cuts_path, split, method, beam, max_sym_per_frame, streaming, chunk_frames,
-                left_frames, max_utts, max_duration, out_dir, threads, progress, ctc_weight)
+        _decode(
+            checkpoint,
+            cuts_path,
+            split,
+            method,
+            beam,
+            max_sym_per_frame,
+            streaming,
+            chunk_frames,
+            left_frames,
+            max_utts,
+            max_duration,
+            out_dir,
+            threads,
+            progress,
+            ctc_weight,
+        )
     except AsrqError as e:  # the root group does the same; this keeps ``decode`` alone consistent
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -140,7 +215,9 @@ def _decode(
         "cuts": str(cuts_path),
         "split": split,
         "method": method,
-        "beam": beam if method in ("modified_beam_search", "ctc_prefix_beam", "attention_rescoring") else None,
+        "beam": beam
+        if method in ("modified_beam_search", "ctc_prefix_beam", "attention_rescoring")
+        else None,
         "ctc_weight": ctc_weight if method == "attention_rescoring" else None,
         "head": cfg.model.head,
         "max_sym_per_frame": max_sym_per_frame if method == "greedy" else None,

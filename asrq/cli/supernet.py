@@ -25,12 +25,28 @@ def supernet() -> None:
 
 @supernet.command("train")
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Dotted override, repeatable: -s supernet.num_random=1 -s train.max_minutes=5")
-@click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[CKPT]",
-              help="Continue from a checkpoint: the latest in <exp_dir>/checkpoints, or the given file.")
-@click.option("--no-progress", is_flag=True, help="Disable the progress bar (JSON log lines still print).")
-def train(config_path: str, overrides: tuple[str, ...], resume: str | None, no_progress: bool) -> None:
+@click.option(
+    "--set",
+    "-s",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Dotted override, repeatable: -s supernet.num_random=1 -s train.max_minutes=5",
+)
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[CKPT]",
+    help="Continue from a checkpoint: the latest in <exp_dir>/checkpoints, or the given file.",
+)
+@click.option(
+    "--no-progress", is_flag=True, help="Disable the progress bar (JSON log lines still print)."
+)
+def train(
+    config_path: str, overrides: tuple[str, ...], resume: str | None, no_progress: bool
+) -> None:
     """Train a supernet from a recipe CONFIG with a `supernet:` section.
 
     Each step trains the largest, the smallest and supernet.num_random random subnets of
@@ -46,21 +62,35 @@ def train(config_path: str, overrides: tuple[str, ...], resume: str | None, no_p
     """
     from asrq.supernet.train import train_supernet
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     cfg = load_config(config_path, overrides)
     res: str | bool = True if resume == "latest" else (resume or False)
     summary = train_supernet(cfg, resume=res, progress=not no_progress)
-    click.echo(f"trained {summary['steps']} steps in {summary['train_minutes']:.1f} min -> {summary['model']}")
+    click.echo(
+        f"trained {summary['steps']} steps in {summary['train_minutes']:.1f} min -> {summary['model']}"
+    )
 
 
 @click.command("slice")
 @click.argument("checkpoint", metavar="SUPERNET_CKPT", type=click.Path(dir_okay=False))
-@click.option("--spec", "spec", required=True, metavar="largest|smallest|SPEC.yaml",
-              help="The subnet: largest, smallest, or a YAML file of SubnetSpec fields (num_layers, d_model, "
-                   "ffn_dim, num_heads, ssm_heads, joiner_dim, predictor_dim; a missing field takes the "
-                   "supernet's value). Each value must be one of the search space's choices.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output directory: model.pt (a plain checkpoint) and spec.yaml (the resolved spec).")
+@click.option(
+    "--spec",
+    "spec",
+    required=True,
+    metavar="largest|smallest|SPEC.yaml",
+    help="The subnet: largest, smallest, or a YAML file of SubnetSpec fields (num_layers, d_model, "
+    "ffn_dim, num_heads, ssm_heads, joiner_dim, predictor_dim; a missing field takes the "
+    "supernet's value). Each value must be one of the search space's choices.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output directory: model.pt (a plain checkpoint) and spec.yaml (the resolved spec).",
+)
 def slice_(checkpoint: str, spec: str, out_dir: str) -> None:
     """Cut one subnet out of a supernet checkpoint as an ordinary model.
 
@@ -74,32 +104,95 @@ def slice_(checkpoint: str, spec: str, out_dir: str) -> None:
 
     res = slice_checkpoint(checkpoint, spec, out_dir)
     pct = 100.0 * res.params / max(1, res.supernet_params)
-    click.echo(f"subnet {res.spec.short()}: {res.params:,} parameters ({pct:.1f}% of the supernet's "
-               f"{res.supernet_params:,}) -> {res.path}")
+    click.echo(
+        f"subnet {res.spec.short()}: {res.params:,} parameters ({pct:.1f}% of the supernet's "
+        f"{res.supernet_params:,}) -> {res.path}"
+    )
 
 
 @click.command("search")
 @click.argument("checkpoint", metavar="SUPERNET_CKPT", type=click.Path(dir_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output directory: search.json, pareto.png, best_spec.yaml.")
-@click.option("--cuts", "cuts_path", type=click.Path(dir_okay=False), default=None,
-              help="Dev cuts to score WER on [default: the checkpoint's data.fbank_dir / data.dev_split].")
-@click.option("--max-utts", type=click.IntRange(min=1), default=50, show_default=True, help="Dev utterances per candidate.")
-@click.option("--num-candidates", type=click.IntRange(min=2), default=32, show_default=True,
-              help="Candidates: every spec if the space has at most this many, else largest, smallest and random ones.")
-@click.option("--budget-ms", type=click.FloatRange(min=0), default=None,
-              help="Latency budget: predicted compute ms per streaming chunk (timed here or from --latency-table).")
-@click.option("--max-mb", type=click.FloatRange(min=0), default=None, help="Size budget: fp32 megabytes.")
-@click.option("--streaming/--full-context", default=True, show_default=True, help="Decode dev chunk by chunk (the deployment mode).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads for timing and decoding.")
-@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timings per latency-table entry (median).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random candidates.")
-@click.option("--latency-table", type=click.Path(dir_okay=False), default=None,
-              help="Predict latencies from this table (e.g. another device's, built there with "
-                   "`asrq bench SUPERNET_CKPT --layer-table`) instead of timing here.")
-def search(checkpoint: str, out_dir: str, cuts_path: str | None, max_utts: int, num_candidates: int,
-           budget_ms: float | None, max_mb: float | None, streaming: bool, threads: int, repeats: int, seed: int,
-           latency_table: str | None) -> None:
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output directory: search.json, pareto.png, best_spec.yaml.",
+)
+@click.option(
+    "--cuts",
+    "cuts_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Dev cuts to score WER on [default: the checkpoint's data.fbank_dir / data.dev_split].",
+)
+@click.option(
+    "--max-utts",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Dev utterances per candidate.",
+)
+@click.option(
+    "--num-candidates",
+    type=click.IntRange(min=2),
+    default=32,
+    show_default=True,
+    help="Candidates: every spec if the space has at most this many, else largest, smallest and random ones.",
+)
+@click.option(
+    "--budget-ms",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Latency budget: predicted compute ms per streaming chunk (timed here or from --latency-table).",
+)
+@click.option(
+    "--max-mb", type=click.FloatRange(min=0), default=None, help="Size budget: fp32 megabytes."
+)
+@click.option(
+    "--streaming/--full-context",
+    default=True,
+    show_default=True,
+    help="Decode dev chunk by chunk (the deployment mode).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="torch threads for timing and decoding.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Timings per latency-table entry (median).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the random candidates."
+)
+@click.option(
+    "--latency-table",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Predict latencies from this table (e.g. another device's, built there with "
+    "`asrq bench SUPERNET_CKPT --layer-table`) instead of timing here.",
+)
+def search(
+    checkpoint: str,
+    out_dir: str,
+    cuts_path: str | None,
+    max_utts: int,
+    num_candidates: int,
+    budget_ms: float | None,
+    max_mb: float | None,
+    streaming: bool,
+    threads: int,
+    repeats: int,
+    seed: int,
+    latency_table: str | None,
+) -> None:
     """Find the subnets of a supernet worth deploying: dev WER vs latency vs size.
 
     Each candidate subnet is decoded (greedy) on dev cuts through the supernet; its latency per
@@ -113,9 +206,23 @@ def search(checkpoint: str, out_dir: str, cuts_path: str | None, max_utts: int, 
     """
     from asrq.supernet.search import search as run_search
 
-    res = run_search(checkpoint, out_dir, cuts=cuts_path, max_utts=max_utts, num_candidates=num_candidates,
-                     budget_ms=budget_ms, max_mb=max_mb, streaming=streaming, threads=threads, repeats=repeats,
-                     seed=seed, log_fn=click.echo, latency_table=latency_table)
+    res = run_search(
+        checkpoint,
+        out_dir,
+        cuts=cuts_path,
+        max_utts=max_utts,
+        num_candidates=num_candidates,
+        budget_ms=budget_ms,
+        max_mb=max_mb,
+        streaming=streaming,
+        threads=threads,
+        repeats=repeats,
+        seed=seed,
+        log_fn=click.echo,
+        latency_table=latency_table,
+    )
     b = res.best
-    click.echo(f"best {b.spec.short()}: WER {b.wer:.2f}%, {b.latency_ms:.3f} ms per chunk, {b.size_mb:.3f} MB "
-               f"({b.params:,} parameters) -> {res.out_dir / 'best_spec.yaml'}")
+    click.echo(
+        f"best {b.spec.short()}: WER {b.wer:.2f}%, {b.latency_ms:.3f} ms per chunk, {b.size_mb:.3f} MB "
+        f"({b.params:,} parameters) -> {res.out_dir / 'best_spec.yaml'}"
+    )

@@ -11,14 +11,36 @@ from asrq.utils.io import AsrqError
 
 
 @click.command()
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Recipe YAML (e.g. recipes/mini/config.yaml). Defaults: asrq.config.ExperimentConfig.")
-@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Dotted override, repeatable: -s train.max_minutes=5 -s model.encoder.num_layers=6")
-@click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[CKPT]",
-              help="Continue from a checkpoint: the latest in <exp_dir>/checkpoints, or the given file.")
-@click.option("--no-progress", is_flag=True, help="Disable the progress bar (JSON log lines still print).")
-def train(config_path: str | None, overrides: tuple[str, ...], resume: str | None, no_progress: bool) -> None:
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Recipe YAML (e.g. recipes/mini/config.yaml). Defaults: asrq.config.ExperimentConfig.",
+)
+@click.option(
+    "--set",
+    "-s",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Dotted override, repeatable: -s train.max_minutes=5 -s model.encoder.num_layers=6",
+)
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[CKPT]",
+    help="Continue from a checkpoint: the latest in <exp_dir>/checkpoints, or the given file.",
+)
+@click.option(
+    "--no-progress", is_flag=True, help="Disable the progress bar (JSON log lines still print)."
+)
+def train(
+    config_path: str | None, overrides: tuple[str, ...], resume: str | None, no_progress: bool
+) -> None:
     """Train a streaming Conformer RNN-T (pruned RNN-T + CTC, ScaledAdam, Eden).
 
     Reads fbank CutSets from data.fbank_dir and the BPE model from data.lang_dir; writes
@@ -29,14 +51,20 @@ def train(config_path: str | None, overrides: tuple[str, ...], resume: str | Non
     """
     from asrq.train.loop import train as run_train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     cfg = load_config(config_path, overrides)
     if cfg.supernet is not None:
-        raise AsrqError(f"{config_path}: this config has a supernet: section; train it with `asrq supernet train`")
+        raise AsrqError(
+            f"{config_path}: this config has a supernet: section; train it with `asrq supernet train`"
+        )
     res: str | bool = False
     if resume == "latest":
         res = True
     elif resume:
         res = resume
     summary = run_train(cfg, resume=res, progress=not no_progress)
-    click.echo(f"trained {summary['steps']} steps in {summary['train_minutes']:.1f} min -> {summary['model']}")
+    click.echo(
+        f"trained {summary['steps']} steps in {summary['train_minutes']:.1f} min -> {summary['model']}"
+    )

@@ -29,7 +29,9 @@ from asrq.utils.io import AsrqError
 )
 @click.option(
     "--method",
-    type=click.Choice(["greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring"]),
+    type=click.Choice(
+        ["greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring"]
+    ),
     default="greedy",
     show_default=True,
     help="RNN-T: greedy, modified_beam_search. CTC / attention exports: greedy (= ctc_greedy), "

@@ -68,7 +68,9 @@ class CtcAttentionComponents(Protocol):
         (N,), CTC log-probs (N, C, V), new states."""
         ...
 
-    def decoder_log_probs(self, enc: Tensor, enc_lens: Tensor, hyps_in: Tensor, hyps_lens: Tensor) -> Tensor:
+    def decoder_log_probs(
+        self, enc: Tensor, enc_lens: Tensor, hyps_in: Tensor, hyps_lens: Tensor
+    ) -> Tensor:
         """Attention decoder: enc (B, T', D), enc_lens (B,), hyps_in (B, U) int64 (``<sos>`` +
         tokens, padded), hyps_lens (B,) -> log-probs (B, U, V)."""
         ...
@@ -127,12 +129,17 @@ def ctc_prefix_beam_search_one(log_probs: Tensor, beam: int, blank: int = 0) -> 
     return [(list(p), _log_add(pb, pnb)) for p, (pb, pnb) in hyps]
 
 
-def ctc_prefix_beam_search(log_probs: Tensor, lens: Tensor, beam: int = 4, blank: int = 0) -> list[NBest]:
+def ctc_prefix_beam_search(
+    log_probs: Tensor, lens: Tensor, beam: int = 4, blank: int = 0
+) -> list[NBest]:
     """Batched wrapper: log_probs (N, T', V), lens (N,) -> an n-best list per utterance."""
     if log_probs.dim() != 3:
         raise ValueError(f"expected log_probs (N, T, V), got shape {tuple(log_probs.shape)}")
     lp = log_probs.detach().float().cpu()
-    return [ctc_prefix_beam_search_one(lp[i, : int(n)], beam, blank) for i, n in enumerate(lens.tolist())]
+    return [
+        ctc_prefix_beam_search_one(lp[i, : int(n)], beam, blank)
+        for i, n in enumerate(lens.tolist())
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,7 +241,11 @@ def encode_streaming(
         lps.append(lp)
         valids.append(valid.to(torch.int64).cpu())
     if not encs:
-        return torch.zeros(n, 0, 0), torch.zeros(n, dtype=torch.int64), torch.zeros(n, 0, comp.vocab_size)
+        return (
+            torch.zeros(n, 0, 0),
+            torch.zeros(n, dtype=torch.int64),
+            torch.zeros(n, 0, comp.vocab_size),
+        )
     return torch.cat(encs, dim=1), torch.stack(valids).sum(dim=0), torch.cat(lps, dim=1)
 
 
@@ -249,7 +260,9 @@ def decode_batch(
 ) -> list[list[int]]:
     """feats (N, T, F), feat_lens (N,) -> token ids per utterance, by ``method`` (module doc)."""
     if method not in METHODS:
-        raise AsrqError(f"unknown ctc_attention decoding method {method!r}; choose one of {', '.join(METHODS)}")
+        raise AsrqError(
+            f"unknown ctc_attention decoding method {method!r}; choose one of {', '.join(METHODS)}"
+        )
     if streaming:
         enc, lens, lp = encode_streaming(comp, feats, feat_lens)
     else:
@@ -306,6 +319,10 @@ class TorchCtcAttention:
         return enc, lens, self.model.ctc_log_probs(enc), states
 
     @torch.inference_mode()
-    def decoder_log_probs(self, enc: Tensor, enc_lens: Tensor, hyps_in: Tensor, hyps_lens: Tensor) -> Tensor:
+    def decoder_log_probs(
+        self, enc: Tensor, enc_lens: Tensor, hyps_in: Tensor, hyps_lens: Tensor
+    ) -> Tensor:
         dev = self.device
-        return self.model.decoder_log_probs(enc.to(dev), enc_lens.to(dev), hyps_in.to(dev), hyps_lens.to(dev))
+        return self.model.decoder_log_probs(
+            enc.to(dev), enc_lens.to(dev), hyps_in.to(dev), hyps_lens.to(dev)
+        )

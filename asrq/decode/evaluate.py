@@ -24,8 +24,16 @@ from asrq.decode.torch_backend import TorchRnnt
 from asrq.decode.wer import UttResult, compute_wer, score_utterance
 from asrq.utils.io import AsrqError
 
-Method = Literal["greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring"]
-METHODS: tuple[str, ...] = ("greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring")
+Method = Literal[
+    "greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring"
+]
+METHODS: tuple[str, ...] = (
+    "greedy",
+    "modified_beam_search",
+    "ctc_greedy",
+    "ctc_prefix_beam",
+    "attention_rescoring",
+)
 #: methods per model head; on a ctc_attention model ``greedy`` means ``ctc_greedy`` (its greedy search)
 HEAD_METHODS: dict[str, tuple[str, ...]] = {
     "rnnt": ("greedy", "modified_beam_search", "ctc_greedy"),
@@ -94,7 +102,9 @@ def load_eval_cuts(cuts: Any, max_utts: int | None = None) -> list[Any]:
         try:
             cuts = CutSet.from_file(path)
         except Exception as e:  # lhotse raises plain exceptions for unknown content
-            raise AsrqError(f"{path}: not a readable lhotse CutSet manifest ({type(e).__name__}: {e})") from e
+            raise AsrqError(
+                f"{path}: not a readable lhotse CutSet manifest ({type(e).__name__}: {e})"
+            ) from e
         if not isinstance(cuts, CutSet):
             raise AsrqError(f"{path}: expected a CutSet manifest, got {type(cuts).__name__}")
     out = []
@@ -104,7 +114,9 @@ def load_eval_cuts(cuts: Any, max_utts: int | None = None) -> list[Any]:
         out.append(c)
     for c in out:
         if not c.has_features:
-            raise AsrqError(f"cut {c.id}: no features attached; compute fbank with `asrq data prepare`")
+            raise AsrqError(
+                f"cut {c.id}: no features attached; compute fbank with `asrq data prepare`"
+            )
     return out
 
 
@@ -129,7 +141,9 @@ def collate_features(cuts: Sequence[Any]) -> tuple[Tensor, Tensor]:
     """Load and pad features: -> (N, T, F) float32 padded with LOG_EPSILON, lengths (N,)."""
     feats = [torch.from_numpy(c.load_features()).float() for c in cuts]
     lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
-    out = torch.full((len(feats), int(lens.max()), feats[0].shape[1]), LOG_EPSILON, dtype=torch.float32)
+    out = torch.full(
+        (len(feats), int(lens.max()), feats[0].shape[1]), LOG_EPSILON, dtype=torch.float32
+    )
     for i, f in enumerate(feats):
         out[i, : f.shape[0]] = f
     return out, lens
@@ -208,7 +222,9 @@ def evaluate_model(
         raise AsrqError(f"unknown decoding method {method!r}; choose one of {', '.join(METHODS)}")
     head = getattr(model, "head", "rnnt")
     if method not in HEAD_METHODS[head]:
-        raise AsrqError(f"method {method}: not for a {head} model; choose one of {', '.join(HEAD_METHODS[head])}")
+        raise AsrqError(
+            f"method {method}: not for a {head} model; choose one of {', '.join(HEAD_METHODS[head])}"
+        )
     cut_list = load_eval_cuts(cuts, max_utts)
     if head == "ctc_attention":
         comp = CA.TorchCtcAttention(model, chunk_frames, left_frames)
@@ -223,12 +239,19 @@ def evaluate_model(
     audio = 0.0
     t0 = time.perf_counter()
     try:
-        with torch.inference_mode(), tqdm(total=len(cut_list), desc="decode", unit="utt", disable=not progress) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(cut_list), desc="decode", unit="utt", disable=not progress) as bar,
+        ):
             for batch in make_batches(cut_list, max_duration):
                 feats, lens = collate_features(batch)
-                hyps = decode_batch(comp, feats, lens, method, streaming, beam, max_sym_per_frame, ctc_weight)
+                hyps = decode_batch(
+                    comp, feats, lens, method, streaming, beam, max_sym_per_frame, ctc_weight
+                )
                 for c, toks in zip(batch, hyps, strict=True):
-                    results[id(c)] = score_utterance(c.id, cut_text(c), sp.decode([int(t) for t in toks]).upper())
+                    results[id(c)] = score_utterance(
+                        c.id, cut_text(c), sp.decode([int(t) for t in toks]).upper()
+                    )
                     audio += c.duration
                 bar.update(len(batch))
     finally:
@@ -237,7 +260,9 @@ def evaluate_model(
     seconds = time.perf_counter() - t0
     ordered = [results[id(c)] for c in cut_list]  # manifest order
     st = compute_wer(ordered)
-    return EvalResult(st.wer, st.num_words, st.ins, st.dels, st.subs, st.num_utts, seconds, audio, ordered)
+    return EvalResult(
+        st.wer, st.num_words, st.ins, st.dels, st.subs, st.num_utts, seconds, audio, ordered
+    )
 
 
 def evaluate(

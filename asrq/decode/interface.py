@@ -32,7 +32,9 @@ class RnntComponents(Protocol):
         """Initial streaming encoder states."""
         ...
 
-    def encode_chunk(self, x: Tensor, x_lens: Tensor, states: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def encode_chunk(
+        self, x: Tensor, x_lens: Tensor, states: list[Tensor]
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Streaming encoder step: x (N, 4C + 3, F), x_lens (N,) valid fbank frames in the window
         -> (N, C, J) projected, valid frames (N,), new states."""
         ...

@@ -50,7 +50,9 @@ class GreedyState:
     context_size: int
 
     @classmethod
-    def create(cls, comp: RnntComponents, batch_size: int, device: torch.device | str = "cpu") -> GreedyState:
+    def create(
+        cls, comp: RnntComponents, batch_size: int, device: torch.device | str = "cpu"
+    ) -> GreedyState:
         hyps = [_initial_context(comp) for _ in range(batch_size)]
         pred = _predict(comp, hyps, torch.device(device)) if batch_size else torch.zeros(0)
         return cls(hyps=hyps, pred=pred, context_size=comp.context_size)
@@ -61,7 +63,11 @@ class GreedyState:
 
 
 def greedy_advance(
-    comp: RnntComponents, enc: Tensor, enc_lens: Tensor, state: GreedyState, max_sym_per_frame: int = 1
+    comp: RnntComponents,
+    enc: Tensor,
+    enc_lens: Tensor,
+    state: GreedyState,
+    max_sym_per_frame: int = 1,
 ) -> GreedyState:
     """Consume encoder frames: enc (N, T', J) projected, enc_lens (N,) valid frames of each stream
     (0 for a stream with nothing new). Updates ``state`` in place and returns it.
@@ -94,7 +100,9 @@ def greedy_advance(
                 state.hyps[rows[k]].append(int(y[k]))
             rows = [rows[k] for k in emitted]
             new_pred = _predict(comp, [state.hyps[r][-ctx:] for r in rows], dev)
-            state.pred = state.pred.index_copy(0, torch.tensor(rows, device=dev), new_pred.to(state.pred.dtype))
+            state.pred = state.pred.index_copy(
+                0, torch.tensor(rows, device=dev), new_pred.to(state.pred.dtype)
+            )
             if max_sym_per_frame > 1:
                 e, pred = e[torch.tensor(emitted, device=dev)], new_pred
     return state
@@ -139,7 +147,9 @@ class BeamState:
     @classmethod
     def create(cls, comp: RnntComponents, batch_size: int) -> BeamState:
         ys = _initial_context(comp)
-        return cls([{tuple(ys): Hypothesis(list(ys), 0.0)} for _ in range(batch_size)], comp.context_size)
+        return cls(
+            [{tuple(ys): Hypothesis(list(ys), 0.0)} for _ in range(batch_size)], comp.context_size
+        )
 
     def best_hyps(self, length_norm: bool = False) -> list[Hypothesis]:
         """The most probable hypothesis of each stream (``length_norm``: by log_prob / len(ys),

@@ -53,7 +53,9 @@ def num_chunks(num_fbank_frames: int, chunk_frames: int) -> int:
     return -(-encoder_frames(num_fbank_frames) // chunk_frames)
 
 
-def iter_windows(feats: Tensor, feat_lens: Tensor, chunk_frames: int) -> Iterator[tuple[Tensor, Tensor]]:
+def iter_windows(
+    feats: Tensor, feat_lens: Tensor, chunk_frames: int
+) -> Iterator[tuple[Tensor, Tensor]]:
     """Split a padded batch into streaming windows.
 
     feats (N, T, F), feat_lens (N,) -> yields x (N, 4C + 3, F), x_lens (N,) valid frames in the
@@ -75,7 +77,9 @@ def iter_windows(feats: Tensor, feat_lens: Tensor, chunk_frames: int) -> Iterato
         yield feats[:, s : s + w], (lens_t - s).clamp(min=0, max=w)
 
 
-def _new_search_state(comp: RnntComponents, n: int, method: str, device: torch.device) -> GreedyState | BeamState:
+def _new_search_state(
+    comp: RnntComponents, n: int, method: str, device: torch.device
+) -> GreedyState | BeamState:
     if method == "greedy":
         return GreedyState.create(comp, n, device)
     if method == "modified_beam_search":
@@ -84,7 +88,12 @@ def _new_search_state(comp: RnntComponents, n: int, method: str, device: torch.d
 
 
 def _advance(
-    comp: RnntComponents, enc: Tensor, valid: Tensor, state: GreedyState | BeamState, beam: int, max_sym: int
+    comp: RnntComponents,
+    enc: Tensor,
+    valid: Tensor,
+    state: GreedyState | BeamState,
+    beam: int,
+    max_sym: int,
 ) -> None:
     if isinstance(state, GreedyState):
         greedy_advance(comp, enc, valid, state, max_sym)
@@ -150,7 +159,11 @@ class Streamer:
     """
 
     def __init__(
-        self, comp: RnntComponents, method: StreamMethod = "greedy", beam: int = 4, max_sym_per_frame: int = 1
+        self,
+        comp: RnntComponents,
+        method: StreamMethod = "greedy",
+        beam: int = 4,
+        max_sym_per_frame: int = 1,
     ) -> None:
         self.comp = comp
         self.beam = beam
@@ -199,13 +212,19 @@ class Streamer:
                 pad = self.window - valid
                 x = self.buffer[:valid]
                 if pad:
-                    x = torch.cat([x, torch.full((pad, x.shape[1]), LOG_EPSILON, dtype=x.dtype)], dim=0)
+                    x = torch.cat(
+                        [x, torch.full((pad, x.shape[1]), LOG_EPSILON, dtype=x.dtype)], dim=0
+                    )
                 self._run(x, valid)
         return self.tokens
 
 
 def stream_decode(
-    comp: RnntComponents, feats: Tensor, method: StreamMethod = "greedy", beam: int = 4, max_sym_per_frame: int = 1
+    comp: RnntComponents,
+    feats: Tensor,
+    method: StreamMethod = "greedy",
+    beam: int = 4,
+    max_sym_per_frame: int = 1,
 ) -> list[int]:
     """Chunk-by-chunk decode of one utterance's fbank ``(T, F)`` (through :class:`Streamer`)."""
     s = Streamer(comp, method, beam, max_sym_per_frame)

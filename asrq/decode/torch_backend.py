@@ -51,7 +51,9 @@ class TorchRnnt:
         return self.model.encoder.init_states(batch_size, self.left_frames, device=self.device)
 
     @torch.inference_mode()
-    def encode_chunk(self, x: Tensor, x_lens: Tensor, states: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def encode_chunk(
+        self, x: Tensor, x_lens: Tensor, states: list[Tensor]
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
         """x (N, 4C + 3, F), x_lens (N,) valid fbank frames -> (N, C, J), valid frames (N,), states."""
         dev = self.device
         enc, lens, states = self.model.encoder.streaming_forward(x.to(dev), x_lens.to(dev), states)

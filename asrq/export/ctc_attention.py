@@ -88,24 +88,34 @@ class AttentionDecoderProgram(nn.Module):
         super().__init__()
         self.decoder = model.decoder
 
-    def forward(self, encoder_out: Tensor, encoder_out_lens: Tensor, hyps: Tensor, hyps_lens: Tensor) -> Tensor:
+    def forward(
+        self, encoder_out: Tensor, encoder_out_lens: Tensor, hyps: Tensor, hyps_lens: Tensor
+    ) -> Tensor:
         return self.decoder(encoder_out, encoder_out_lens, hyps, hyps_lens).log_softmax(dim=-1)
 
 
 def program_specs(
-    model: nn.Module, chunk_frames: int, left_frames: int, target: Target, max_encoder_steps: int = 750
+    model: nn.Module,
+    chunk_frames: int,
+    left_frames: int,
+    target: Target,
+    max_encoder_steps: int = 750,
 ) -> dict[str, ProgramSpec]:
     """The three :class:`ProgramSpec` s of an eval-mode :class:`CtcAttentionModel` for ``target``."""
     if target not in ("onnx", "executorch"):
         raise ValueError(f"unknown export target {target!r}")
     if chunk_frames < 1 or left_frames < 0:
-        raise ValueError(f"chunk_frames must be >= 1 and left_frames >= 0 (got {chunk_frames}, {left_frames})")
+        raise ValueError(
+            f"chunk_frames must be >= 1 and left_frames >= 0 (got {chunk_frames}, {left_frames})"
+        )
     onnx = target == "onnx"
     f = model.encoder.cfg.feature_dim
     d = model.encoder.output_dim
     n_ex = 2 if onnx else 1
     batch = torch.export.Dim("N", min=1, max=1024) if onnx else None
-    steps = torch.export.Dim("steps", min=MIN_ENCODER_STEPS, max=None if onnx else max_encoder_steps)
+    steps = torch.export.Dim(
+        "steps", min=MIN_ENCODER_STEPS, max=None if onnx else max_encoder_steps
+    )
     gen = torch.Generator().manual_seed(0)
 
     def axes(dd: dict[int, Any]) -> dict[int, Any] | None:
@@ -136,10 +146,16 @@ def program_specs(
         (xs, xs_lens, *(s.zeros() for s in specs)),
         ["x", "x_lens", *names],
         ["encoder_out", "encoder_out_lens", "ctc_log_probs", *(f"new_{n}" for n in names)],
-        {"x": {0: batch}, "x_lens": {0: batch}, "states": tuple({s.batch_axis: batch} for s in specs)}
+        {
+            "x": {0: batch},
+            "x_lens": {0: batch},
+            "states": tuple({s.batch_axis: batch} for s in specs),
+        }
         if onnx
         else None,
-        {"x": {0: "N"}, "x_lens": {0: "N"}, **{s.name: {s.batch_axis: "N"} for s in specs}} if onnx else {},
+        {"x": {0: "N"}, "x_lens": {0: "N"}, **{s.name: {s.batch_axis: "N"} for s in specs}}
+        if onnx
+        else {},
         states=list(specs),
     )
 
@@ -153,7 +169,12 @@ def program_specs(
     dec = ProgramSpec(
         "decoder",
         AttentionDecoderProgram(model).eval(),
-        (torch.randn(2, k_ex, d, generator=gen), torch.tensor([k_ex, k_ex - 3]), hyps, torch.tensor([5, 3])),
+        (
+            torch.randn(2, k_ex, d, generator=gen),
+            torch.tensor([k_ex, k_ex - 3]),
+            hyps,
+            torch.tensor([5, 3]),
+        ),
         ["encoder_out", "encoder_out_lens", "hyps", "hyps_lens"],
         ["log_probs"],
         {
@@ -162,7 +183,12 @@ def program_specs(
             "hyps": {0: hyp_n, 1: u_dim},
             "hyps_lens": {0: hyp_n},
         },
-        {"encoder_out": {0: "N", 1: "T"}, "encoder_out_lens": {0: "N"}, "hyps": {0: "N", 1: "U"}, "hyps_lens": {0: "N"}},
+        {
+            "encoder_out": {0: "N", 1: "T"},
+            "encoder_out_lens": {0: "N"},
+            "hyps": {0: "N", 1: "U"},
+            "hyps_lens": {0: "N"},
+        },
     )
     return {s.name: s for s in (enc, stream, dec)}
 
@@ -171,7 +197,12 @@ def program_specs(
 # metadata
 # --------------------------------------------------------------------------------------------
 def model_metadata(
-    loaded: Any, chunk_frames: int, left_frames: int, name: str, checkpoint: str | None, max_steps: int = 750
+    loaded: Any,
+    chunk_frames: int,
+    left_frames: int,
+    name: str,
+    checkpoint: str | None,
+    max_steps: int = 750,
 ) -> dict[str, Any]:
     """``metadata.json`` of a ctc_attention export (before programs, parity and sizes)."""
     from asrq.export.pipeline import FEATURE, FORMAT, SUBSAMPLING
@@ -221,7 +252,17 @@ _FLAT_KEYS = ("vocab_size", "blank_id", "sos_id", "eos_id", "subsampling_factor"
 def onnx_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     """The flat key set stored in every ONNX file's metadata_props."""
     m = meta["model"]
-    keys = ("format", "asrq_version", "name", "subnet", "head", "model_type", "checkpoint_step", "feature", "config")
+    keys = (
+        "format",
+        "asrq_version",
+        "name",
+        "subnet",
+        "head",
+        "model_type",
+        "checkpoint_step",
+        "feature",
+        "config",
+    )
     return {**{k: meta[k] for k in keys}, **{k: m[k] for k in _FLAT_KEYS}, "states": m["states"]}
 
 
@@ -254,7 +295,11 @@ def check_streaming(spec: ProgramSpec, run: P.Runner, backend: str, batch: int, 
         try:
             out = run(spec.name, (x, lens, *states_rt))
         except Exception as e:  # a runtime failure is a parity failure, reported with its cause
-            checks.append(P.ParityCheck(spec.name, backend, label, float("inf"), False, f"{type(e).__name__}: {e}"))
+            checks.append(
+                P.ParityCheck(
+                    spec.name, backend, label, float("inf"), False, f"{type(e).__name__}: {e}"
+                )
+            )
             break
         err, ok, detail = P.compare(out, expected, tol)
         checks.append(P.ParityCheck(spec.name, backend, label, err, ok, detail))
@@ -262,7 +307,9 @@ def check_streaming(spec: ProgramSpec, run: P.Runner, backend: str, batch: int, 
     return checks
 
 
-def decoder_cases(spec: ProgramSpec, vocab_size: int, sos: int, batch_max: int, seed: int = 0) -> list[tuple[str, tuple[Tensor, ...]]]:
+def decoder_cases(
+    spec: ProgramSpec, vocab_size: int, sos: int, batch_max: int, seed: int = 0
+) -> list[tuple[str, tuple[Tensor, ...]]]:
     """Decoder inputs at several (N, T', U), with padded encoder frames and hypotheses."""
     g = torch.Generator().manual_seed(seed)
     d = spec.example_inputs[0].shape[-1]
@@ -282,10 +329,20 @@ def decoder_cases(spec: ProgramSpec, vocab_size: int, sos: int, batch_max: int, 
 def check_parity(specs: dict[str, ProgramSpec], run: P.Runner, backend: str, vocab_size: int, sos: int,
                  left_frames: int, batch_dynamic: bool, tol: float = P.DEFAULT_TOL) -> list[P.ParityCheck]:  # fmt: skip
     """All parity checks of one backend (``specs`` hold the eager modules)."""
-    checks = P.check_program(specs["encoder"], run, backend, P.encoder_cases(specs["encoder"], batch_dynamic), tol)
-    checks += check_streaming(specs["encoder_streaming"], run, backend, 2 if batch_dynamic else 1, left_frames, tol)
+    checks = P.check_program(
+        specs["encoder"], run, backend, P.encoder_cases(specs["encoder"], batch_dynamic), tol
+    )
+    checks += check_streaming(
+        specs["encoder_streaming"], run, backend, 2 if batch_dynamic else 1, left_frames, tol
+    )
     batch_max = 1024 if batch_dynamic else MAX_DECODER_HYPS
-    checks += P.check_program(specs["decoder"], run, backend, decoder_cases(specs["decoder"], vocab_size, sos, batch_max), tol)
+    checks += P.check_program(
+        specs["decoder"],
+        run,
+        backend,
+        decoder_cases(specs["decoder"], vocab_size, sos, batch_max),
+        tol,
+    )
     return checks
 
 
@@ -318,19 +375,34 @@ def export_ctc_attention(
     staging = PL._staging_dir(out_dir)
     try:
         for target in targets:
-            specs = program_specs(model, chunk_frames, left_frames, target, max_encoder_steps=max_steps)
+            specs = program_specs(
+                model, chunk_frames, left_frames, target, max_encoder_steps=max_steps
+            )
             entries: dict[str, Any] = {}
             for pname in PROGRAMS:
-                entries[pname] = _export_one(target, specs[pname], program_path(staging, pname, target), meta, opset)
+                entries[pname] = _export_one(
+                    target, specs[pname], program_path(staging, pname, target), meta, opset
+                )
                 e = entries[pname]
-                say(f"{target:<10} {pname:<18} {e['bytes'] / 1e6:8.2f} MB  {e['export_seconds']:7.1f} s")
+                say(
+                    f"{target:<10} {pname:<18} {e['bytes'] / 1e6:8.2f} MB  {e['export_seconds']:7.1f} s"
+                )
             meta["programs"][target] = entries
             run, _ = PL._runner(target, staging)
             t0 = time.perf_counter()
             report.checks += check_parity(
-                specs, run, target, model.vocab_size, model.sos_id, left_frames, target == "onnx", tol
+                specs,
+                run,
+                target,
+                model.vocab_size,
+                model.sos_id,
+                left_frames,
+                target == "onnx",
+                tol,
             )
-            say(f"{target:<10} parity: max abs err {report.max_abs_err(target):.2e} ({time.perf_counter() - t0:.1f} s)")
+            say(
+                f"{target:<10} parity: max abs err {report.max_abs_err(target):.2e} ({time.perf_counter() - t0:.1f} s)"
+            )
             del run  # release the runtime's sessions before the directory moves
         if not report.ok:
             raise P.ParityError(report)
@@ -350,7 +422,9 @@ def export_ctc_attention(
     return PL.ExportResult(out_dir, meta, report)
 
 
-def _export_one(target: str, spec: ProgramSpec, path: Path, meta: dict[str, Any], opset: int) -> dict[str, Any]:
+def _export_one(
+    target: str, spec: ProgramSpec, path: Path, meta: dict[str, Any], opset: int
+) -> dict[str, Any]:
     entry: dict[str, Any] = {"file": path.name, "inputs": spec.input_names, "outputs": spec.output_names,
                              "dynamic_axes": {k: {str(a): v for a, v in d.items()} for k, d in spec.dynamic_axes.items()}}  # fmt: skip
     if target == "onnx":

@@ -248,7 +248,9 @@ def export_loaded(
     if max_steps < 2:
         raise AsrqError(f"--max-seconds {max_seconds} is too short")
     opset = opset or cfg.export.opset
-    if getattr(loaded.model, "head", "rnnt") == "ctc_attention":  # its own programs (``programs`` unused)
+    if (
+        getattr(loaded.model, "head", "rnnt") == "ctc_attention"
+    ):  # its own programs (``programs`` unused)
         from asrq.export.ctc_attention import export_ctc_attention
 
         return export_ctc_attention(loaded, out_dir, targets=targets, chunk_frames=chunk, left_frames=left, max_steps=max_steps,

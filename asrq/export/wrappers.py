@@ -154,7 +154,9 @@ def streaming_geometry(model: nn.Module, chunk_frames: int, left_frames: int) ->
             f"chunk_frames must be >= 1 and left_frames >= 0 (got {chunk_frames}, {left_frames})"
         )
     states = tuple(model.encoder.state_specs(1, left_frames))
-    return StreamingGeometry(chunk_frames, left_frames, cfg.num_layers, cfg.d_model, cfg.feature_dim, states)
+    return StreamingGeometry(
+        chunk_frames, left_frames, cfg.num_layers, cfg.d_model, cfg.feature_dim, states
+    )
 
 
 def program_specs(

@@ -42,7 +42,9 @@ from torch import Tensor
 LIMIT_EPS = 1e-3
 
 
-def _value_and_rho(log_p: Tensor, log_q: Tensor, alpha: float, clip: float) -> tuple[Tensor, Tensor]:
+def _value_and_rho(
+    log_p: Tensor, log_q: Tensor, alpha: float, clip: float
+) -> tuple[Tensor, Tensor]:
     """Per-element ``q * f`` (summing to D over the last axis) and ``rho`` (the gradient weight).
     log_p, log_q: (..., V) log-probabilities."""
     log_r = log_p - log_q  # log importance ratio
@@ -66,7 +68,9 @@ def alpha_divergence(log_p: Tensor, log_q: Tensor, alpha: float, clip: float = 5
     if clip <= 0:
         raise ValueError(f"alpha_divergence: clip must be > 0, got {clip}")
     if log_p.shape != log_q.shape:
-        raise ValueError(f"alpha_divergence: shapes differ {tuple(log_p.shape)} vs {tuple(log_q.shape)}")
+        raise ValueError(
+            f"alpha_divergence: shapes differ {tuple(log_p.shape)} vs {tuple(log_q.shape)}"
+        )
     log_p = log_p.detach()
     with torch.no_grad():
         terms, rho = _value_and_rho(log_p, log_q.detach(), alpha, clip)

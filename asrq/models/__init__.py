@@ -30,20 +30,38 @@ def build_model(cfg: ModelConfig) -> Transducer | CtcAttentionModel:
     encoder = build_encoder(cfg.encoder)
     if cfg.head == "ctc_attention":
         decoder = AttentionDecoder(cfg.vocab_size, encoder.output_dim, cfg.decoder)
-        return CtcAttentionModel(encoder, decoder, cfg.vocab_size, cfg.blank_id, cfg.decoder.sos_eos_id)
-    predictor = Predictor(cfg.vocab_size, cfg.predictor.d_model, cfg.blank_id, cfg.predictor.context_size)
+        return CtcAttentionModel(
+            encoder, decoder, cfg.vocab_size, cfg.blank_id, cfg.decoder.sos_eos_id
+        )
+    predictor = Predictor(
+        cfg.vocab_size, cfg.predictor.d_model, cfg.blank_id, cfg.predictor.context_size
+    )
     joiner = Joiner(encoder.output_dim, cfg.predictor.d_model, cfg.joiner_dim, cfg.vocab_size)
-    return Transducer(encoder, predictor, joiner, cfg.vocab_size, cfg.blank_id, ctc_head=cfg.ctc_head)
+    return Transducer(
+        encoder, predictor, joiner, cfg.vocab_size, cfg.blank_id, ctc_head=cfg.ctc_head
+    )
 
 
 #: Named sizes: (encoder overrides, predictor dim, joiner dim).
 PRESETS: dict[str, dict] = {
     # the test model: 2 layers, d=64
-    "tiny": dict(encoder=dict(num_layers=2, d_model=64, num_heads=2, ffn_dim=128, conv_kernel=7), predictor=64, joiner=64),
+    "tiny": dict(
+        encoder=dict(num_layers=2, d_model=64, num_heads=2, ffn_dim=128, conv_kernel=7),
+        predictor=64,
+        joiner=64,
+    ),
     # the default mini recipe model (~4M parameters at vocab 256)
-    "mini": dict(encoder=dict(num_layers=8, d_model=144, num_heads=4, ffn_dim=576, conv_kernel=15), predictor=256, joiner=256),
+    "mini": dict(
+        encoder=dict(num_layers=8, d_model=144, num_heads=4, ffn_dim=576, conv_kernel=15),
+        predictor=256,
+        joiner=256,
+    ),
     # a LibriSpeech starting point (~20M)
-    "small": dict(encoder=dict(num_layers=12, d_model=320, num_heads=8, ffn_dim=1280, conv_kernel=31), predictor=512, joiner=512),
+    "small": dict(
+        encoder=dict(num_layers=12, d_model=320, num_heads=8, ffn_dim=1280, conv_kernel=31),
+        predictor=512,
+        joiner=512,
+    ),
 }
 
 

@@ -49,7 +49,9 @@ from asrq.models.subsampling import Conv2dSubsampling
 # --------------------------------------------------------------------------------------------
 # masks and positions
 # --------------------------------------------------------------------------------------------
-def chunk_attention_mask(t: int, chunk: int, left_chunks: int, device: torch.device | None = None) -> Tensor:
+def chunk_attention_mask(
+    t: int, chunk: int, left_chunks: int, device: torch.device | None = None
+) -> Tensor:
     """Boolean ``(T, T)`` mask, True where query ``i`` may attend key ``j``.
 
     ``chunk <= 0`` means full context; ``left_chunks < 0`` means unlimited left context.
@@ -81,14 +83,19 @@ def streaming_attention_mask(left: int, c: int, processed: Tensor, lens: Tensor)
     every query's own frame."""
     dev = lens.device
     j = torch.arange(left + c, device=dev)[None, :]  # key index in [cache | chunk]
-    key_ok = torch.where(j < left, j >= left - processed[:, None], (j - left) < lens[:, None])  # (N, L + C)
+    key_ok = torch.where(
+        j < left, j >= left - processed[:, None], (j - left) < lens[:, None]
+    )  # (N, L + C)
     self_ok = (j[:, None, :] - left) == torch.arange(c, device=dev)[None, :, None]  # (1, C, L + C)
     return (key_ok[:, None, :] | self_ok).unsqueeze(1)
 
 
 def rotary_cos_sin(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
     """positions: (T,) float -> cos, sin: (T, head_dim)."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    inv_freq = 1.0 / (
+        base
+        ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    )
     ang = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim / 2)
     ang = torch.cat([ang, ang], dim=-1)
     return ang.cos(), ang.sin()
@@ -188,7 +195,9 @@ class RotarySelfAttention(nn.Module):
         self.kv = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
         self.dropout = nn.Dropout(dropout)
-        self.register_buffer("slopes", alibi_slopes(num_heads) if alibi else torch.zeros(num_heads), persistent=False)
+        self.register_buffer(
+            "slopes", alibi_slopes(num_heads) if alibi else torch.zeros(num_heads), persistent=False
+        )
 
     def _heads(self, x: Tensor) -> Tensor:  # (N, T, W) -> (N, H, T, Dh)
         n, t, _ = x.shape
@@ -266,7 +275,9 @@ RESIDUAL_OUTPUTS = ("w2", "out", "pw2")
 
 
 @torch.no_grad()
-def scale_residual_outputs(layers: nn.Module, scale: float, names: tuple[str, ...] = RESIDUAL_OUTPUTS) -> int:
+def scale_residual_outputs(
+    layers: nn.Module, scale: float, names: tuple[str, ...] = RESIDUAL_OUTPUTS
+) -> int:
     """Multiply the init of every residual branch's output projection (``nn.Linear`` named in
     ``names``) by ``scale``; returns how many were scaled. With ``scale < 1`` each block starts
     near the identity (as SkipInit / T-Fixup / icefall's layer bypass do), so the deep stack
@@ -287,7 +298,9 @@ class ConformerLayer(nn.Module):
         d = cfg.d_model
         self.ff1 = FeedForward(d, cfg.ffn_dim, cfg.dropout, cfg.fold)
         self.attn_norm = nn.LayerNorm(d)
-        self.attn = RotarySelfAttention(d, cfg.num_heads, cfg.dropout, cfg.rotary_base, cfg.alibi, cfg.fold)
+        self.attn = RotarySelfAttention(
+            d, cfg.num_heads, cfg.dropout, cfg.rotary_base, cfg.alibi, cfg.fold
+        )
         self.conv = CausalConvModule(d, cfg.conv_kernel, cfg.dropout)
         self.ff2 = FeedForward(d, cfg.ffn_dim, cfg.dropout, cfg.fold)
         # Gulati's per-block LayerNorm; off by default: a pure pre-norm stack (one LayerNorm at the
@@ -348,12 +361,24 @@ class ConformerEncoder(nn.Module):
         """[attn_cache (L, N, f * left, 2D / f), conv_cache (L, N, D, K-1), processed (N,) int64]."""
         c, f = self.cfg, self.cfg.fold
         return [
-            StateSpec("attn_cache", (c.num_layers, batch_size, f * left_frames, 2 * c.d_model // f), torch.float32, 1),
-            StateSpec("conv_cache", (c.num_layers, batch_size, c.d_model, c.conv_kernel - 1), torch.float32, 1),
+            StateSpec(
+                "attn_cache",
+                (c.num_layers, batch_size, f * left_frames, 2 * c.d_model // f),
+                torch.float32,
+                1,
+            ),
+            StateSpec(
+                "conv_cache",
+                (c.num_layers, batch_size, c.d_model, c.conv_kernel - 1),
+                torch.float32,
+                1,
+            ),
             StateSpec("processed", (batch_size,), torch.int64, 0),
         ]
 
-    def init_states(self, batch_size: int, left_frames: int, device: torch.device | None = None) -> list[Tensor]:
+    def init_states(
+        self, batch_size: int, left_frames: int, device: torch.device | None = None
+    ) -> list[Tensor]:
         """Zero states, as :meth:`state_specs` declares them."""
         return zero_states(self.state_specs(batch_size, left_frames), device)
 

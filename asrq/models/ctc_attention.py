@@ -67,7 +67,11 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, query: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
         n, tq, d = query.shape
-        q, k, v = self._heads(self.q(query)), self._heads(self.k(memory)), self._heads(self.v(memory))
+        q, k, v = (
+            self._heads(self.q(query)),
+            self._heads(self.k(memory)),
+            self._heads(self.v(memory)),
+        )
         scores = torch.matmul(q, k.transpose(-1, -2)) * (self.dh**-0.5)  # (N, H, Tq, Tk)
         scores = scores.masked_fill(~mask, MASK_VALUE)
         attn = self.dropout(torch.softmax(scores, dim=-1))
@@ -78,9 +82,9 @@ class MultiHeadAttention(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm transformer decoder layer::
 
-        x = x + SelfAttn(LN(x), causal mask)
-        x = x + CrossAttn(LN(x), encoder_out)
-        x = x + FFN(LN(x))                      # Linear -> ReLU -> Linear (WeNet)
+    x = x + SelfAttn(LN(x), causal mask)
+    x = x + CrossAttn(LN(x), encoder_out)
+    x = x + FFN(LN(x))                      # Linear -> ReLU -> Linear (WeNet)
     """
 
     def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
@@ -113,7 +117,9 @@ class AttentionDecoder(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, cfg: AttentionDecoderConfig) -> None:
         super().__init__()
         if d_model % cfg.num_heads:
-            raise ValueError(f"decoder.num_heads={cfg.num_heads} must divide the encoder width {d_model}")
+            raise ValueError(
+                f"decoder.num_heads={cfg.num_heads} must divide the encoder width {d_model}"
+            )
         ffn = cfg.ffn_dim or 4 * d_model
         self.d_model = d_model
         self.vocab_size = vocab_size
@@ -125,7 +131,9 @@ class AttentionDecoder(nn.Module):
         self.out_norm = nn.LayerNorm(d_model)
         self.output = nn.Linear(d_model, vocab_size)
 
-    def forward(self, memory: Tensor, memory_lens: Tensor, ys_in: Tensor, ys_lens: Tensor) -> Tensor:
+    def forward(
+        self, memory: Tensor, memory_lens: Tensor, ys_in: Tensor, ys_lens: Tensor
+    ) -> Tensor:
         """memory: (N, T, D) encoder output, memory_lens (N,); ys_in: (N, U) int64 input tokens
         (``<sos>`` first; positions ``>= ys_lens`` are padding, any id), ys_lens (N,).
 
@@ -138,8 +146,12 @@ class AttentionDecoder(nn.Module):
         key_ok = y_idx[None, :] < ys_lens[:, None]  # (N, U)
         causal = y_idx[None, :] <= y_idx[:, None]  # (U, U): query i sees keys j <= i
         # a query always sees itself, so padded rows are never fully masked
-        self_mask = ((causal[None] & key_ok[:, None, :]) | torch.eye(u, dtype=torch.bool, device=dev)[None]).unsqueeze(1)
-        mem_mask = (torch.arange(t, device=dev)[None, :] < memory_lens[:, None])[:, None, None, :]  # (N, 1, 1, T)
+        self_mask = (
+            (causal[None] & key_ok[:, None, :]) | torch.eye(u, dtype=torch.bool, device=dev)[None]
+        ).unsqueeze(1)
+        mem_mask = (torch.arange(t, device=dev)[None, :] < memory_lens[:, None])[
+            :, None, None, :
+        ]  # (N, 1, 1, T)
         emb = self.embed(ys_in.clamp(min=0, max=self.vocab_size - 1))  # (N, U, D)
         x = self.dropout(emb * math.sqrt(self.d_model) + sinusoidal_positions(u, self.d_model, dev))
         for layer in self.layers:
@@ -147,14 +159,18 @@ class AttentionDecoder(nn.Module):
         return self.output(self.out_norm(x))
 
 
-def add_sos_eos(targets: Tensor, target_lens: Tensor, sos_eos: int) -> tuple[Tensor, Tensor, Tensor]:
+def add_sos_eos(
+    targets: Tensor, target_lens: Tensor, sos_eos: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """targets (N, S) padded (any pad), lens (N,) -> decoder input ``<sos> y`` (N, S + 1),
     decoder output ``y <eos>`` (N, S + 1) with -1 past the end, and lengths ``S_i + 1`` (N,)."""
     n, s = targets.shape
     dev = targets.device
     idx = torch.arange(s + 1, device=dev)[None, :]  # (1, S + 1)
     y = torch.cat([targets.clamp(min=0), torch.zeros(n, 1, dtype=targets.dtype, device=dev)], dim=1)
-    ys_in = torch.cat([torch.full((n, 1), sos_eos, dtype=targets.dtype, device=dev), targets.clamp(min=0)], dim=1)
+    ys_in = torch.cat(
+        [torch.full((n, 1), sos_eos, dtype=targets.dtype, device=dev), targets.clamp(min=0)], dim=1
+    )
     ys_out = torch.where(idx < target_lens[:, None], y, torch.full_like(y, -1))
     ys_out = torch.where(idx == target_lens[:, None], torch.full_like(y, sos_eos), ys_out)
     return ys_in, ys_out, target_lens + 1
@@ -174,7 +190,12 @@ class CtcAttentionModel(nn.Module):
     head = "ctc_attention"
 
     def __init__(
-        self, encoder: nn.Module, decoder: AttentionDecoder, vocab_size: int, blank_id: int = 0, sos_eos_id: int = 1
+        self,
+        encoder: nn.Module,
+        decoder: AttentionDecoder,
+        vocab_size: int,
+        blank_id: int = 0,
+        sos_eos_id: int = 1,
     ) -> None:
         super().__init__()
         if not 0 <= sos_eos_id < vocab_size or sos_eos_id == blank_id:
@@ -222,7 +243,9 @@ class CtcAttentionModel(nn.Module):
         """(N, T, D) -> (N, T, V) log-probabilities."""
         return self.ctc(enc).log_softmax(dim=-1)
 
-    def forward_ctc(self, enc: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor) -> Tensor:
+    def forward_ctc(
+        self, enc: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor
+    ) -> Tensor:
         """Summed CTC loss. enc: (N, T, D); targets: (N, S) padded; lengths (N,)."""
         log_probs = self.ctc_log_probs(enc).float()
         return F.ctc_loss(
@@ -236,7 +259,12 @@ class CtcAttentionModel(nn.Module):
         )
 
     def forward_attention(
-        self, enc: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor, label_smoothing: float = 0.0
+        self,
+        enc: Tensor,
+        enc_lens: Tensor,
+        targets: Tensor,
+        target_lens: Tensor,
+        label_smoothing: float = 0.0,
     ) -> Tensor:
         """Summed label-smoothed cross-entropy of the teacher-forced decoder.
 
@@ -252,7 +280,9 @@ class CtcAttentionModel(nn.Module):
             reduction="sum",
         )
 
-    def decoder_log_probs(self, enc: Tensor, enc_lens: Tensor, hyps_in: Tensor, hyps_lens: Tensor) -> Tensor:
+    def decoder_log_probs(
+        self, enc: Tensor, enc_lens: Tensor, hyps_in: Tensor, hyps_lens: Tensor
+    ) -> Tensor:
         """Decoder log-probabilities for rescoring: enc (N, T, D), enc_lens (N,), hyps_in (N, U)
         (``<sos>`` + tokens), hyps_lens (N,) -> (N, U, V)."""
         return self.decoder(enc, enc_lens, hyps_in, hyps_lens).log_softmax(dim=-1)

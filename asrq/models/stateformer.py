@@ -88,7 +88,9 @@ def abar_pow(la: Complex, m: Tensor) -> Complex:
     return r * th.cos(), r * th.sin()
 
 
-def ssm_scan(v: Complex, la: Complex, x0: Complex | None = None, block: int = 16) -> tuple[Complex, Complex]:
+def ssm_scan(
+    v: Complex, la: Complex, x0: Complex | None = None, block: int = 16
+) -> tuple[Complex, Complex]:
     """The causal convolution ``x[t] = Abar^(t+1) x0 + sum_{k<=t} Abar^k v[t-k]``, blockwise.
 
     v: (N, H, S, T) the inputs ``Bbar u``; la: (H, S) ``log Abar = dt A``; x0: (N, H, S) the state
@@ -189,11 +191,17 @@ class MultiHeadSSM(nn.Module):
         """The convolution kernel ``K[k] = Re(C Abar^k Bbar)``, k < length: (H, length, P, P)."""
         la, (br, bi) = self.discretize()
         pr, pi = abar_pow(la, torch.arange(length, device=br.device))  # (H, S, K)
-        kr = torch.einsum("hps,hsk,hsq->hkpq", self.c_re, pr, br) - torch.einsum("hps,hsk,hsq->hkpq", self.c_re, pi, bi)
-        ki = torch.einsum("hps,hsk,hsq->hkpq", self.c_im, pr, bi) + torch.einsum("hps,hsk,hsq->hkpq", self.c_im, pi, br)
+        kr = torch.einsum("hps,hsk,hsq->hkpq", self.c_re, pr, br) - torch.einsum(
+            "hps,hsk,hsq->hkpq", self.c_re, pi, bi
+        )
+        ki = torch.einsum("hps,hsk,hsq->hkpq", self.c_im, pr, bi) + torch.einsum(
+            "hps,hsk,hsq->hkpq", self.c_im, pi, br
+        )
         return kr - ki
 
-    def forward(self, x: Tensor, state: Tensor | None = None, recurrent: bool = False) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, state: Tensor | None = None, recurrent: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """x: (N, T, D) normalized; state: (N, H, S, 2) before frame 0 (None: zeros).
 
         Returns (N, T, D) and the state after the last frame (N, H, S, 2). ``recurrent``: run the
@@ -202,13 +210,18 @@ class MultiHeadSSM(nn.Module):
         u, g = self.in_proj(x).chunk(2, dim=-1)
         uh = u.reshape(n, t, self.h, self.p)  # (N, T, H, P)
         la, (br, bi) = self.discretize()
-        v = (torch.einsum("nthp,hsp->nhst", uh, br), torch.einsum("nthp,hsp->nhst", uh, bi))  # (N, H, S, T)
+        v = (
+            torch.einsum("nthp,hsp->nhst", uh, br),
+            torch.einsum("nthp,hsp->nhst", uh, bi),
+        )  # (N, H, S, T)
         x0 = None if state is None else (state[..., 0], state[..., 1])
         if recurrent:
             (xr, xi), last = ssm_recurrence(v, la, x0)
         else:
             (xr, xi), last = ssm_scan(v, la, x0, self.block)
-        y = torch.einsum("hps,nhst->nthp", self.c_re, xr) - torch.einsum("hps,nhst->nthp", self.c_im, xi)
+        y = torch.einsum("hps,nhst->nthp", self.c_re, xr) - torch.einsum(
+            "hps,nhst->nthp", self.c_im, xi
+        )
         y = (y + self.d_skip * uh).reshape(n, t, d)
         return self.out(y * F.silu(g)), torch.stack(last, dim=-1)
 
@@ -247,7 +260,12 @@ class StateformerLayer(nn.Module):
         return self.final_norm(x)
 
     def streaming_forward(
-        self, x: Tensor, mask: Tensor | None, ssm_state: Tensor, conv_cache: Tensor, attn_cache: Tensor | None
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        ssm_state: Tensor,
+        conv_cache: Tensor,
+        attn_cache: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """x: (N, C, D); ssm_state (N, H, S, 2); conv_cache (N, D, K-1); attn_cache (N, f * L, 2D / f)
         or None. Returns (N, C, D) and the new ssm_state, conv_cache, attn_cache."""
@@ -286,7 +304,11 @@ class StateformerEncoder(nn.Module):
         """x: (N, T, F), x_lens: (N,). ``chunk_size`` / ``left_chunks`` shape the attention mask
         (with ``ssm_attention``); the SSM and the conv are causal. Returns (N, T', D), (N,)."""
         x, lens = self.embed(x, x_lens)
-        mask = encoder_attention_mask(x.shape[1], lens, chunk_size, left_chunks) if self.cfg.ssm_attention else None
+        mask = (
+            encoder_attention_mask(x.shape[1], lens, chunk_size, left_chunks)
+            if self.cfg.ssm_attention
+            else None
+        )
         for layer in self.layers:
             x = layer(x, mask)
         return self.out_norm(x), lens
@@ -297,14 +319,27 @@ class StateformerEncoder(nn.Module):
         c, f, n = self.cfg, self.cfg.fold, batch_size
         specs = []
         if c.ssm_attention:
-            specs.append(StateSpec("attn_cache", (c.num_layers, n, f * left_frames, 2 * c.d_model // f), torch.float32, 1))
+            specs.append(
+                StateSpec(
+                    "attn_cache",
+                    (c.num_layers, n, f * left_frames, 2 * c.d_model // f),
+                    torch.float32,
+                    1,
+                )
+            )
         return specs + [
-            StateSpec("ssm_state", (c.num_layers, n, c.ssm_heads, c.ssm_state_dim, 2), torch.float32, 1),
-            StateSpec("conv_cache", (c.num_layers, n, c.d_model, c.conv_kernel - 1), torch.float32, 1),
+            StateSpec(
+                "ssm_state", (c.num_layers, n, c.ssm_heads, c.ssm_state_dim, 2), torch.float32, 1
+            ),
+            StateSpec(
+                "conv_cache", (c.num_layers, n, c.d_model, c.conv_kernel - 1), torch.float32, 1
+            ),
             StateSpec("processed", (n,), torch.int64, 0),
         ]
 
-    def init_states(self, batch_size: int, left_frames: int, device: torch.device | None = None) -> list[Tensor]:
+    def init_states(
+        self, batch_size: int, left_frames: int, device: torch.device | None = None
+    ) -> list[Tensor]:
         """Zero states, as :meth:`state_specs` declares them."""
         return zero_states(self.state_specs(batch_size, left_frames), device)
 
@@ -319,7 +354,9 @@ class StateformerEncoder(nn.Module):
         c = x.shape[1]
         mask = None
         if attn_cache is not None:
-            mask = streaming_attention_mask(attn_cache.shape[2] // self.cfg.fold, c, processed, lens)
+            mask = streaming_attention_mask(
+                attn_cache.shape[2] // self.cfg.fold, c, processed, lens
+            )
         new_ssm, new_conv, new_attn = [], [], []
         for i, layer in enumerate(self.layers):
             x, s, cc, a = layer.streaming_forward(

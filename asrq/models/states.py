@@ -41,11 +41,18 @@ class StateSpec(NamedTuple):
 
     def to_json(self) -> dict[str, Any]:
         dtype = next(k for k, v in _DTYPES.items() if v == self.dtype)
-        return {"name": self.name, "shape": list(self.shape), "dtype": dtype, "batch_axis": self.batch_axis}
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": dtype,
+            "batch_axis": self.batch_axis,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> StateSpec:
-        return cls(d["name"], tuple(int(s) for s in d["shape"]), _DTYPES[d["dtype"]], int(d["batch_axis"]))
+        return cls(
+            d["name"], tuple(int(s) for s in d["shape"]), _DTYPES[d["dtype"]], int(d["batch_axis"])
+        )
 
 
 def zero_states(specs: list[StateSpec], device: torch.device | str | None = None) -> list[Tensor]:

@@ -29,7 +29,9 @@ class Conv2dSubsampling(nn.Module):
         channels: convolution channels (kept small: this runs over 100 frames/s).
     """
 
-    def __init__(self, feature_dim: int, d_model: int, channels: int = 64, dropout: float = 0.1) -> None:
+    def __init__(
+        self, feature_dim: int, d_model: int, channels: int = 64, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.conv = nn.Sequential(
             nn.Conv2d(1, channels, kernel_size=3, stride=2),

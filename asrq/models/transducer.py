@@ -27,7 +27,9 @@ class Predictor(nn.Module):
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, d_model)
         if context_size > 1:
-            self.conv = nn.Conv1d(d_model, d_model, context_size, groups=max(1, d_model // 4), bias=False)
+            self.conv = nn.Conv1d(
+                d_model, d_model, context_size, groups=max(1, d_model // 4), bias=False
+            )
         else:
             self.conv = None
 
@@ -47,7 +49,9 @@ class Predictor(nn.Module):
 class Joiner(nn.Module):
     """``output_linear(tanh(encoder_proj(enc) + decoder_proj(pred)))`` -> logits ``(..., V)``."""
 
-    def __init__(self, encoder_dim: int, predictor_dim: int, joiner_dim: int, vocab_size: int) -> None:
+    def __init__(
+        self, encoder_dim: int, predictor_dim: int, joiner_dim: int, vocab_size: int
+    ) -> None:
         super().__init__()
         self.encoder_proj = nn.Linear(encoder_dim, joiner_dim)
         self.decoder_proj = nn.Linear(predictor_dim, joiner_dim)
@@ -60,10 +64,14 @@ class Joiner(nn.Module):
         return self.output_linear(torch.tanh(enc + pred))
 
 
-def pad_targets(ys: list[list[int]], pad: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+def pad_targets(
+    ys: list[list[int]], pad: int, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
     """list of token lists -> (N, S) int64 padded with ``pad``, lengths (N,)."""
     lens = torch.tensor([len(y) for y in ys], dtype=torch.int64, device=device)
-    out = torch.full((len(ys), max(1, int(lens.max()) if len(ys) else 1)), pad, dtype=torch.int64, device=device)
+    out = torch.full(
+        (len(ys), max(1, int(lens.max()) if len(ys) else 1)), pad, dtype=torch.int64, device=device
+    )
     for i, y in enumerate(ys):
         if y:
             out[i, : len(y)] = torch.tensor(y, dtype=torch.int64, device=device)
@@ -139,7 +147,9 @@ class Transducer(nn.Module):
             raise RuntimeError("this model has no CTC head (model.ctc_head: false)")
         return self.ctc(enc).log_softmax(dim=-1)
 
-    def forward_ctc(self, enc: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor) -> Tensor:
+    def forward_ctc(
+        self, enc: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor
+    ) -> Tensor:
         """Summed CTC loss. enc: (N, T, D); targets: (N, S) padded; lengths (N,)."""
         log_probs = self.ctc_log_probs(enc).float()
         return F.ctc_loss(
@@ -153,7 +163,12 @@ class Transducer(nn.Module):
         )
 
     def forward_transducer(
-        self, enc: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor, loss_cfg: LossConfig
+        self,
+        enc: Tensor,
+        enc_lens: Tensor,
+        targets: Tensor,
+        target_lens: Tensor,
+        loss_cfg: LossConfig,
     ) -> tuple[Tensor, Tensor]:
         """RNN-T losses (summed over the batch).
 
@@ -173,7 +188,9 @@ class Transducer(nn.Module):
 
         if loss_cfg.rnnt_type == "full":
             logits = self.joiner(enc[:, :, None, :], pred[:, None, :, :])  # (N, T, S + 1, V)
-            loss = L.torchaudio_rnnt_loss(logits, y, enc_lens, target_lens, blank=blank, reduction="sum")
+            loss = L.torchaudio_rnnt_loss(
+                logits, y, enc_lens, target_lens, blank=blank, reduction="sum"
+            )
             return torch.zeros((), device=enc.device), loss
 
         boundary = torch.zeros(n, 4, dtype=torch.int64, device=enc.device)
@@ -193,7 +210,9 @@ class Transducer(nn.Module):
             return_grad=True,
         )
         ranges = L.get_rnnt_prune_ranges(px_grad, py_grad, boundary, loss_cfg.prune_range)
-        am_p, lm_p = L.do_rnnt_pruning(self.joiner.encoder_proj(enc), self.joiner.decoder_proj(pred), ranges)
+        am_p, lm_p = L.do_rnnt_pruning(
+            self.joiner.encoder_proj(enc), self.joiner.decoder_proj(pred), ranges
+        )
         logits = self.joiner(am_p, lm_p, project_input=False)  # (N, T, R, V)
         pruned_loss = L.rnnt_loss_pruned(
             logits.float(), y, ranges, termination_symbol=blank, boundary=boundary, reduction="sum"

@@ -306,7 +306,11 @@ class ExportedRnnt:
         outs = [
             self.programs.run(
                 "encoder_streaming",
-                [x[i : i + 1], x_lens[i : i + 1], *(t.narrow(a, i, 1) for t, a in zip(states, axes, strict=True))],
+                [
+                    x[i : i + 1],
+                    x_lens[i : i + 1],
+                    *(t.narrow(a, i, 1) for t, a in zip(states, axes, strict=True)),
+                ],
             )
             for i in range(n)
         ]

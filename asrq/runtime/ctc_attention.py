@@ -48,9 +48,16 @@ class ExportedCtcAttention:
         preload: program names to load now (the rest load on first use).
     """
 
-    def __init__(self, programs: OnnxPrograms | ExecutorchPrograms, meta: dict[str, Any], preload: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        programs: OnnxPrograms | ExecutorchPrograms,
+        meta: dict[str, Any],
+        preload: Sequence[str] = (),
+    ) -> None:
         if not is_ctc_attention(meta):
-            raise AsrqError(f"{programs.model_dir}: not a ctc_attention export (head {meta.get('head', 'rnnt')!r})")
+            raise AsrqError(
+                f"{programs.model_dir}: not a ctc_attention export (head {meta.get('head', 'rnnt')!r})"
+            )
         self.programs = programs
         self.meta = meta
         m = meta["model"]
@@ -80,7 +87,9 @@ class ExportedCtcAttention:
         """Full context: x (N, T, F), x_lens (N,) -> (N, T', D), (N,), CTC log-probs (N, T', V)."""
         x_lens = x_lens.to(torch.int64)
         if not self.single_batch_encoders:
-            enc, lens, lp = self.programs.run("encoder", [_pad_time(x.float(), encoder_input_frames(x.shape[1])), x_lens])
+            enc, lens, lp = self.programs.run(
+                "encoder", [_pad_time(x.float(), encoder_input_frames(x.shape[1])), x_lens]
+            )
             return enc, lens, lp
         rows = []
         for i in range(x.shape[0]):
@@ -92,7 +101,11 @@ class ExportedCtcAttention:
                     f"{self.max_encoder_frames} ({self.max_encoder_frames / 100:.0f} s); use streaming decoding "
                     "or re-export with a larger --max-seconds"
                 )
-            rows.append(self.programs.run("encoder", [_pad_time(x[i : i + 1, :t].float(), t_in), x_lens[i : i + 1]]))
+            rows.append(
+                self.programs.run(
+                    "encoder", [_pad_time(x[i : i + 1, :t].float(), t_in), x_lens[i : i + 1]]
+                )
+            )
         t_out = max((r[0].shape[1] for r in rows), default=0)
         d = rows[0][0].shape[-1] if rows else 0
         enc = torch.zeros(len(rows), t_out, d)
@@ -112,7 +125,9 @@ class ExportedCtcAttention:
             out.append(torch.zeros(shape, dtype=s.dtype))
         return out
 
-    def encode_chunk(self, x: Tensor, x_lens: Tensor, states: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    def encode_chunk(
+        self, x: Tensor, x_lens: Tensor, states: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
         """x (N, 4C + 3, F), x_lens (N,) -> (N, C, D), valid frames (N,), CTC log-probs (N, C, V), states."""
         x, x_lens = x.float(), x_lens.to(torch.int64)
         n = x.shape[0]
@@ -123,7 +138,11 @@ class ExportedCtcAttention:
         outs = [
             self.programs.run(
                 "encoder_streaming",
-                [x[i : i + 1], x_lens[i : i + 1], *(t.narrow(a, i, 1) for t, a in zip(states, axes, strict=True))],
+                [
+                    x[i : i + 1],
+                    x_lens[i : i + 1],
+                    *(t.narrow(a, i, 1) for t, a in zip(states, axes, strict=True)),
+                ],
             )
             for i in range(n)
         ]
@@ -132,26 +151,42 @@ class ExportedCtcAttention:
         return e, lens, lp, new
 
     # ---- decoder ----------------------------------------------------------------------------
-    def decoder_log_probs(self, enc: Tensor, enc_lens: Tensor, hyps_in: Tensor, hyps_lens: Tensor) -> Tensor:
+    def decoder_log_probs(
+        self, enc: Tensor, enc_lens: Tensor, hyps_in: Tensor, hyps_lens: Tensor
+    ) -> Tensor:
         """enc (B, T', D), enc_lens (B,), hyps_in (B, U), hyps_lens (B,) -> (B, U, V); a batch
         above the program's planned maximum runs in pieces."""
         b, t = enc.shape[0], enc.shape[1]
         u = hyps_in.shape[1]
         if self.max_decoder_tokens is not None and u > self.max_decoder_tokens:
-            raise AsrqError(f"hypothesis of {u - 1} tokens: the {self.backend} decoder takes at most {self.max_decoder_tokens - 1}")
+            raise AsrqError(
+                f"hypothesis of {u - 1} tokens: the {self.backend} decoder takes at most {self.max_decoder_tokens - 1}"
+            )
         if self.max_decoder_frames is not None and t > self.max_decoder_frames:
             raise AsrqError(
                 f"{t} encoder frames: the {self.backend} decoder takes at most {self.max_decoder_frames} "
                 f"({self.max_decoder_frames * 0.04:.0f} s); re-export with a larger --max-seconds"
             )
-        inputs = [enc.float(), enc_lens.to(torch.int64), hyps_in.to(torch.int64), hyps_lens.to(torch.int64)]
+        inputs = [
+            enc.float(),
+            enc_lens.to(torch.int64),
+            hyps_in.to(torch.int64),
+            hyps_lens.to(torch.int64),
+        ]
         cap = self.programs.max_batch("decoder")
         if cap is None or b <= cap:
             return self.programs.run("decoder", inputs)[0]
-        return torch.cat([self.programs.run("decoder", [v[s : s + cap] for v in inputs])[0] for s in range(0, b, cap)])
+        return torch.cat(
+            [
+                self.programs.run("decoder", [v[s : s + cap] for v in inputs])[0]
+                for s in range(0, b, cap)
+            ]
+        )
 
 
-def load_ctc_attention(model_dir: str | Path, backend: str, threads: int = 1, preload: Sequence[str] = ()) -> ExportedCtcAttention:
+def load_ctc_attention(
+    model_dir: str | Path, backend: str, threads: int = 1, preload: Sequence[str] = ()
+) -> ExportedCtcAttention:
     """An :class:`ExportedCtcAttention` for ``model_dir`` on ``backend``; checks it was exported."""
     if backend not in BACKENDS:
         raise AsrqError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
@@ -160,8 +195,14 @@ def load_ctc_attention(model_dir: str | Path, backend: str, threads: int = 1, pr
     meta = read_metadata(model_dir)
     if backend not in meta.get("programs", {}):
         have = sorted(meta.get("programs", {}))
-        raise AsrqError(f"{model_dir}: no {backend} programs in this export (it has {have}); re-export with --{backend}")
-    programs = OnnxPrograms(model_dir, threads) if backend == "onnx" else ExecutorchPrograms(model_dir, threads)
+        raise AsrqError(
+            f"{model_dir}: no {backend} programs in this export (it has {have}); re-export with --{backend}"
+        )
+    programs = (
+        OnnxPrograms(model_dir, threads)
+        if backend == "onnx"
+        else ExecutorchPrograms(model_dir, threads)
+    )
     return ExportedCtcAttention(programs, meta, preload)
 
 
@@ -171,7 +212,9 @@ def load_ctc_attention(model_dir: str | Path, backend: str, threads: int = 1, pr
 def check_method(method: str) -> str:
     """The search a transcribe ``method`` names on this head (``greedy`` -> ``ctc_greedy``)."""
     if method not in METHODS:
-        raise AsrqError(f"method {method}: not for a ctc_attention model; choose one of {list(METHODS)}")
+        raise AsrqError(
+            f"method {method}: not for a ctc_attention model; choose one of {list(METHODS)}"
+        )
     return "ctc_greedy" if method == "greedy" else method
 
 
@@ -181,7 +224,9 @@ def decode_features(
 ) -> list[int]:  # fmt: skip
     """Tokens of one utterance's fbank ``(T, F)`` (full context, or chunk by chunk)."""
     lens = torch.tensor([feats.shape[0]], dtype=torch.int64)
-    return CA.decode_batch(comp, feats[None], lens, check_method(method), streaming, beam, ctc_weight)[0]  # type: ignore[arg-type]
+    return CA.decode_batch(
+        comp, feats[None], lens, check_method(method), streaming, beam, ctc_weight
+    )[0]  # type: ignore[arg-type]
 
 
 def iter_transcripts(
@@ -208,12 +253,20 @@ def iter_transcripts(
 
 def load_streaming_ctc_greedy(
     model_dir: str | Path, backend: str, threads: int
-) -> tuple[Any, Callable[[], CA.CtcGreedyState], Callable[[Tensor, Tensor, CA.CtcGreedyState], None]]:
+) -> tuple[
+    Any, Callable[[], CA.CtcGreedyState], Callable[[Tensor, Tensor, CA.CtcGreedyState], None]
+]:
     """What ``asrq bench`` times per chunk on this head: the streaming encoder + CTC head, then
     online CTC greedy. Returns (components whose ``encode_chunk`` gives ``(log_probs, valid,
     states)``, a new-search factory, ``advance(log_probs, valid, search)``)."""
-    comp = _StreamingCtc(load_ctc_attention(model_dir, backend, threads, preload=("encoder_streaming",)))
-    return comp, lambda: CA.CtcGreedyState(1, comp.blank_id), lambda lp, valid, s: s.advance(lp, valid) and None
+    comp = _StreamingCtc(
+        load_ctc_attention(model_dir, backend, threads, preload=("encoder_streaming",))
+    )
+    return (
+        comp,
+        lambda: CA.CtcGreedyState(1, comp.blank_id),
+        lambda lp, valid, s: s.advance(lp, valid) and None,
+    )
 
 
 class _StreamingCtc:
@@ -228,6 +281,8 @@ class _StreamingCtc:
     def init_states(self, batch_size: int) -> list[Tensor]:
         return self.comp.init_states(batch_size)
 
-    def encode_chunk(self, x: Tensor, x_lens: Tensor, states: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def encode_chunk(
+        self, x: Tensor, x_lens: Tensor, states: list[Tensor]
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
         _, valid, lp, states = self.comp.encode_chunk(x, x_lens, states)
         return lp, valid, states

@@ -79,7 +79,9 @@ def iter_transcripts(
     if meta.get("head") == "ctc_attention":  # hybrid CTC / attention: its own programs and searches
         from asrq.runtime import ctc_attention
 
-        yield from ctc_attention.iter_transcripts(model_dir, paths, backend, streaming, method, threads, beam)
+        yield from ctc_attention.iter_transcripts(
+            model_dir, paths, backend, streaming, method, threads, beam
+        )
         return
     if method not in METHODS:
         raise AsrqError(f"unknown method {method!r}; choose one of {list(METHODS)}")

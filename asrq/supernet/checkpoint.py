@@ -65,7 +65,9 @@ class SliceResult:
     config: ExperimentConfig
 
 
-def slice_checkpoint(path: str | Path, spec: str | Path | SubnetSpec, out_dir: str | Path) -> SliceResult:
+def slice_checkpoint(
+    path: str | Path, spec: str | Path | SubnetSpec, out_dir: str | Path
+) -> SliceResult:
     """Cut subnet ``spec`` (``largest``, ``smallest``, a spec YAML file or a :class:`SubnetSpec`)
     out of the supernet checkpoint ``path``; writes ``out_dir/model.pt`` and ``out_dir/spec.yaml``.
     The spec is validated against the supernet's search space before anything is written. The
@@ -77,7 +79,9 @@ def slice_checkpoint(path: str | Path, spec: str | Path | SubnetSpec, out_dir: s
         resolved = load_spec(spec, sup.space)
     sn = Supernet(sup.model, sup.config.model)
     largest = sn.num_params(sup.space.largest())
-    dropout = adaptive_dropout(sup.config.supernet, sn.num_params(resolved), largest, sup.config.model.encoder.dropout)
+    dropout = adaptive_dropout(
+        sup.config.supernet, sn.num_params(resolved), largest, sup.config.model.encoder.dropout
+    )
     plain, model_cfg = slice_model(sup.model, sup.config.model, resolved, dropout=dropout)
     cfg = copy.deepcopy(sup.config)
     cfg.model = model_cfg

@@ -58,7 +58,9 @@ class SubnetOutputs:
     def detached(self) -> SubnetOutputs:
         d = {k: v.detach() for k, v in self.losses.items()}
         ctc = None if self.ctc_log_probs is None else self.ctc_log_probs.detach()
-        return SubnetOutputs(d, self.enc_lens, ctc, self.logits.detach(), self.lattice_s, self.target_lens)
+        return SubnetOutputs(
+            d, self.enc_lens, ctc, self.logits.detach(), self.lattice_s, self.target_lens
+        )
 
 
 def transducer_outputs(
@@ -87,7 +89,9 @@ def transducer_outputs(
 
     if loss_cfg.rnnt_type == "full":
         logits = model.joiner(enc[:, :, None, :], pred[:, None, :, :])  # (N, T', S + 1, V)
-        pruned = L.torchaudio_rnnt_loss(logits, y, enc_lens, target_lens, blank=blank, reduction="sum")
+        pruned = L.torchaudio_rnnt_loss(
+            logits, y, enc_lens, target_lens, blank=blank, reduction="sum"
+        )
         simple = torch.zeros((), device=dev)
         lattice_s = torch.arange(pred.shape[1], device=dev).expand(n, enc.shape[1], -1)
     else:
@@ -96,17 +100,38 @@ def transducer_outputs(
         boundary[:, 3] = enc_lens
         lm = model.simple_lm_proj(pred)  # (N, S + 1, V)
         am = model.simple_am_proj(enc)  # (N, T', V)
-        kw = dict(lm_only_scale=loss_cfg.lm_only_scale, am_only_scale=loss_cfg.am_only_scale, boundary=boundary)
+        kw = dict(
+            lm_only_scale=loss_cfg.lm_only_scale,
+            am_only_scale=loss_cfg.am_only_scale,
+            boundary=boundary,
+        )
         if ranges is None:
             simple, (px_grad, py_grad) = L.rnnt_loss_smoothed(
-                lm=lm.float(), am=am.float(), symbols=y, termination_symbol=blank, reduction="sum", return_grad=True, **kw
+                lm=lm.float(),
+                am=am.float(),
+                symbols=y,
+                termination_symbol=blank,
+                reduction="sum",
+                return_grad=True,
+                **kw,
             )
             ranges = L.get_rnnt_prune_ranges(px_grad, py_grad, boundary, loss_cfg.prune_range)
         else:
-            simple = L.rnnt_loss_smoothed(lm=lm.float(), am=am.float(), symbols=y, termination_symbol=blank, reduction="sum", **kw)
-        am_p, lm_p = L.do_rnnt_pruning(model.joiner.encoder_proj(enc), model.joiner.decoder_proj(pred), ranges)
+            simple = L.rnnt_loss_smoothed(
+                lm=lm.float(),
+                am=am.float(),
+                symbols=y,
+                termination_symbol=blank,
+                reduction="sum",
+                **kw,
+            )
+        am_p, lm_p = L.do_rnnt_pruning(
+            model.joiner.encoder_proj(enc), model.joiner.decoder_proj(pred), ranges
+        )
         logits = model.joiner(am_p, lm_p, project_input=False)  # (N, T', R, V)
-        pruned = L.rnnt_loss_pruned(logits.float(), y, ranges, termination_symbol=blank, boundary=boundary, reduction="sum")
+        pruned = L.rnnt_loss_pruned(
+            logits.float(), y, ranges, termination_symbol=blank, boundary=boundary, reduction="sum"
+        )
         lattice_s = ranges
 
     ctc_log_probs = None
@@ -115,8 +140,13 @@ def transducer_outputs(
         ctc_log_probs = model.ctc_log_probs(enc)  # (N, T', V)
         if loss_cfg.ctc_weight > 0:
             ctc = F.ctc_loss(
-                ctc_log_probs.float().transpose(0, 1), targets.clamp(min=0), enc_lens, target_lens,
-                blank=blank, reduction="sum", zero_infinity=True,
+                ctc_log_probs.float().transpose(0, 1),
+                targets.clamp(min=0),
+                enc_lens,
+                target_lens,
+                blank=blank,
+                reduction="sum",
+                zero_infinity=True,
             )
     losses = {"simple": simple, "pruned": pruned, "ctc": ctc, "frames": enc_lens.sum()}
     return SubnetOutputs(losses, enc_lens, ctc_log_probs, logits, lattice_s, target_lens)
@@ -126,23 +156,31 @@ def _frame_mask(lens: Tensor, t: int) -> Tensor:
     return torch.arange(t, device=lens.device)[None, :] < lens[:, None]  # (N, T)
 
 
-def distillation_loss(teacher: SubnetOutputs, student: SubnetOutputs, cfg: SupernetConfig) -> dict[str, Tensor]:
+def distillation_loss(
+    teacher: SubnetOutputs, student: SubnetOutputs, cfg: SupernetConfig
+) -> dict[str, Tensor]:
     """Adaptive alpha-divergence of the student from the (detached) teacher, summed over valid
     frames: ``kd_ctc`` and / or ``kd_rnnt`` (per ``cfg.kd_on``; see the module doc)."""
     out: dict[str, Tensor] = {}
     frames = _frame_mask(teacher.enc_lens, teacher.logits.shape[1])  # (N, T)
 
     def div(log_p: Tensor, log_q: Tensor) -> Tensor:
-        return adaptive_alpha_divergence(log_p, log_q, cfg.alpha_min, cfg.alpha_max, cfg.alpha_clip)[0]
+        return adaptive_alpha_divergence(
+            log_p, log_q, cfg.alpha_min, cfg.alpha_max, cfg.alpha_clip
+        )[0]
 
     if cfg.kd_on in ("ctc", "both"):
         if teacher.ctc_log_probs is None or student.ctc_log_probs is None:
-            raise RuntimeError("CTC distillation needs the CTC head's log-probs (model.ctc_head: true)")
+            raise RuntimeError(
+                "CTC distillation needs the CTC head's log-probs (model.ctc_head: true)"
+            )
         d = div(teacher.ctc_log_probs.detach().float(), student.ctc_log_probs.float())  # (N, T)
         out["kd_ctc"] = (d * frames).sum()
     if cfg.kd_on in ("rnnt", "both"):
         if not torch.equal(teacher.lattice_s, student.lattice_s):
-            raise RuntimeError("lattice distillation needs the student on the teacher's pruning ranges")
+            raise RuntimeError(
+                "lattice distillation needs the student on the teacher's pruning ranges"
+            )
         log_p = teacher.logits.detach().float().log_softmax(dim=-1)
         log_q = student.logits.float().log_softmax(dim=-1)
         d = div(log_p, log_q)  # (N, T, R)

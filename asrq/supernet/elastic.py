@@ -91,11 +91,15 @@ def slicing_rules(template: nn.Module, cfg: ModelConfig) -> dict[str, Rule]:
             big_w = big_d // e.fold
             idx = head_index(e.num_heads, big_w // e.num_heads, mod.h, mod.dh, rotary=True)
             kv = torch.cat([idx, big_w + idx])
-            rules.update({
-                f"{pre}q.weight": (idx, None), f"{pre}q.bias": (idx,),
-                f"{pre}kv.weight": (kv, None), f"{pre}kv.bias": (kv,),
-                f"{pre}out.weight": (None, idx),
-            })
+            rules.update(
+                {
+                    f"{pre}q.weight": (idx, None),
+                    f"{pre}q.bias": (idx,),
+                    f"{pre}kv.weight": (kv, None),
+                    f"{pre}kv.bias": (kv,),
+                    f"{pre}out.weight": (None, idx),
+                }
+            )
         elif isinstance(mod, CausalConvModule):
             d = mod.norm.normalized_shape[0]
             idx = torch.cat([torch.arange(d), big_d + torch.arange(d)])
@@ -103,10 +107,13 @@ def slicing_rules(template: nn.Module, cfg: ModelConfig) -> dict[str, Rule]:
         elif isinstance(mod, MultiHeadSSM):
             idx = head_index(e.ssm_heads, big_d // e.ssm_heads, mod.h, mod.p, rotary=False)
             both = torch.cat([idx, big_d + idx])
-            rules.update({
-                f"{pre}in_proj.weight": (both, None), f"{pre}in_proj.bias": (both,),
-                f"{pre}out.weight": (None, idx),
-            })
+            rules.update(
+                {
+                    f"{pre}in_proj.weight": (both, None),
+                    f"{pre}in_proj.bias": (both,),
+                    f"{pre}out.weight": (None, idx),
+                }
+            )
     return rules
 
 
@@ -119,7 +126,9 @@ def cut(t: Tensor, shape: torch.Size, rule: Rule | None) -> Tensor:
         elif t.shape[axis] != size:
             t = t.narrow(axis, 0, size)
     if t.shape != shape:
-        raise RuntimeError(f"slicing produced {tuple(t.shape)}, expected {tuple(shape)} (asrq.supernet.elastic bug)")
+        raise RuntimeError(
+            f"slicing produced {tuple(t.shape)}, expected {tuple(shape)} (asrq.supernet.elastic bug)"
+        )
     return t.contiguous()  # the layout a plain model's own tensors have: same kernels, same bits
 
 
@@ -132,7 +141,9 @@ class _Plan:
     shapes: dict[str, torch.Size]  # parameters and persistent buffers
     rules: dict[str, Rule]
     num_params: int
-    device_cache: dict[torch.device, tuple[dict[str, Rule], dict[str, Tensor]]] = field(default_factory=dict)
+    device_cache: dict[torch.device, tuple[dict[str, Rule], dict[str, Tensor]]] = field(
+        default_factory=dict
+    )
 
 
 def _non_persistent(template: nn.Module, cfg: ModelConfig) -> dict[str, Tensor]:
@@ -147,7 +158,9 @@ def _non_persistent(template: nn.Module, cfg: ModelConfig) -> dict[str, Tensor]:
         if isinstance(mod, RotarySelfAttention) and attr == "slopes":
             out[name] = alibi_slopes(mod.h) if cfg.encoder.alibi else torch.zeros(mod.h)
         else:
-            raise RuntimeError(f"asrq.supernet.elastic: a new non-persistent buffer {name} needs a value rule here")
+            raise RuntimeError(
+                f"asrq.supernet.elastic: a new non-persistent buffer {name} needs a value rule here"
+            )
     return out
 
 
@@ -191,7 +204,9 @@ class Supernet:
         with torch.device("meta"):
             template = build_model(cfg)
         shapes = {k: v.shape for k, v in template.state_dict().items()}
-        plan = _Plan(cfg, template, shapes, slicing_rules(template, self.cfg), count_parameters(template))
+        plan = _Plan(
+            cfg, template, shapes, slicing_rules(template, self.cfg), count_parameters(template)
+        )
         self._plans[key] = plan
         if len(self._plans) > self.cache_size:
             self._plans.popitem(last=False)
@@ -207,7 +222,9 @@ class Supernet:
         source.update(self.model.named_buffers())
         dev = next(iter(source.values())).device
         if dev not in plan.device_cache:
-            rules = {k: tuple(None if i is None else i.to(dev) for i in r) for k, r in plan.rules.items()}
+            rules = {
+                k: tuple(None if i is None else i.to(dev) for i in r) for k, r in plan.rules.items()
+            }
             extra = {k: v.to(dev) for k, v in _non_persistent(plan.template, plan.cfg).items()}
             plan.device_cache[dev] = (rules, extra)
         rules, _ = plan.device_cache[dev]

@@ -73,27 +73,40 @@ class LatencyTable:
     left_frames: int
     threads: int
     entries: dict[str, float] = field(default_factory=dict)
-    device: dict[str, Any] = field(default_factory=dict)  # where it was timed (asrq.bench.report.host_info)
+    device: dict[str, Any] = field(
+        default_factory=dict
+    )  # where it was timed (asrq.bench.report.host_info)
     source: str = ""  # the file it was read from, for error messages
 
     @staticmethod
     def keys(spec: SubnetSpec) -> tuple[str, str, str]:
         s = spec
-        return (f"embed d={s.d_model}", f"layer d={s.d_model} f={s.ffn_dim} h={s.num_heads} s={s.ssm_heads}",
-                f"head d={s.d_model} j={s.joiner_dim} p={s.predictor_dim}")
+        return (
+            f"embed d={s.d_model}",
+            f"layer d={s.d_model} f={s.ffn_dim} h={s.num_heads} s={s.ssm_heads}",
+            f"head d={s.d_model} j={s.joiner_dim} p={s.predictor_dim}",
+        )
 
     def predict(self, spec: SubnetSpec) -> float:
         missing = [k for k in self.keys(spec) if k not in self.entries]
         if missing:
             where = self.source or "the latency table"
-            raise AsrqError(f"{where}: no entry {missing[0]!r} for subnet {spec.short()} (build the table from "
-                            f"this supernet: asrq bench SUPERNET_CKPT --layer-table --out TABLE.json)")
+            raise AsrqError(
+                f"{where}: no entry {missing[0]!r} for subnet {spec.short()} (build the table from "
+                f"this supernet: asrq bench SUPERNET_CKPT --layer-table --out TABLE.json)"
+            )
         embed, layer, head = (self.entries[k] for k in self.keys(spec))
         return embed + spec.num_layers * layer + head
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": "asrq-latency-table-1", "chunk_frames": self.chunk_frames, "left_frames": self.left_frames,
-                "threads": self.threads, "device": self.device, "ms_per_chunk": self.entries}
+        return {
+            "format": "asrq-latency-table-1",
+            "chunk_frames": self.chunk_frames,
+            "left_frames": self.left_frames,
+            "threads": self.threads,
+            "device": self.device,
+            "ms_per_chunk": self.entries,
+        }
 
     def save(self, path: str | Path) -> Path:
         atomic_write_json(Path(path), self.to_json())
@@ -104,17 +117,25 @@ class LatencyTable:
         """A table written by :meth:`save` (``asrq bench --layer-table``); errors name the file."""
         p = Path(path)
         if not p.is_file():
-            raise AsrqError(f"{p}: latency table not found (build one: asrq bench SUPERNET_CKPT --layer-table --out {p})")
+            raise AsrqError(
+                f"{p}: latency table not found (build one: asrq bench SUPERNET_CKPT --layer-table --out {p})"
+            )
         try:
             d = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise AsrqError(f"{p}: not a JSON latency table ({e})") from None
         if not isinstance(d, dict) or d.get("format") != "asrq-latency-table-1":
-            raise AsrqError(f"{p}: not an asrq latency table (no \"format\": \"asrq-latency-table-1\")")
+            raise AsrqError(f'{p}: not an asrq latency table (no "format": "asrq-latency-table-1")')
         try:
             entries = {str(k): float(v) for k, v in d["ms_per_chunk"].items()}
-            return cls(int(d["chunk_frames"]), int(d["left_frames"]), int(d["threads"]), entries,
-                       dict(d.get("device") or {}), str(p))
+            return cls(
+                int(d["chunk_frames"]),
+                int(d["left_frames"]),
+                int(d["threads"]),
+                entries,
+                dict(d.get("device") or {}),
+                str(p),
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise AsrqError(f"{p}: malformed latency table ({type(e).__name__}: {e})") from None
 
@@ -126,8 +147,13 @@ class LatencyTable:
                 f"{self.left_frames}, the supernet streams {chunk_frames} / {left_frames}; rebuild it"
             )
 
-    def measure(self, cfg: ModelConfig, specs: list[SubnetSpec], repeats: int = 20,
-                progress: Callable[[int, int], None] | None = None) -> None:
+    def measure(
+        self,
+        cfg: ModelConfig,
+        specs: list[SubnetSpec],
+        repeats: int = 20,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         """Fill the entries the resolved ``specs`` of supernet ``cfg`` need (``progress(i, n)``
         after each spec)."""
         from asrq.bench.report import host_info
@@ -149,7 +175,9 @@ class LatencyTable:
     def _measure_one(self, cfg: ModelConfig, spec: SubnetSpec, repeats: int) -> None:
         k_embed, k_layer, k_head = self.keys(spec)
         torch.manual_seed(0)
-        m = build_model(subnet_model_config(cfg, SubnetSpec(**{**asdict(spec), "num_layers": 1}))).eval()
+        m = build_model(
+            subnet_model_config(cfg, SubnetSpec(**{**asdict(spec), "num_layers": 1}))
+        ).eval()
         c = self.chunk_frames
         x = torch.randn(1, 4 * c + 3, cfg.encoder.feature_dim)  # one streaming window
         x_lens = torch.tensor([4 * c + 3])
@@ -172,8 +200,13 @@ class LatencyTable:
             self.entries[k_head] = _median_ms(head, repeats)
 
 
-def build_latency_table(checkpoint: str | Path, out: str | Path, threads: int = 1, repeats: int = 20,
-                        log_fn: Callable[[str], None] | None = None) -> LatencyTable:
+def build_latency_table(
+    checkpoint: str | Path,
+    out: str | Path,
+    threads: int = 1,
+    repeats: int = 20,
+    log_fn: Callable[[str], None] | None = None,
+) -> LatencyTable:
     """Time every part (embed, layer, head) that any spec of the supernet ``checkpoint``'s search
     space uses, on this machine, and write the table to ``out`` (``asrq bench --layer-table``;
     ``asrq search --latency-table`` reads it)."""
@@ -204,23 +237,39 @@ class Candidate:
     pareto_size: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"spec": self.spec.to_dict(), "name": self.spec.short(), "params": self.params,
-                "size_mb": round(self.size_mb, 4), "latency_ms": round(self.latency_ms, 4), "wer": self.wer,
-                "pareto_latency": self.pareto_latency, "pareto_size": self.pareto_size}
+        return {
+            "spec": self.spec.to_dict(),
+            "name": self.spec.short(),
+            "params": self.params,
+            "size_mb": round(self.size_mb, 4),
+            "latency_ms": round(self.latency_ms, 4),
+            "wer": self.wer,
+            "pareto_latency": self.pareto_latency,
+            "pareto_size": self.pareto_size,
+        }
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
     """Whether each ``(cost, error)`` point is Pareto-optimal (both minimized): no other point is
     at most as large in both and smaller in one."""
     return [
-        not any(c2 <= c and e2 <= e and (c2 < c or e2 < e) for j, (c2, e2) in enumerate(points) if j != i)
+        not any(
+            c2 <= c and e2 <= e and (c2 < c or e2 < e)
+            for j, (c2, e2) in enumerate(points)
+            if j != i
+        )
         for i, (c, e) in enumerate(points)
     ]
 
 
 def choose(cands: list[Candidate], budget_ms: float | None, max_mb: float | None) -> Candidate:
     """The lowest-WER candidate within the budgets (ties: lower latency, then smaller)."""
-    ok = [c for c in cands if (budget_ms is None or c.latency_ms <= budget_ms) and (max_mb is None or c.size_mb <= max_mb)]
+    ok = [
+        c
+        for c in cands
+        if (budget_ms is None or c.latency_ms <= budget_ms)
+        and (max_mb is None or c.size_mb <= max_mb)
+    ]
     if not ok:
         fastest = min(cands, key=lambda c: c.latency_ms)
         smallest = min(cands, key=lambda c: c.size_mb)
@@ -265,13 +314,25 @@ def plot_pareto(cands: list[Candidate], best: Candidate, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, cost, flag, label in ((axes[0], "latency_ms", "pareto_latency", "predicted ms per chunk"),
-                                  (axes[1], "size_mb", "pareto_size", "fp32 MB")):
+    for ax, cost, flag, label in (
+        (axes[0], "latency_ms", "pareto_latency", "predicted ms per chunk"),
+        (axes[1], "size_mb", "pareto_size", "fp32 MB"),
+    ):
         xs = [getattr(c, cost) for c in cands]
         ax.scatter(xs, [c.wer for c in cands], s=14, color="0.6", label="candidates")
         front = sorted((getattr(c, cost), c.wer) for c in cands if getattr(c, flag))
-        ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="C0", label="Pareto front")
-        ax.scatter([getattr(best, cost)], [best.wer], s=80, marker="*", color="C3", label=f"best {best.spec.short()}", zorder=3)
+        ax.plot(
+            [p[0] for p in front], [p[1] for p in front], "o-", color="C0", label="Pareto front"
+        )
+        ax.scatter(
+            [getattr(best, cost)],
+            [best.wer],
+            s=80,
+            marker="*",
+            color="C3",
+            label=f"best {best.spec.short()}",
+            zorder=3,
+        )
         ax.set_xlabel(label)
         ax.set_ylabel("WER %")
         ax.grid(alpha=0.3)
@@ -327,13 +388,27 @@ def search(
         params = sn.num_params(spec)
         c = Candidate(spec, params, BYTES_PER_PARAM * params / 2**20, table.predict(spec))
         with torch.no_grad(), sn.active(spec) as model:
-            c.wer = evaluate_model(model, sp, cuts, "greedy", streaming, st.chunk_frames, st.left_frames,
-                                   max_utts=max_utts, progress=progress, threads=threads).wer
+            c.wer = evaluate_model(
+                model,
+                sp,
+                cuts,
+                "greedy",
+                streaming,
+                st.chunk_frames,
+                st.left_frames,
+                max_utts=max_utts,
+                progress=progress,
+                threads=threads,
+            ).wer
         cands.append(c)
         if log_fn:
-            log_fn(f"[{i + 1}/{len(specs)}] {spec.short()}: WER {c.wer:.2f}%  {c.latency_ms:.3f} ms/chunk  {c.size_mb:.3f} MB")
+            log_fn(
+                f"[{i + 1}/{len(specs)}] {spec.short()}: WER {c.wer:.2f}%  {c.latency_ms:.3f} ms/chunk  {c.size_mb:.3f} MB"
+            )
     for flag, cost in (("pareto_latency", "latency_ms"), ("pareto_size", "size_mb")):
-        for c, on in zip(cands, pareto_front([(getattr(c, cost), c.wer) for c in cands]), strict=True):
+        for c, on in zip(
+            cands, pareto_front([(getattr(c, cost), c.wer) for c in cands]), strict=True
+        ):
             setattr(c, flag, on)
     best = choose(cands, budget_ms, max_mb)
     out = Path(out_dir)
@@ -348,8 +423,12 @@ def search(
         "search_space_size": sup.space.size(),
         "latency_table": {**table.to_json(), "source": table.source or "timed here"},
         "best": best.to_json(),
-        "pareto_latency": [c.spec.short() for c in sorted(cands, key=lambda c: c.latency_ms) if c.pareto_latency],
-        "pareto_size": [c.spec.short() for c in sorted(cands, key=lambda c: c.size_mb) if c.pareto_size],
+        "pareto_latency": [
+            c.spec.short() for c in sorted(cands, key=lambda c: c.latency_ms) if c.pareto_latency
+        ],
+        "pareto_size": [
+            c.spec.short() for c in sorted(cands, key=lambda c: c.size_mb) if c.pareto_size
+        ],
         "candidates": [c.to_json() for c in cands],
     }
     atomic_write_json(out / "search.json", report)

@@ -63,8 +63,15 @@ class SubnetSpec:
 
     def short(self) -> str:
         """Compact label, e.g. ``L4-d64-f128-h2-j64-p64`` (None fields left out)."""
-        tags = {"num_layers": "L", "d_model": "d", "ffn_dim": "f", "num_heads": "h", "ssm_heads": "s",
-                "joiner_dim": "j", "predictor_dim": "p"}
+        tags = {
+            "num_layers": "L",
+            "d_model": "d",
+            "ffn_dim": "f",
+            "num_heads": "h",
+            "ssm_heads": "s",
+            "joiner_dim": "j",
+            "predictor_dim": "p",
+        }
         return "-".join(f"{tags[k]}{v}" for k, v in self.to_dict().items() if v is not None)
 
 
@@ -103,7 +110,9 @@ def resolve(cfg: ModelConfig, spec: SubnetSpec) -> SubnetSpec:
 
 
 def _kind(e: EncoderConfig) -> str:
-    return e.type + (" (without ssm_attention)" if e.type == "stateformer" and not e.ssm_attention else "")
+    return e.type + (
+        " (without ssm_attention)" if e.type == "stateformer" and not e.ssm_attention else ""
+    )
 
 
 def _groups_width(p: int) -> int:
@@ -167,7 +176,9 @@ def check_sliceable(cfg: ModelConfig, spec: SubnetSpec) -> SubnetSpec:
     the predictor's grouped conv keeps its channels per group.
     """
     if cfg.head != "rnnt":
-        raise AsrqError(f"supernets support model.head rnnt only (got {cfg.head!r}); ctc_attention is not elastic")
+        raise AsrqError(
+            f"supernets support model.head rnnt only (got {cfg.head!r}); ctc_attention is not elastic"
+        )
     s = resolve(cfg, spec)
     e = cfg.encoder
     full = full_spec(cfg)
@@ -176,8 +187,12 @@ def check_sliceable(cfg: ModelConfig, spec: SubnetSpec) -> SubnetSpec:
         if v is not None and not 1 <= v <= f:
             raise AsrqError(f"subnet spec: {k}={v} must be in [1, {f}] (the supernet's {k})")
     errors = [
-        f"ffn_dim={s.ffn_dim} must divide by encoder.fold ({e.fold})" if s.ffn_dim % e.fold else None,
-        f"d_model={s.d_model} must divide by encoder.fold ({e.fold})" if s.d_model % e.fold else None,
+        f"ffn_dim={s.ffn_dim} must divide by encoder.fold ({e.fold})"
+        if s.ffn_dim % e.fold
+        else None,
+        f"d_model={s.d_model} must divide by encoder.fold ({e.fold})"
+        if s.d_model % e.fold
+        else None,
         None if s.num_heads is None else _attention_error(e, s.d_model, s.num_heads),
         None if s.ssm_heads is None else _ssm_error(e, s.d_model, s.ssm_heads),
         f"d_model={s.d_model} must be even" if s.num_heads is None and s.d_model % 2 else None,
@@ -189,7 +204,9 @@ def check_sliceable(cfg: ModelConfig, spec: SubnetSpec) -> SubnetSpec:
     return s
 
 
-def subnet_model_config(cfg: ModelConfig, spec: SubnetSpec, dropout: float | None = None) -> ModelConfig:
+def subnet_model_config(
+    cfg: ModelConfig, spec: SubnetSpec, dropout: float | None = None
+) -> ModelConfig:
     """The plain :class:`ModelConfig` of subnet ``spec`` of the supernet ``cfg`` (validated with
     :func:`check_sliceable`); ``dropout``: its encoder dropout (None: the supernet's)."""
     s = check_sliceable(cfg, spec)
@@ -203,7 +220,9 @@ def subnet_model_config(cfg: ModelConfig, spec: SubnetSpec, dropout: float | Non
     out = copy.deepcopy(cfg)
     try:
         out.encoder = EncoderConfig(**enc)
-        out.predictor = PredictorConfig(d_model=s.predictor_dim, context_size=cfg.predictor.context_size)
+        out.predictor = PredictorConfig(
+            d_model=s.predictor_dim, context_size=cfg.predictor.context_size
+        )
         out.joiner_dim = s.joiner_dim
         out.__post_init__()
     except AsrqError as err:
@@ -224,9 +243,13 @@ class SearchSpace:
     supernet's value.
     """
 
-    def __init__(self, space: SearchSpaceConfig, cfg: ModelConfig, where: str = "supernet.search_space") -> None:
+    def __init__(
+        self, space: SearchSpaceConfig, cfg: ModelConfig, where: str = "supernet.search_space"
+    ) -> None:
         if cfg.head != "rnnt":
-            raise AsrqError(f"supernets support model.head rnnt only (got {cfg.head!r}); ctc_attention is not elastic")
+            raise AsrqError(
+                f"supernets support model.head rnnt only (got {cfg.head!r}); ctc_attention is not elastic"
+            )
         self.cfg = cfg
         self.where = where
         e, full = cfg.encoder, full_spec(cfg)
@@ -263,7 +286,11 @@ class SearchSpace:
         for k in ("num_layers", "d_model", "ffn_dim", "joiner_dim", "predictor_dim"):
             for c in self.choices[k]:
                 d = c if k == "d_model" else full.d_model
-                heads = {h: self._heads_for(h, d)[-1] for h in ("num_heads", "ssm_heads") if h in self.choices}
+                heads = {
+                    h: self._heads_for(h, d)[-1]
+                    for h in ("num_heads", "ssm_heads")
+                    if h in self.choices
+                }
                 try:
                     subnet_model_config(cfg, dataclasses.replace(full, **{k: c}, **heads))
                 except AsrqError as err:
@@ -283,7 +310,10 @@ class SearchSpace:
 
     # ---- specs ------------------------------------------------------------------------------
     def _make(self, pick: Callable[[list[int]], int]) -> SubnetSpec:
-        vals = {k: pick(self.choices[k]) for k in ("num_layers", "d_model", "ffn_dim", "joiner_dim", "predictor_dim")}
+        vals = {
+            k: pick(self.choices[k])
+            for k in ("num_layers", "d_model", "ffn_dim", "joiner_dim", "predictor_dim")
+        }
         for k in ("num_heads", "ssm_heads"):
             if k in self.choices:
                 vals[k] = pick(self._heads_for(k, vals["d_model"]))
@@ -309,12 +339,16 @@ class SearchSpace:
         (e.g. the sizes one means to deploy; validated specs, see :meth:`pool`)."""
         g = torch.Generator().manual_seed(seed * 1_000_033 + step)
         if pool:
-            rand = [pool[int(torch.randint(len(pool), (1,), generator=g))] for _ in range(num_random)]
+            rand = [
+                pool[int(torch.randint(len(pool), (1,), generator=g))] for _ in range(num_random)
+            ]
         else:
             rand = [self.sample(g) for _ in range(num_random)]
         return [self.largest(), self.smallest(), *rand]
 
-    def pool(self, specs: Sequence[Mapping[str, int]], where: str = "supernet.sample_pool") -> list[SubnetSpec]:
+    def pool(
+        self, specs: Sequence[Mapping[str, int]], where: str = "supernet.sample_pool"
+    ) -> list[SubnetSpec]:
         """Validated, resolved specs from a list of :class:`SubnetSpec` field mappings (missing
         fields: the supernet's value); an error naming ``where[i]`` for a bad one."""
         out = []
@@ -330,7 +364,9 @@ class SearchSpace:
             s = resolve(self.cfg, spec)
             for k, choices in self.choices.items():
                 if getattr(s, k) not in choices:
-                    raise AsrqError(f"{k}={getattr(s, k)} is not one of the supernet's choices {choices}")
+                    raise AsrqError(
+                        f"{k}={getattr(s, k)} is not one of the supernet's choices {choices}"
+                    )
             check_sliceable(self.cfg, s)
         except AsrqError as err:
             raise AsrqError(f"{where}: {err}") from None
@@ -347,7 +383,12 @@ class SearchSpace:
     def all_specs(self) -> list[SubnetSpec]:
         """Every exactly sliceable spec (:meth:`size` of them), smallest dimensions first."""
         out = []
-        for layers, d, f, j, p in itertools.product(*(self.choices[k] for k in ("num_layers", "d_model", "ffn_dim", "joiner_dim", "predictor_dim"))):
+        for layers, d, f, j, p in itertools.product(
+            *(
+                self.choices[k]
+                for k in ("num_layers", "d_model", "ffn_dim", "joiner_dim", "predictor_dim")
+            )
+        ):
             heads = self._heads_for("num_heads", d) if "num_heads" in self.choices else [None]
             ssm = self._heads_for("ssm_heads", d) if "ssm_heads" in self.choices else [None]
             for h, hs in itertools.product(heads, ssm):

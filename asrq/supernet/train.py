@@ -76,9 +76,14 @@ def resolve_supernet_config(cfg: ExperimentConfig) -> SearchSpace:
     if sn.dropout_max is None:
         sn.dropout_max = cfg.model.encoder.dropout
     if sn.kd_weight > 0 and sn.kd_on in ("ctc", "both") and not cfg.model.ctc_head:
-        raise AsrqError(f"invalid config: supernet.kd_on {sn.kd_on} needs model.ctc_head: true (or use kd_on: rnnt)")
+        raise AsrqError(
+            f"invalid config: supernet.kd_on {sn.kd_on} needs model.ctc_head: true (or use kd_on: rnnt)"
+        )
     if sn.kd_weight > 0 and sn.kd_on in ("ctc", "both") and cfg.train.loss.ctc_weight == 0:
-        log.warning("supernet.kd_on %s with train.loss.ctc_weight 0: the teacher's CTC head is untrained", sn.kd_on)
+        log.warning(
+            "supernet.kd_on %s with train.loss.ctc_weight 0: the teacher's CTC head is untrained",
+            sn.kd_on,
+        )
     return space
 
 
@@ -87,9 +92,13 @@ class SupernetTrainer(Trainer):
 
     log_keys = (*Trainer.log_keys, "kd_ctc", "kd_rnnt", "kd_weight", "loss_smallest", "loss_random")
 
-    def __init__(self, cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True) -> None:
+    def __init__(
+        self, cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True
+    ) -> None:
         self.space = resolve_supernet_config(cfg)
-        self.pool = self.space.pool(cfg.supernet.sample_pool)  # errors name supernet.sample_pool[i], before any work
+        self.pool = self.space.pool(
+            cfg.supernet.sample_pool
+        )  # errors name supernet.sample_pool[i], before any work
         super().__init__(cfg, resume=resume, progress=progress)
         self.supernet = Supernet(self.model, cfg.model)
         self.largest_params = self.supernet.num_params(self.space.largest())
@@ -110,29 +119,41 @@ class SupernetTrainer(Trainer):
         if path is not None:
             stored = load_checkpoint(path).get("config", {}).get("supernet")
             if stored is None:
-                raise AsrqError(f"{path}: not a supernet checkpoint (no supernet: section); cannot resume a supernet from it")
-            if to_dict(from_dict(SupernetConfig, stored).search_space) != to_dict(self.cfg.supernet.search_space):
-                raise AsrqError(f"{path}: its supernet search space differs from the current one; cannot resume")
+                raise AsrqError(
+                    f"{path}: not a supernet checkpoint (no supernet: section); cannot resume a supernet from it"
+                )
+            if to_dict(from_dict(SupernetConfig, stored).search_space) != to_dict(
+                self.cfg.supernet.search_space
+            ):
+                raise AsrqError(
+                    f"{path}: its supernet search space differs from the current one; cannot resume"
+                )
         super()._resume(resume)
 
     def run(self) -> dict[str, Any]:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         big, small = self.space.largest(), self.space.smallest()
-        self._log_json({
-            "event": "supernet",
-            "search_space": to_dict(self.space.config()),
-            "num_subnets": self.space.size(),
-            "largest": big.short(),
-            "largest_params": self.largest_params,
-            "smallest": small.short(),
-            "smallest_params": self.supernet.num_params(small),
-        })
+        self._log_json(
+            {
+                "event": "supernet",
+                "search_space": to_dict(self.space.config()),
+                "num_subnets": self.space.size(),
+                "largest": big.short(),
+                "largest_params": self.largest_params,
+                "smallest": small.short(),
+                "smallest_params": self.supernet.num_params(small),
+            }
+        )
         return super().run()
 
     # ---- one step ---------------------------------------------------------------------------
     def dropout_for(self, spec: SubnetSpec) -> float:
-        return adaptive_dropout(self.cfg.supernet, self.supernet.num_params(spec), self.largest_params,
-                                self.cfg.model.encoder.dropout)
+        return adaptive_dropout(
+            self.cfg.supernet,
+            self.supernet.num_params(spec),
+            self.largest_params,
+            self.cfg.model.encoder.dropout,
+        )
 
     def _all_reduce_grads(self) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -161,16 +182,32 @@ class SupernetTrainer(Trainer):
         for i, spec in enumerate(specs):
             with self.supernet.active(spec, self.dropout_for(spec)) as model:
                 res = transducer_outputs(
-                    model, feats, lens, targets, target_lens, cfg.train.loss, chunk, left,
-                    ranges=None if teacher is None else teacher.lattice_s, need_ctc=kd_ctc,
+                    model,
+                    feats,
+                    lens,
+                    targets,
+                    target_lens,
+                    cfg.train.loss,
+                    chunk,
+                    left,
+                    ranges=None if teacher is None else teacher.lattice_s,
+                    need_ctc=kd_ctc,
                 )
             frames = max(1.0, float(res.losses["frames"]))
             task = combine_losses(res.losses, st.step, cfg.train.loss)
             loss = task
             if teacher is None:
                 teacher = res.detached()
-                out.update({"loss": float(task.detach()) / frames,
-                            **{k: float(v.detach()) / frames for k, v in res.losses.items() if k != "frames"}})
+                out.update(
+                    {
+                        "loss": float(task.detach()) / frames,
+                        **{
+                            k: float(v.detach()) / frames
+                            for k, v in res.losses.items()
+                            if k != "frames"
+                        },
+                    }
+                )
             else:
                 if kd_weight > 0:
                     kd = distillation_loss(teacher, res, sn)
@@ -195,10 +232,17 @@ class SupernetTrainer(Trainer):
             del out["kd_ctc"], out["kd_rnnt"]
         else:
             out["kd_weight"] = kd_weight
-        return {**out, "utts": len(batch["texts"]), "audio_s": float(lens.sum()) / 100.0, "chunk": chunk}
+        return {
+            **out,
+            "utts": len(batch["texts"]),
+            "audio_s": float(lens.sum()) / 100.0,
+            "chunk": chunk,
+        }
 
 
-def train_supernet(cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True) -> dict[str, Any]:
+def train_supernet(
+    cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Train the supernet ``cfg`` describes; returns the summary (also in
     ``exp_dir/train_summary.json``). The final ``exp_dir/model.pt`` is the supernet (decoding it
     decodes the largest subnet); cut subnets out with ``asrq slice``."""

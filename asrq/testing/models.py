@@ -45,14 +45,19 @@ def tiny_bpe_bytes(vocab_size: int = 48) -> bytes:
 
 
 def tiny_config(
-    vocab_size: int = 48, streaming_left: int = 16, chunk: int = 4, encoder: dict[str, Any] | None = None
+    vocab_size: int = 48,
+    streaming_left: int = 16,
+    chunk: int = 4,
+    encoder: dict[str, Any] | None = None,
 ) -> ExperimentConfig:
     """The tiny preset; ``encoder``: overrides of its EncoderConfig (e.g. ``{"type": "stateformer"}``)."""
     cfg = ExperimentConfig()
     cfg.model = preset_config("tiny", vocab_size, cfg.model)
     cfg.model.streaming.chunk_frames = chunk
     cfg.model.streaming.left_frames = streaming_left
-    cfg.model.encoder = EncoderConfig(**{**cfg.model.encoder.__dict__, "dropout": 0.0, **(encoder or {})})
+    cfg.model.encoder = EncoderConfig(
+        **{**cfg.model.encoder.__dict__, "dropout": 0.0, **(encoder or {})}
+    )
     return cfg
 
 
@@ -67,7 +72,9 @@ def make_tiny_checkpoint(
     return save_checkpoint(path, model_payload(model, cfg, tiny_bpe_bytes(vocab_size), step=0))
 
 
-def tiny_ctc_attention_config(vocab_size: int = 48, streaming_left: int = 16, chunk: int = 4) -> ExperimentConfig:
+def tiny_ctc_attention_config(
+    vocab_size: int = 48, streaming_left: int = 16, chunk: int = 4
+) -> ExperimentConfig:
     """The tiny encoder with the hybrid CTC / attention head and a 2-layer decoder."""
     cfg = tiny_config(vocab_size, streaming_left, chunk)
     cfg.model.head = "ctc_attention"
@@ -79,7 +86,9 @@ def tiny_ctc_attention_config(vocab_size: int = 48, streaming_left: int = 16, ch
     return cfg
 
 
-def make_tiny_ctc_attention_checkpoint(path: str | Path, vocab_size: int = 48, seed: int = 0) -> Path:
+def make_tiny_ctc_attention_checkpoint(
+    path: str | Path, vocab_size: int = 48, seed: int = 0
+) -> Path:
     """Write a randomly initialised tiny hybrid CTC / attention checkpoint at ``path``."""
     torch.manual_seed(seed)
     cfg = tiny_ctc_attention_config(vocab_size)
@@ -89,11 +98,18 @@ def make_tiny_ctc_attention_checkpoint(path: str | Path, vocab_size: int = 48, s
 
 #: a search space of the tiny preset (2 layers, d 64, 2 heads, FFN 128, joiner / predictor 64)
 TINY_SEARCH_SPACE: dict[str, list[int]] = dict(
-    num_layers=[1, 2], d_model=[32, 48, 64], ffn_dim=[64, 128], num_heads=[1, 2], joiner_dim=[32, 64], predictor_dim=[32, 64]
+    num_layers=[1, 2],
+    d_model=[32, 48, 64],
+    ffn_dim=[64, 128],
+    num_heads=[1, 2],
+    joiner_dim=[32, 64],
+    predictor_dim=[32, 64],
 )
 
 
-def tiny_supernet_config(vocab_size: int = 48, encoder: dict[str, Any] | None = None, **supernet: Any) -> ExperimentConfig:
+def tiny_supernet_config(
+    vocab_size: int = 48, encoder: dict[str, Any] | None = None, **supernet: Any
+) -> ExperimentConfig:
     """:func:`tiny_config` with a ``supernet:`` section over :data:`TINY_SEARCH_SPACE` (a
     Stateformer encoder gets ``ssm_heads`` [2, 4] and, without ``ssm_attention``, no ``num_heads``)."""
     from asrq.config import SearchSpaceConfig, SupernetConfig

@@ -26,7 +26,9 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float, every: int = 1) -> None:
         self.decay = decay
         self.every = every
-        self.state: dict[str, Tensor] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.state: dict[str, Tensor] = {
+            k: v.detach().clone() for k, v in model.state_dict().items()
+        }
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:

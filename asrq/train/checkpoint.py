@@ -47,7 +47,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -94,12 +98,21 @@ def load_model(path: str | Path) -> LoadedModel:
     if not bpe:
         raise AsrqError(f"{path}: checkpoint holds no BPE model")
     meta = {k: v for k, v in ckpt.items() if k in ("step", "epoch", "train_seconds", "wer_curve")}
-    return LoadedModel(model, cfg, sentencepiece_from_bytes(bpe), bpe, meta, subnet=ckpt.get("subnet"))
+    return LoadedModel(
+        model, cfg, sentencepiece_from_bytes(bpe), bpe, meta, subnet=ckpt.get("subnet")
+    )
 
 
-def model_payload(model: torch.nn.Module, cfg: ExperimentConfig, bpe_model_bytes: bytes, **extra: Any) -> dict:
+def model_payload(
+    model: torch.nn.Module, cfg: ExperimentConfig, bpe_model_bytes: bytes, **extra: Any
+) -> dict:
     """The payload of a deployable model file (no optimizer state)."""
-    return {"config": to_dict(cfg), "model": model.state_dict(), "bpe_model": bpe_model_bytes, **extra}
+    return {
+        "config": to_dict(cfg),
+        "model": model.state_dict(),
+        "bpe_model": bpe_model_bytes,
+        **extra,
+    }
 
 
 def state_dict_bytes(sd: dict[str, torch.Tensor]) -> bytes:

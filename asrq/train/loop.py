@@ -70,7 +70,9 @@ def sample_chunk(cfg: StreamingConfig, seed: int, step: int) -> tuple[int, int]:
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     if float(torch.rand(1, generator=g)) < cfg.dynamic_chunk_prob:
         chunk = int(torch.randint(1, cfg.max_train_chunk + 1, (1,), generator=g))
-        left = cfg.left_chunk_choices[int(torch.randint(len(cfg.left_chunk_choices), (1,), generator=g))]
+        left = cfg.left_chunk_choices[
+            int(torch.randint(len(cfg.left_chunk_choices), (1,), generator=g))
+        ]
         return chunk, left
     return -1, -1
 
@@ -89,12 +91,18 @@ def combine_losses(losses: dict[str, torch.Tensor], step: int, cfg: LossConfig) 
     if "att" in losses:  # asrq.models.ctc_attention
         return (1.0 - cfg.ctc_weight) * losses["att"] + cfg.ctc_weight * losses["ctc"]
     s, p = loss_scales(step, cfg)
-    rnnt = s * losses["simple"] + p * losses["pruned"] if cfg.rnnt_type == "pruned" else losses["pruned"]
+    rnnt = (
+        s * losses["simple"] + p * losses["pruned"]
+        if cfg.rnnt_type == "pruned"
+        else losses["pruned"]
+    )
     return (1.0 - cfg.ctc_weight) * rnnt + cfg.ctc_weight * losses["ctc"]
 
 
 def latest_checkpoint(exp_dir: Path) -> Path | None:
-    ckpts = sorted((exp_dir / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    ckpts = sorted(
+        (exp_dir / "checkpoints").glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1])
+    )
     return ckpts[-1] if ckpts else None
 
 
@@ -117,7 +125,9 @@ class Trainer:
     #: per-step outputs of :meth:`train_step` averaged into the ``train`` log lines (besides ``loss``)
     log_keys: tuple[str, ...] = ("simple", "pruned", "ctc", "att")
 
-    def __init__(self, cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True) -> None:
+    def __init__(
+        self, cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True
+    ) -> None:
         from asrq.data.bpe import Tokenizer
 
         self.dist: DistInfo = setup_distributed()
@@ -162,7 +172,11 @@ class Trainer:
     # ---- checkpoints ------------------------------------------------------------------------
     def _make_average(self) -> WeightAverage | None:
         t = self.cfg.train
-        return WeightAverage(self.model, t.average_decay, t.average_every) if t.average_decay > 0 else None
+        return (
+            WeightAverage(self.model, t.average_decay, t.average_every)
+            if t.average_decay > 0
+            else None
+        )
 
     def _resume(self, resume: str | Path | bool) -> None:
         path = latest_checkpoint(self.exp_dir) if resume is True else Path(resume)
@@ -245,15 +259,39 @@ class Trainer:
             from asrq.decode.evaluate import evaluate
             from asrq.train.checkpoint import LoadedModel
 
-            cuts = Path(self.cfg.data.fbank_dir) / f"librispeech_cuts_{self.cfg.data.dev_split}.jsonl.gz"
+            cuts = (
+                Path(self.cfg.data.fbank_dir)
+                / f"librispeech_cuts_{self.cfg.data.dev_split}.jsonl.gz"
+            )
             if cuts.is_file():
                 self.model.eval()
-                loaded = LoadedModel(self.model, self.cfg, sentencepiece_from_bytes(self.bpe_bytes), self.bpe_bytes, {})
-                with self.average.applied(self.model) if self.average is not None else contextlib.nullcontext():
-                    res = evaluate(loaded, cuts, method="greedy", streaming=False, max_utts=self.cfg.train.eval_max_utts, progress=False)
+                loaded = LoadedModel(
+                    self.model,
+                    self.cfg,
+                    sentencepiece_from_bytes(self.bpe_bytes),
+                    self.bpe_bytes,
+                    {},
+                )
+                with (
+                    self.average.applied(self.model)
+                    if self.average is not None
+                    else contextlib.nullcontext()
+                ):
+                    res = evaluate(
+                        loaded,
+                        cuts,
+                        method="greedy",
+                        streaming=False,
+                        max_utts=self.cfg.train.eval_max_utts,
+                        progress=False,
+                    )
                 self.model.train()
                 wer = float(res.wer)
-                point = {"step": self.state.step, "train_minutes": round(self.state.train_seconds / 60, 3), "wer_dev": wer}
+                point = {
+                    "step": self.state.step,
+                    "train_minutes": round(self.state.train_seconds / 60, 3),
+                    "wer_dev": wer,
+                }
                 self.state.wer_curve.append(point)
                 self._log_json({"event": "eval", **point})
         barrier(self.dist)
@@ -297,13 +335,17 @@ class Trainer:
         )
         return all_ranks_agree(stop, self.dist)
 
-    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+    def _inputs(
+        self, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
         """A batch's (SpecAugmented) features (N, T, F), lengths (N,), padded targets (N, S), target
         lengths (N,), and the step's chunk size and left chunks."""
         cfg, st = self.cfg, self.state
         feats, lens = batch["features"], batch["feature_lens"]
         if cfg.data.spec_augment:
-            gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + st.step * 31 + self.dist.rank)
+            gen = torch.Generator().manual_seed(
+                cfg.train.seed * 7919 + st.step * 31 + self.dist.rank
+            )
             feats = spec_augment(feats, lens, gen)
         targets, target_lens = pad_targets(self.tokenizer.encode(batch["texts"]), pad=-1)
         chunk, left = sample_chunk(cfg.model.streaming, cfg.train.seed, st.step)
@@ -325,7 +367,9 @@ class Trainer:
         self.scheduler.step_batch(st.step)
         return {
             "loss": float(loss.detach()) / frames,
-            **{k: float(v.detach()) / frames for k, v in losses.items() if k != "frames"},  # simple, pruned, ctc | ctc, att
+            **{
+                k: float(v.detach()) / frames for k, v in losses.items() if k != "frames"
+            },  # simple, pruned, ctc | ctc, att
             "utts": len(batch["texts"]),
             "audio_s": float(lens.sum()) / 100.0,
             "chunk": chunk,
@@ -337,13 +381,31 @@ class Trainer:
         if self.dist.is_main:
             atomic_write_text(self.exp_dir / "config.yaml", dump_yaml(cfg))
         params = count_parameters(self.model)
-        self._log_json({"event": "start", "params": params, "step": st.step, "world_size": self.dist.world_size})
+        self._log_json(
+            {
+                "event": "start",
+                "params": params,
+                "step": st.step,
+                "world_size": self.dist.world_size,
+            }
+        )
         loader = self._make_loader()
         self.model.train()
         eval_every = cfg.train.eval_every_minutes * 60
-        next_eval = (math.floor(st.train_seconds / eval_every) + 1) * eval_every if eval_every > 0 else math.inf
+        next_eval = (
+            (math.floor(st.train_seconds / eval_every) + 1) * eval_every
+            if eval_every > 0
+            else math.inf
+        )
         total = cfg.train.max_steps or None
-        bar = tqdm(total=total, initial=st.step, disable=not self.progress, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=st.step,
+            disable=not self.progress,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
         acc: dict[str, float] = {}
         stop = self._done()
         while not stop and st.epoch < cfg.train.max_epochs:
@@ -360,13 +422,19 @@ class Trainer:
                 for k in out:
                     if k != "chunk":
                         acc[k] = acc.get(k, 0.0) + out[k]
-                        acc["#" + k] = acc.get("#" + k, 0) + 1  # keys some steps lack average over their own steps
+                        acc["#" + k] = (
+                            acc.get("#" + k, 0) + 1
+                        )  # keys some steps lack average over their own steps
                 acc["n"] = acc.get("n", 0) + 1
                 acc["sec"] = acc.get("sec", 0.0) + (now - t0)
                 if not math.isfinite(out["loss"]):
                     log.warning("non-finite loss at step %d", st.step)
                 bar.update(1)
-                bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}", utt_s=f"{acc['utts'] / acc['sec']:.1f}")
+                bar.set_postfix(
+                    loss=f"{out['loss']:.3f}",
+                    lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                    utt_s=f"{acc['utts'] / acc['sec']:.1f}",
+                )
                 if st.step % cfg.train.log_every == 0:
                     n = acc["n"]
                     self._log_json(
@@ -375,10 +443,16 @@ class Trainer:
                             "step": st.step,
                             "epoch": st.epoch,
                             "loss": round(acc["loss"] / n, 5),
-                            **{k: round(acc[k] / acc["#" + k], 5) for k in self.log_keys if k in acc},
+                            **{
+                                k: round(acc[k] / acc["#" + k], 5)
+                                for k in self.log_keys
+                                if k in acc
+                            },
                             "lr": self.scheduler.get_last_lr()[0],
                             "utts_per_s": round(acc["utts"] / acc["sec"], 2),
-                            "audio_s_per_s": round(acc["audio_s"] / acc["sec"] * self.dist.world_size, 1),
+                            "audio_s_per_s": round(
+                                acc["audio_s"] / acc["sec"] * self.dist.world_size, 1
+                            ),
                             "train_minutes": round(st.train_seconds / 60, 3),
                         }
                     )
@@ -415,6 +489,8 @@ class Trainer:
         return summary
 
 
-def train(cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True) -> dict[str, Any]:
+def train(
+    cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Train the model ``cfg`` describes; returns the summary (also in ``exp_dir/train_summary.json``)."""
     return Trainer(cfg, resume=resume, progress=progress).run()

@@ -179,7 +179,9 @@ class ScaledAdam(torch.optim.Optimizer):
         """Factor (<= 1) to scale this step's gradients by, or None to skip the step."""
         scalar_lr_scale = group["scalar_lr_scale"]
         weights = [
-            scalar_lr_scale if p.numel() == 1 else max(self.state[p]["param_rms"], group["param_min_rms"])
+            scalar_lr_scale
+            if p.numel() == 1
+            else max(self.state[p]["param_rms"], group["param_min_rms"])
             for p in live
         ]
         # Per-tensor contribution (rms(p) * |g|)^2, summed in float64 on the host.
@@ -191,10 +193,16 @@ class ScaledAdam(torch.optim.Optimizer):
             bad = gstate.get("clip_nonfinite_in_a_row", 0) + 1
             gstate["clip_nonfinite_in_a_row"] = bad
             sums = sumsq.tolist()
-            nonfinite = [self._name(group, p) for p, s in zip(live, sums, strict=True) if not math.isfinite(s)]
+            nonfinite = [
+                self._name(group, p)
+                for p, s in zip(live, sums, strict=True)
+                if not math.isfinite(s)
+            ]
             log.warning(
                 "ScaledAdam: non-finite gradient (norm=%s) in %s; skipping this step (%d in a row)",
-                tot_norm, ", ".join(nonfinite[:5]), bad,
+                tot_norm,
+                ", ".join(nonfinite[:5]),
+                bad,
             )
             if bad >= self.MAX_CONSECUTIVE_NONFINITE:
                 raise RuntimeError(
@@ -229,7 +237,10 @@ class ScaledAdam(torch.optim.Optimizer):
                 level,
                 "ScaledAdam clipping_scale=%g, grad-norm quartiles %s, threshold=%.3e, "
                 "percent-clipped=%.1f",
-                clipping_scale, " ".join(f"{q:.3e}" for q in quartiles), threshold, 100 * frac_clipped,
+                clipping_scale,
+                " ".join(f"{q:.3e}" for q in quartiles),
+                threshold,
+                100 * frac_clipped,
             )
         if "clip_threshold" not in gstate:
             return 1.0
@@ -241,7 +252,10 @@ class ScaledAdam(torch.optim.Optimizer):
             log.warning(
                 "ScaledAdam: scaling gradients by %.3g (norm %.3e, threshold %.3e); "
                 "dominant parameter %s with %.0f%% of the squared norm",
-                factor, tot_norm, gstate["clip_threshold"], self._name(group, live[top]),
+                factor,
+                tot_norm,
+                gstate["clip_threshold"],
+                self._name(group, live[top]),
                 100 * sumsq[top].item() / max(sumsq.sum().item(), 1e-40),
             )
         return factor
@@ -407,7 +421,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> tuple[torch.optim.Opt
         )
     elif cfg.name == "adamw":
         if cfg.lr > 0.01:
-            log.warning("AdamW with lr=%g: its usual lr is about 1e-3 (0.045 is ScaledAdam's)", cfg.lr)
+            log.warning(
+                "AdamW with lr=%g: its usual lr is about 1e-3 (0.045 is ScaledAdam's)", cfg.lr
+            )
         optimizer = torch.optim.AdamW(
             [p for _, p in named], lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay
         )

@@ -20,18 +20,43 @@ DEFAULT_STAGES = ",".join(s for s in STAGES if s not in ("synth", "transcribe"))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--corpus-dir", required=True, type=click.Path(), help="The LibriSpeech/ folder (holding train-clean-100/, dev-clean/, ...).")
-@click.option("--config", "-c", default=str(HERE / "config.yaml"), show_default=True, help="Recipe YAML.")
-@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted config override (repeatable).")
-@click.option("--stages", default=DEFAULT_STAGES, show_default=True, help="Comma-separated stages to run.")
-@click.option("--num-jobs", default=2, show_default=True, help="Parallel jobs for feature extraction.")
-def main(corpus_dir: str, config: str, overrides: tuple[str, ...], stages: str, num_jobs: int) -> None:
+@click.option(
+    "--corpus-dir",
+    required=True,
+    type=click.Path(),
+    help="The LibriSpeech/ folder (holding train-clean-100/, dev-clean/, ...).",
+)
+@click.option(
+    "--config", "-c", default=str(HERE / "config.yaml"), show_default=True, help="Recipe YAML."
+)
+@click.option(
+    "--set",
+    "-s",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Dotted config override (repeatable).",
+)
+@click.option(
+    "--stages", default=DEFAULT_STAGES, show_default=True, help="Comma-separated stages to run."
+)
+@click.option(
+    "--num-jobs", default=2, show_default=True, help="Parallel jobs for feature extraction."
+)
+def main(
+    corpus_dir: str, config: str, overrides: tuple[str, ...], stages: str, num_jobs: int
+) -> None:
     """Run the LibriSpeech recipe on a local copy of the corpus."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         cfg = load_config(config, [f"data.corpus_dir={corpus_dir}", *overrides])
         summary = run_pipeline(
-            cfg, [s.strip() for s in stages.split(",") if s.strip()], synthesize=False, num_jobs=num_jobs
+            cfg,
+            [s.strip() for s in stages.split(",") if s.strip()],
+            synthesize=False,
+            num_jobs=num_jobs,
         )
     except AsrqError as e:
         raise click.ClickException(str(e)) from e

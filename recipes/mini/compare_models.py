@@ -21,15 +21,50 @@ REAL_AUDIO = HERE.parents[1].parent / "shared" / "data" / "real"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "-c", default=str(HERE / "config.yaml"), show_default=True, help="Base recipe YAML.")
-@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override for every variant (repeatable).")
-@click.option("--steps", default=600, show_default=True, help="Training steps per model (the shared budget).")
-@click.option("--only", multiple=True, type=click.Choice([v.name for v in DEFAULT_VARIANTS]), help="Run only these variants.")
-@click.option("--out", default="exp/mini", show_default=True, help="Where models.json / models.md and models/<name>/ go.")
-@click.option("--real-audio", default=str(REAL_AUDIO), show_default=True, help="Folder of audio each exported model transcribes (skipped when missing).")
-def main(config: str, overrides: tuple[str, ...], steps: int, only: tuple[str, ...], out: str, real_audio: str) -> None:
+@click.option(
+    "--config", "-c", default=str(HERE / "config.yaml"), show_default=True, help="Base recipe YAML."
+)
+@click.option(
+    "--set",
+    "-s",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override for every variant (repeatable).",
+)
+@click.option(
+    "--steps", default=600, show_default=True, help="Training steps per model (the shared budget)."
+)
+@click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice([v.name for v in DEFAULT_VARIANTS]),
+    help="Run only these variants.",
+)
+@click.option(
+    "--out",
+    default="exp/mini",
+    show_default=True,
+    help="Where models.json / models.md and models/<name>/ go.",
+)
+@click.option(
+    "--real-audio",
+    default=str(REAL_AUDIO),
+    show_default=True,
+    help="Folder of audio each exported model transcribes (skipped when missing).",
+)
+def main(
+    config: str,
+    overrides: tuple[str, ...],
+    steps: int,
+    only: tuple[str, ...],
+    out: str,
+    real_audio: str,
+) -> None:
     """Train and compare the five model variants with the same step budget."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         cfg = load_config(config, overrides)
         variants = [v for v in DEFAULT_VARIANTS if not only or v.name in only]

@@ -20,20 +20,48 @@ REAL_AUDIO = HERE.parents[1].parent / "shared" / "data" / "real"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "-c", default=str(HERE / "config.yaml"), show_default=True, help="Recipe YAML.")
-@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Dotted config override (repeatable).")
-@click.option("--stages", default=",".join(STAGES), show_default=True, help="Comma-separated stages to run.")
-@click.option("--real-audio", default=str(REAL_AUDIO), show_default=True, help="Folder of audio to transcribe at the end.")
+@click.option(
+    "--config", "-c", default=str(HERE / "config.yaml"), show_default=True, help="Recipe YAML."
+)
+@click.option(
+    "--set",
+    "-s",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Dotted config override (repeatable).",
+)
+@click.option(
+    "--stages", default=",".join(STAGES), show_default=True, help="Comma-separated stages to run."
+)
+@click.option(
+    "--real-audio",
+    default=str(REAL_AUDIO),
+    show_default=True,
+    help="Folder of audio to transcribe at the end.",
+)
 def main(config: str, overrides: tuple[str, ...], stages: str, real_audio: str) -> None:
     """Run the mini recipe end to end (about 30 minutes on 2 CPU cores)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         cfg = load_config(config, overrides)
-        summary = run_pipeline(cfg, [s.strip() for s in stages.split(",") if s.strip()], real_audio_dir=real_audio)
+        summary = run_pipeline(
+            cfg, [s.strip() for s in stages.split(",") if s.strip()], real_audio_dir=real_audio
+        )
     except AsrqError as e:
         raise click.ClickException(str(e)) from e
-    keys = ("wer_test", "wer_test_streaming", "params", "onnx_bytes", "pte_bytes", "rtf_onnx_1thread",
-            "rtf_executorch_1thread", "train_minutes")
+    keys = (
+        "wer_test",
+        "wer_test_streaming",
+        "params",
+        "onnx_bytes",
+        "pte_bytes",
+        "rtf_onnx_1thread",
+        "rtf_executorch_1thread",
+        "train_minutes",
+    )
     click.echo("summary: " + ", ".join(f"{k}={summary.get(k)}" for k in keys))
 
 

@@ -19,19 +19,50 @@ HERE = Path(__file__).resolve().parent
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "-c", default=str(HERE / "supernet.yaml"), show_default=True, help="Supernet recipe YAML.")
-@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override (repeatable), e.g. -s supernet.num_random=2.")
-@click.option("--steps", default=600, show_default=True, help="Training steps of the supernet and of each individual model.")
-@click.option("--only", multiple=True, type=click.Choice([s.name for s in DEFAULT_SIZES]),
-              help="Compare only these sizes (at least 3).")
-@click.option("--pool/--no-pool", default=True, show_default=True,
-              help="Draw the random subnets of each step from the compared middle sizes (unless the config "
-                   "sets supernet.sample_pool); --no-pool: from the whole search space.")
-@click.option("--out", default="exp/mini", show_default=True, help="Where todm.json / todm.md and todm/ go.")
-def main(config: str, overrides: tuple[str, ...], steps: int, only: tuple[str, ...], pool: bool, out: str) -> None:
+@click.option(
+    "--config",
+    "-c",
+    default=str(HERE / "supernet.yaml"),
+    show_default=True,
+    help="Supernet recipe YAML.",
+)
+@click.option(
+    "--set",
+    "-s",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override (repeatable), e.g. -s supernet.num_random=2.",
+)
+@click.option(
+    "--steps",
+    default=600,
+    show_default=True,
+    help="Training steps of the supernet and of each individual model.",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice([s.name for s in DEFAULT_SIZES]),
+    help="Compare only these sizes (at least 3).",
+)
+@click.option(
+    "--pool/--no-pool",
+    default=True,
+    show_default=True,
+    help="Draw the random subnets of each step from the compared middle sizes (unless the config "
+    "sets supernet.sample_pool); --no-pool: from the whole search space.",
+)
+@click.option(
+    "--out", default="exp/mini", show_default=True, help="Where todm.json / todm.md and todm/ go."
+)
+def main(
+    config: str, overrides: tuple[str, ...], steps: int, only: tuple[str, ...], pool: bool, out: str
+) -> None:
     """One supernet vs K individually trained models of the same sizes."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         cfg = load_config(config, overrides)
         sizes = [s for s in DEFAULT_SIZES if not only or s.name in only]

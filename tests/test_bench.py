@@ -32,26 +32,45 @@ def shared_tiny_export(factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def meta_only_dir(tmp_path: Path) -> Path:
     """A model directory with only metadata.json (chunk 4 frames = 160 ms)."""
-    atomic_write_json(tmp_path / "metadata.json", {
-        "format": "asrq-export-v1", "name": "fake", "programs": {"onnx": {}},
-        "model": {"chunk_frames": 4, "left_frames": 16}, "config": {"bench": {"threads": [1]}},
-    })  # fmt: skip
+    atomic_write_json(
+        tmp_path / "metadata.json",
+        {
+            "format": "asrq-export-v1",
+            "name": "fake",
+            "programs": {"onnx": {}},
+            "model": {"chunk_frames": 4, "left_frames": 16},
+            "config": {"bench": {"threads": [1]}},
+        },
+    )
     return tmp_path
 
 
 FAKE_RUN = {
-    "backend": "onnx", "threads": 1, "import_ms": 1.0, "load_ms": 5.0, "rtf": 0.05,
+    "backend": "onnx",
+    "threads": 1,
+    "import_ms": 1.0,
+    "load_ms": 5.0,
+    "rtf": 0.05,
     "chunk_latency_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.0, "mean": 1.2, "max": 3.5},
     "encoder_latency_ms": {"p50": 0.5, "p90": 1.0, "p99": 1.5, "mean": 0.6, "max": 2.0},
-    "num_chunks": 10, "audio_seconds": 2.0, "peak_rss_bytes": 2**28, "baseline_rss_bytes": 2**27,
-    "file_bytes": {"encoder_streaming": 1000}, "total_file_bytes": 1000, "streaming_file_bytes": 1000,
-}  # fmt: skip
+    "num_chunks": 10,
+    "audio_seconds": 2.0,
+    "peak_rss_bytes": 2**28,
+    "baseline_rss_bytes": 2**27,
+    "file_bytes": {"encoder_streaming": 1000},
+    "total_file_bytes": 1000,
+    "streaming_file_bytes": 1000,
+}
 
 
 def _fake_report() -> dict:
     run2 = copy.deepcopy(FAKE_RUN) | {"backend": "executorch", "threads": 2}
-    return {"device": host_info(), "model": {"name": "fake", "subnet": "d8-w144", "chunk_ms": 160, "num_parameters": 1},
-            "settings": {"num_utterances": 1, "audio_seconds": 2.0}, "runs": [FAKE_RUN, run2]}  # fmt: skip
+    return {
+        "device": host_info(),
+        "model": {"name": "fake", "subnet": "d8-w144", "chunk_ms": 160, "num_parameters": 1},
+        "settings": {"num_utterances": 1, "audio_seconds": 2.0},
+        "runs": [FAKE_RUN, run2],
+    }
 
 
 def test_bench_help():
@@ -106,8 +125,21 @@ def test_report_table_records_and_chart(tmp_path: Path):
 def test_bench_runs_and_writes_json(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
     exported = shared_tiny_export(tmp_path_factory)
     out = tmp_path / "bench.json"
-    args = [str(exported), "--backend", "onnx", "--backend", "executorch", "--threads", "1,2", "--chunk-ms", "160",
-            "--seconds", "1.5", "--out", str(out)]  # fmt: skip
+    args = [
+        str(exported),
+        "--backend",
+        "onnx",
+        "--backend",
+        "executorch",
+        "--threads",
+        "1,2",
+        "--chunk-ms",
+        "160",
+        "--seconds",
+        "1.5",
+        "--out",
+        str(out),
+    ]
     res = CliRunner().invoke(bench_cmd, args)
     assert res.exit_code == 0, res.output
     assert "RTF" in res.output and "executorch" in res.output
@@ -148,8 +180,18 @@ def test_bench_streams_a_cuts_manifest(
 ):
     exported = shared_tiny_export(tmp_path_factory)
     out = tmp_path / "cuts.json"
-    args = [str(exported), "--backend", "onnx", "--threads", "1", "--cuts", str(tiny_data.test_cuts), "--in-process",
-            "--out", str(out)]  # fmt: skip
+    args = [
+        str(exported),
+        "--backend",
+        "onnx",
+        "--threads",
+        "1",
+        "--cuts",
+        str(tiny_data.test_cuts),
+        "--in-process",
+        "--out",
+        str(out),
+    ]
     res = CliRunner().invoke(bench_cmd, args)
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())

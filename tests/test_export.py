@@ -15,8 +15,10 @@ from click.testing import CliRunner
 from asrq.cli.export import export as export_cmd
 from asrq.config import to_dict
 from asrq.export.pipeline import export_model
-from asrq.export.wrappers import DecomposedLayerNorm, program_specs, xnnpack_friendly
-from asrq.runtime.backends import PROGRAMS, encoder_input_frames, load_rnnt
+from asrq.export.rewrites import DecomposedLayerNorm, xnnpack_friendly
+from asrq.export.rnnt import program_specs
+from asrq.runtime.model_dir import encoder_input_frames
+from asrq.runtime.rnnt import PROGRAMS, load_rnnt
 from asrq.testing.models import make_tiny_checkpoint
 from asrq.train.checkpoint import load_model
 
@@ -162,6 +164,7 @@ def test_metadata_holds_the_resolved_config(exported: Path):
 
     ckpt_cfg = to_dict(load_model(exported.parent / "tiny.pt").config)
     meta = json.loads((exported / "metadata.json").read_text())
+    assert meta["head"] == "rnnt" and meta["model_type"] == "conformer_rnnt"
     assert meta["config"] == json.loads(json.dumps(ckpt_cfg))
     m = meta["model"]
     assert (
@@ -175,7 +178,7 @@ def test_metadata_holds_the_resolved_config(exported: Path):
     assert meta["sizes"]["onnx"]["total"] > 0 and meta["versions"]["torch"]
     for name in PROGRAMS:
         props = read_onnx_metadata(exported / f"{name}.onnx")
-        assert props["program"] == name
+        assert props["program"] == name and props["head"] == "rnnt"
         assert json.loads(props["config"]) == meta["config"]
         assert (
             props["vocab_size"] == "48"
@@ -196,8 +199,13 @@ def test_pte_carries_constant_methods(exported: Path):
     from asrq.runtime.backends import executorch_extension
 
     ext = executorch_extension()
-    prog = ext._load_program(str(exported / "joiner.pte"), enable_etdump=False, debug_buffer_size=0,
-                             program_verification=ext.Verification.InternalConsistency, data_path=None)  # fmt: skip
+    prog = ext._load_program(
+        str(exported / "joiner.pte"),
+        enable_etdump=False,
+        debug_buffer_size=0,
+        program_verification=ext.Verification.InternalConsistency,
+        data_path=None,
+    )
     names = {prog.get_method_name(i) for i in range(prog.num_methods())}
     assert {"forward", "vocab_size", "blank_id", "context_size", "chunk_frames"} <= names
     assert prog.load_method("vocab_size")([])[0] == 48
@@ -246,10 +254,12 @@ def test_parity_failure_fails_the_export_and_writes_nothing(tiny_ckpt: Path, tmp
 # any encoder: the streaming states come from the encoder's state_specs
 # --------------------------------------------------------------------------------------------
 def test_runtime_reads_the_states_from_metadata_with_a_conformer_fallback():
-    from asrq.runtime.backends import streaming_states
+    from asrq.runtime.model_dir import streaming_states
 
-    states = [{"name": "ssm_state", "shape": [2, 1, 4, 16, 2], "dtype": "float32", "batch_axis": 1},
-              {"name": "processed", "shape": [1], "dtype": "int64", "batch_axis": 0}]  # fmt: skip
+    states = [
+        {"name": "ssm_state", "shape": [2, 1, 4, 16, 2], "dtype": "float32", "batch_axis": 1},
+        {"name": "processed", "shape": [1], "dtype": "int64", "batch_axis": 0},
+    ]
     got = streaming_states({"model": {"states": states}})
     assert [(s.name, s.shape, s.dtype, s.batch_axis) for s in got] == [
         ("ssm_state", (2, 1, 4, 16, 2), torch.float32, 1),
@@ -318,3 +328,38 @@ def test_stateformer_export_parity_and_exported_streaming(tmp_path: Path):
             torch.testing.assert_close(e_x, e_e, atol=1e-4, rtol=0)
             for a, b in zip(s_x, s_e, strict=True):
                 torch.testing.assert_close(a.to(b.dtype), b, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_an_export_without_head_in_its_metadata_loads_as_rnnt(exported: Path, tmp_path: Path):
+    """Exports written before metadata.json named its head are RNN-T: a copy of the RNN-T
+    export with ``head`` removed loads, transcribes and benchmarks as one (same text)."""
+    import shutil
+
+    from asrq.bench.steps import RnntGreedyStep, streaming_step
+    from asrq.runtime.heads import RUNTIME_HEADS, load_exported, runtime_head
+    from asrq.runtime.model_dir import read_model_dir
+    from asrq.runtime.transcribe import transcribe
+
+    old = tmp_path / "old"
+    shutil.copytree(exported, old)
+    meta = json.loads((old / "metadata.json").read_text())
+    del meta["head"]
+    (old / "metadata.json").write_text(json.dumps(meta))
+    md = read_model_dir(old)
+    assert md.head is None and runtime_head(md) is RUNTIME_HEADS["rnnt"]
+    assert isinstance(streaming_step(md), RnntGreedyStep)
+    comp = load_exported(old, "onnx")
+    assert type(comp) is type(load_rnnt(exported, "onnx")) and comp.context_size == 2
+    wav = REAL / "extra" / "LJ002-0020.wav"
+    assert transcribe(old, [wav]) == [(str(wav), transcribe(exported, [wav])[0][1])]
+
+
+def test_runtime_refuses_a_head_it_does_not_know(tmp_path: Path):
+    from asrq.runtime.transcribe import transcribe
+    from asrq.utils.io import AsrqError
+
+    (tmp_path / "metadata.json").write_text(json.dumps({"format": "asrq-export-v1", "head": "x"}))
+    (tmp_path / "a.wav").write_bytes(b"")
+    with pytest.raises(AsrqError, match="head 'x' is unknown"):
+        transcribe(tmp_path, [tmp_path / "a.wav"])

@@ -19,8 +19,9 @@ from asrq.decode.ctc_attention import (
     ctc_prefix_beam_search,
     decode_batch,
 )
-from asrq.export.ctc_attention import MAX_DECODER_HYPS, PROGRAMS, program_specs
-from asrq.export.wrappers import xnnpack_friendly
+from asrq.export.ctc_attention import MAX_DECODER_HYPS, program_specs
+from asrq.export.rewrites import xnnpack_friendly
+from asrq.runtime.ctc_attention import PROGRAMS
 from asrq.testing.models import make_tiny_ctc_attention_checkpoint
 from asrq.train.checkpoint import load_model
 
@@ -72,8 +73,12 @@ def test_xnnpack_friendly_decoder_keeps_outputs(tiny_ckpt: Path):
     model = load_model(tiny_ckpt).model
     spec = program_specs(model, CHUNK, LEFT, "executorch")["decoder"]
     with torch.no_grad():
-        torch.testing.assert_close(xnnpack_friendly(spec.module)(*spec.example_inputs), spec.module(*spec.example_inputs),
-                                   atol=1e-5, rtol=1e-5)  # fmt: skip
+        torch.testing.assert_close(
+            xnnpack_friendly(spec.module)(*spec.example_inputs),
+            spec.module(*spec.example_inputs),
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,8 +127,13 @@ def test_metadata_travels_in_the_files(exported: Path):
         assert (props["vocab_size"], props["sos_id"], props["blank_id"]) == ("48", "1", "0")
         assert json.loads(props["config"])["model"]["decoder"]["num_layers"] == 2
     ext = executorch_extension()
-    prog = ext._load_program(str(exported / "decoder.pte"), enable_etdump=False, debug_buffer_size=0,
-                             program_verification=ext.Verification.InternalConsistency, data_path=None)  # fmt: skip
+    prog = ext._load_program(
+        str(exported / "decoder.pte"),
+        enable_etdump=False,
+        debug_buffer_size=0,
+        program_verification=ext.Verification.InternalConsistency,
+        data_path=None,
+    )
     names = {prog.get_method_name(i) for i in range(prog.num_methods())}
     assert {"forward", "vocab_size", "sos_id", "eos_id", "blank_id", "chunk_frames"} <= names
     assert prog.load_method("sos_id")([])[0] == 1
@@ -167,8 +177,12 @@ def test_exported_decoding_matches_eager(exported: Path, backend: str):
     hl = torch.full((hyps.shape[0],), hyps.shape[1])
     e = enc_e.expand(hyps.shape[0], -1, -1)
     el = lens_e.expand(hyps.shape[0])
-    torch.testing.assert_close(comp.decoder_log_probs(e, el, hyps, hl), eager.decoder_log_probs(e, el, hyps, hl),
-                               atol=1e-4, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        comp.decoder_log_probs(e, el, hyps, hl),
+        eager.decoder_log_probs(e, el, hyps, hl),
+        atol=1e-4,
+        rtol=0,
+    )
 
 
 @pytest.mark.slow
@@ -178,8 +192,12 @@ def test_transcribe_cli_on_a_ctc_attention_export(exported: Path):
     wav = str(REAL / "extra" / "LJ002-0020.wav")
     runner = CliRunner()
     texts = {}
-    for args in (["--method", "attention_rescoring"], ["--backend", "executorch", "--method", "attention_rescoring"],
-                 ["--streaming", "--method", "ctc_prefix_beam"], ["--backend", "executorch", "--streaming"]):  # fmt: skip
+    for args in (
+        ["--method", "attention_rescoring"],
+        ["--backend", "executorch", "--method", "attention_rescoring"],
+        ["--streaming", "--method", "ctc_prefix_beam"],
+        ["--backend", "executorch", "--streaming"],
+    ):
         r = runner.invoke(transcribe, [str(exported), wav, *args])
         assert r.exit_code == 0, r.output
         line = r.output.strip().splitlines()[-1]
@@ -198,8 +216,15 @@ def test_transcribe_cli_on_a_ctc_attention_export(exported: Path):
 def test_bench_streams_ctc_greedy(exported: Path, tmp_path: Path):
     from asrq.bench.runner import run_bench
 
-    report = run_bench(exported, ["onnx", "executorch"], [1], synthetic_seconds=1.5, out=tmp_path / "b.json",
-                       isolate=False, plot=False)  # fmt: skip
+    report = run_bench(
+        exported,
+        ["onnx", "executorch"],
+        [1],
+        synthetic_seconds=1.5,
+        out=tmp_path / "b.json",
+        isolate=False,
+        plot=False,
+    )
     assert report["settings"]["search"] == "ctc_greedy"
     assert report["model"]["model_type"] == "conformer_ctc_attention"
     for run in report["runs"]:

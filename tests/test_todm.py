@@ -1,4 +1,4 @@
-"""Supernet warm-up and the deploy-many experiment (asrq.bench.todm) on the tiny corpus."""
+"""Supernet warm-up and the deploy-many experiment (asrq.experiments.todm) on the tiny corpus."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.test_supernet import _log, _train_cfg
 
 
 def test_deploy_many_experiment_writes_todm_json(tiny_data: TinyData, tmp_path: Path) -> None:
-    from asrq.bench.todm import Size, deploy_many
+    from asrq.experiments.todm import Size, deploy_many
 
     torch.set_num_threads(1)
     cfg = _train_cfg(tiny_data, tmp_path / "unused")

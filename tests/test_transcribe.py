@@ -132,8 +132,20 @@ def test_transcribe_every_real_file(exported: Path, backend: str):
 def test_transcribe_streaming_and_beam_search(exported: Path):
     files = [REAL / "extra" / "LJ002-0020.wav", REAL / "extra" / "common_voice_en_651325.mp3"]
     for backend in ("onnx", "executorch"):
-        res = CliRunner().invoke(transcribe_cmd, [str(exported), *map(str, files), "--backend", backend, "--streaming",
-                                                  "--method", "modified_beam_search", "--beam", "3"])  # fmt: skip
+        res = CliRunner().invoke(
+            transcribe_cmd,
+            [
+                str(exported),
+                *map(str, files),
+                "--backend",
+                backend,
+                "--streaming",
+                "--method",
+                "modified_beam_search",
+                "--beam",
+                "3",
+            ],
+        )
         assert res.exit_code == 0, res.output
         assert [line.split("\t")[0] for line in res.stdout.splitlines()] == list(map(str, files))
 

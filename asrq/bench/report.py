@@ -8,51 +8,17 @@ on-device results can be collected by the same tooling.
 
 from __future__ import annotations
 
-import os
-import platform
-import socket
 from pathlib import Path
 from typing import Any
 
+from asrq.runtime.backends import BACKENDS
+from asrq.utils.host import host_info
 from asrq.utils.io import atomic_path
 
+__all__ = ["format_table", "host_info", "metric_records", "plot_runs"]
 
-def cpu_model() -> str | None:
-    """CPU model name from /proc/cpuinfo (Linux), else :func:`platform.processor`."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Hardware", "Processor", "cpu model"):
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def total_memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def host_info() -> dict[str, Any]:
-    """The machine a benchmark ran on."""
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "name": socket.gethostname(),
-        "type": "host",
-        "platform": platform.platform(),
-        "os": platform.system(),
-        "arch": platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_available": affinity,
-        "total_memory_bytes": total_memory_bytes(),
-        "python": platform.python_version(),
-        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-    }
+#: bar colour per backend (in the order of BACKENDS)
+_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
 
 #: (metric name, path in a run, unit)
@@ -78,25 +44,36 @@ def _get(run: dict[str, Any], path: tuple[str, ...]) -> Any:
 def metric_records(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One ExecuTorch-benchmark-style record per (run, metric)."""
     dev, model = report["device"], report["model"]
-    device_info = {"device": dev.get("cpu_model") or dev.get("name"), "arch": dev.get("arch"), "os": dev.get("platform"),
-                   "totalMem": dev.get("total_memory_bytes")}  # fmt: skip
+    device_info = {
+        "device": dev.get("cpu_model") or dev.get("name"),
+        "arch": dev.get("arch"),
+        "os": dev.get("platform"),
+        "totalMem": dev.get("total_memory_bytes"),
+    }
     name = model.get("name") or "model"
     if model.get("subnet"):
         name = f"{name}:{model['subnet']}"
     out = []
     for run in report["runs"]:
         for metric, path, unit in METRICS:
-            out.append({
-                "benchmarkModel": {"name": name, "backend": f"{run['backend']}-xnnpack" if run["backend"] == "executorch" else run["backend"],
-                                   "quantization": model.get("dtype", "fp32")},
-                "metric": metric,
-                "unit": unit,
-                "actualValue": _get(run, path),
-                "targetValue": 0,
-                "threads": run["threads"],
-                "chunkMs": model.get("chunk_ms"),
-                "deviceInfo": device_info,
-            })  # fmt: skip
+            out.append(
+                {
+                    "benchmarkModel": {
+                        "name": name,
+                        "backend": f"{run['backend']}-xnnpack"
+                        if run["backend"] == "executorch"
+                        else run["backend"],
+                        "quantization": model.get("dtype", "fp32"),
+                    },
+                    "metric": metric,
+                    "unit": unit,
+                    "actualValue": _get(run, path),
+                    "targetValue": 0,
+                    "threads": run["threads"],
+                    "chunkMs": model.get("chunk_ms"),
+                    "deviceInfo": device_info,
+                }
+            )
     return out
 
 
@@ -128,7 +105,8 @@ def plot_runs(report: dict[str, Any], path: str | Path) -> Path:
 
     runs = report["runs"]
     labels = [f"{r['backend']}\n{r['threads']} thr" for r in runs]
-    colors = ["tab:blue" if r["backend"] == "onnx" else "tab:orange" for r in runs]
+    order = list(BACKENDS)
+    colors = [_COLORS[order.index(r["backend"]) % len(_COLORS)] for r in runs]
     panels = [
         ("RTF (lower is better)", [r["rtf"] for r in runs]),
         ("p90 chunk latency (ms)", [r["chunk_latency_ms"]["p90"] for r in runs]),

@@ -40,11 +40,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asrq.runtime.backends import BACKENDS, read_metadata
+from asrq.bench.steps import streaming_step
+from asrq.runtime.backends import BACKENDS, get_backend
+from asrq.runtime.model_dir import ModelDir, read_model_dir
 from asrq.utils.io import AsrqError, atomic_write_json
 
 DEFAULT_SYNTHETIC_SECONDS = 8.0
-STREAMING_PROGRAMS = ("encoder_streaming", "predictor", "joiner")
 SCHEMA = "asrq-bench-v1"
 
 
@@ -157,46 +158,29 @@ def _percentiles(values_s: list[float]) -> dict[str, float]:
         return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "mean": 0.0, "max": 0.0}
     v = torch.tensor(values_s, dtype=torch.float64) * 1000.0
     q = torch.quantile(v, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64)).tolist()
-    return {"p50": round(q[0], 4), "p90": round(q[1], 4), "p99": round(q[2], 4),
-            "mean": round(v.mean().item(), 4), "max": round(v.max().item(), 4)}  # fmt: skip
+    return {
+        "p50": round(q[0], 4),
+        "p90": round(q[1], 4),
+        "p99": round(q[2], 4),
+        "mean": round(v.mean().item(), 4),
+        "max": round(v.max().item(), 4),
+    }
 
 
 def run_once(settings: RunSettings) -> dict[str, Any]:
     """Measure one (backend, threads) run in this process; returns the run's metrics."""
-    from asrq.decode.search import GreedyState, greedy_advance
     from asrq.decode.streaming import iter_windows
-    from asrq.runtime.backends import load_rnnt
 
     torch.set_num_threads(1)  # torch only moves small tensors here; keep it off the runtime's cores
     utts = [Utterance(**u) for u in torch.load(settings.features_path, weights_only=True)]
     t0 = time.perf_counter()
-    if settings.backend == "onnx":
-        import onnxruntime  # noqa: F401
-    else:
-        from asrq.runtime.backends import executorch_extension
-
-        executorch_extension()
+    get_backend(settings.backend).import_library()
     import_s = time.perf_counter() - t0
-    hybrid = read_metadata(settings.model_dir).get("head") == "ctc_attention"
+    md = read_model_dir(settings.model_dir)
+    step = streaming_step(md)
     baseline_rss = _current_rss_bytes()
     t0 = time.perf_counter()
-    if hybrid:  # CTC / attention export: streaming encoder + CTC head, online CTC greedy
-        from asrq.runtime.ctc_attention import load_streaming_ctc_greedy
-
-        comp, new_search, advance = load_streaming_ctc_greedy(
-            settings.model_dir, settings.backend, settings.threads
-        )
-    else:
-        comp = load_rnnt(
-            settings.model_dir, settings.backend, settings.threads, preload=STREAMING_PROGRAMS
-        )
-
-        def new_search() -> GreedyState:
-            return GreedyState.create(comp, 1)
-
-        def advance(enc: Tensor, valid: Tensor, search: GreedyState) -> None:
-            greedy_advance(comp, enc, valid, search)
-
+    comp, new_search, advance = step.open(md, settings.backend, settings.threads)
     load_s = time.perf_counter() - t0
 
     def windows(u: Utterance):
@@ -225,7 +209,7 @@ def run_once(settings: RunSettings) -> dict[str, Any]:
             enc_s.append(t_enc - t)
         audio_s += u.seconds
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    files = comp.meta["programs"][settings.backend]
+    files = md.meta["programs"][settings.backend]
     file_bytes = {name: int(files[name]["bytes"]) for name in files}
     return {
         "backend": settings.backend,
@@ -242,7 +226,7 @@ def run_once(settings: RunSettings) -> dict[str, Any]:
         "baseline_rss_bytes": baseline_rss,
         "file_bytes": file_bytes,
         "total_file_bytes": sum(file_bytes.values()),
-        "streaming_file_bytes": sum(file_bytes.get(n, 0) for n in STREAMING_PROGRAMS),
+        "streaming_file_bytes": sum(file_bytes.get(n, 0) for n in step.programs),
         **settings.extra,
     }
 
@@ -266,7 +250,7 @@ def run_isolated(settings: RunSettings, timeout: float = 3600.0) -> dict[str, An
 # the whole benchmark
 # --------------------------------------------------------------------------------------------
 def run_bench(
-    model_dir: str | Path,
+    model_dir: str | Path | ModelDir,
     backends: Sequence[str] | None = None,
     threads: Sequence[int] = (1, 2),
     chunk_ms: int | None = None,
@@ -285,15 +269,12 @@ def run_bench(
     from asrq import __version__
     from asrq.bench.report import host_info, metric_records, plot_runs
 
-    model_dir = Path(model_dir)
-    meta = read_metadata(model_dir)
-    have = sorted(meta.get("programs", {}))
-    backends = list(backends) if backends else [b for b in BACKENDS if b in have]
+    md = read_model_dir(model_dir)
+    model_dir, meta = md.path, md.meta
+    backends = list(backends) if backends else [b for b in BACKENDS if b in md.backends]
     for b in backends:
-        if b not in BACKENDS:
-            raise AsrqError(f"unknown backend {b!r}; choose from {list(BACKENDS)}")
-        if b not in have:
-            raise AsrqError(f"{model_dir}: no {b} programs in this export (it has {have})")
+        get_backend(b)
+        md.check_backend(b)
     if not threads or any(int(t) < 1 for t in threads):
         raise AsrqError(f"--threads must be positive integers (got {list(threads)})")
     chunk_ms = check_chunk_ms(meta, chunk_ms, model_dir)
@@ -331,7 +312,7 @@ def run_bench(
             "dtype": "fp32",
         },
         "settings": {
-            "search": "ctc_greedy" if meta.get("head") == "ctc_attention" else "greedy",
+            "search": streaming_step(md).search,
             "inputs": [u.label for u in utts],
             "num_utterances": len(utts),
             "audio_seconds": round(sum(u.seconds for u in utts), 3),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from asrq.runtime.backends import BACKENDS
 from asrq.utils.io import AsrqError
 
 
@@ -30,7 +31,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option(
     "--backend",
     "backends",
-    type=click.Choice(["onnx", "executorch"]),
+    type=click.Choice(list(BACKENDS)),
     multiple=True,
     help="Backend to measure; repeat for several. [default: every backend in the export]",
 )
@@ -134,14 +135,25 @@ def bench(
         return
     from asrq.bench.report import format_table
     from asrq.bench.runner import run_bench
-    from asrq.runtime.backends import read_metadata
+    from asrq.runtime.model_dir import read_model_dir
 
     try:
-        bench_cfg = read_metadata(model_dir).get("config", {}).get("bench", {})
+        md = read_model_dir(model_dir)  # read once, passed down
+        bench_cfg = md.meta.get("config", {}).get("bench", {})
         report = run_bench(
-            model_dir, backends or None, threads or bench_cfg.get("threads", [1, 2]), chunk_ms, list(audio), cuts,
-            out, max_files or bench_cfg.get("max_files", 10), seconds, isolate=isolate, plot=plot, log_fn=click.echo,
-        )  # fmt: skip
+            md,
+            backends or None,
+            threads or bench_cfg.get("threads", [1, 2]),
+            chunk_ms,
+            list(audio),
+            cuts,
+            out,
+            max_files or bench_cfg.get("max_files", 10),
+            seconds,
+            isolate=isolate,
+            plot=plot,
+            log_fn=click.echo,
+        )
     except AsrqError as e:  # the root group does the same; this keeps ``bench`` alone consistent
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -99,9 +99,18 @@ def export(
     t0 = time.perf_counter()
     try:
         res = export_model(
-            checkpoint, out_dir, onnx=onnx, executorch=executorch, chunk_frames=chunk_frames, left_frames=left_frames,
-            max_seconds=max_seconds, opset=opset, name=name, tol=tol, log_fn=click.echo,
-        )  # fmt: skip
+            checkpoint,
+            out_dir,
+            onnx=onnx,
+            executorch=executorch,
+            chunk_frames=chunk_frames,
+            left_frames=left_frames,
+            max_seconds=max_seconds,
+            opset=opset,
+            name=name,
+            tol=tol,
+            log_fn=click.echo,
+        )
     except AsrqError as e:  # the root group does the same; this keeps ``export`` alone consistent
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -111,8 +120,10 @@ def export(
         sys.exit(1)
     sizes = res.metadata["sizes"]
     total = ", ".join(f"{b} {s['total'] / 1e6:.2f} MB" for b, s in sizes.items())
-    click.echo(f"wrote {res.out_dir} ({total}; parity max abs err {res.parity.max_abs_err():.2e}) "
-               f"in {time.perf_counter() - t0:.0f} s")  # fmt: skip
+    click.echo(
+        f"wrote {res.out_dir} ({total}; parity max abs err {res.parity.max_abs_err():.2e}) "
+        f"in {time.perf_counter() - t0:.0f} s"
+    )
 
 
 if __name__ == "__main__":

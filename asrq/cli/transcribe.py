@@ -8,7 +8,22 @@ from pathlib import Path
 
 import click
 
+from asrq.runtime.backends import BACKENDS
 from asrq.utils.io import AsrqError
+
+
+class _MethodChoice(click.Choice):
+    """``click.Choice`` over every head's transcribe methods, read from the runtime head table
+    on first use (it imports torch; ``asrq --help`` should not)."""
+
+    def __init__(self) -> None:
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> list[str]:  # type: ignore[override]
+        from asrq.runtime.heads import transcribe_methods
+
+        return transcribe_methods()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,7 +31,7 @@ from asrq.utils.io import AsrqError
 @click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--backend",
-    type=click.Choice(["onnx", "executorch"]),
+    type=click.Choice(list(BACKENDS)),
     default="onnx",
     show_default=True,
     help="Runtime: onnxruntime or the ExecuTorch runtime (XNNPACK).",
@@ -29,9 +44,7 @@ from asrq.utils.io import AsrqError
 )
 @click.option(
     "--method",
-    type=click.Choice(
-        ["greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring"]
-    ),
+    type=_MethodChoice(),
     default="greedy",
     show_default=True,
     help="RNN-T: greedy, modified_beam_search. CTC / attention exports: greedy (= ctc_greedy), "

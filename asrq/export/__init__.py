@@ -1,5 +1,10 @@
-"""Export an RNN-T checkpoint to ONNX and ExecuTorch (XNNPACK) programs with parity checks.
+"""Export a checkpoint of any head to ONNX and ExecuTorch (XNNPACK) programs with parity checks.
 
-Entry point: :func:`asrq.export.pipeline.export_model` (``asrq export``). The programs and their
-shape contracts are in :mod:`asrq.export.wrappers`; runtimes in :mod:`asrq.runtime`.
+Entry point: :func:`asrq.export.pipeline.export_model` / :func:`~asrq.export.pipeline.export_loaded`
+(``asrq export``), the one driver. Per head (:data:`asrq.export.heads.EXPORT_HEADS`):
+:mod:`asrq.export.rnnt`, :mod:`asrq.export.ctc_attention`; shared pieces: program specs and the
+encoders' shape contract (:mod:`asrq.export.spec`), parity (:mod:`asrq.export.parity`),
+export-time rewrites (:mod:`asrq.export.rewrites`); per backend
+(:data:`asrq.export.backends.EXPORTERS`): :mod:`asrq.export.onnx_export`,
+:mod:`asrq.export.executorch_export`. Runtimes are in :mod:`asrq.runtime`.
 """

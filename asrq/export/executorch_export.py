@@ -1,10 +1,10 @@
-"""ExecuTorch export of one :class:`~asrq.export.wrappers.ProgramSpec`, as a straight line of
+"""ExecuTorch export of one :class:`~asrq.export.spec.ProgramSpec`, as a straight line of
 stages (ExecuTorch ``examples/xnnpack/aot_compiler.py``; STYLE.md point 9)::
 
     capture (torch.export)  ->  lower (edge dialect + XNNPACK delegate)  ->  serialize (.pte)
 
 fp32 for now (int8 via the XNNPACK quantizer slots in between capture and lower). The module is
-first rewritten by :func:`~asrq.export.wrappers.xnnpack_friendly` (LayerNorm as ops XNNPACK
+first rewritten by :func:`~asrq.export.rewrites.xnnpack_friendly` (LayerNorm as ops XNNPACK
 takes). Small integer metadata travels inside the ``.pte`` as constant methods
 (``vocab_size()``, ``blank_id()``, ...), the way ExecuTorch's LLM exports carry theirs.
 """
@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from asrq.export.wrappers import ProgramSpec, for_target
+from asrq.export.rewrites import xnnpack_friendly
+from asrq.export.spec import ProgramSpec
 from asrq.utils.io import atomic_path
 
 
@@ -37,10 +38,10 @@ class ExecutorchArtifact:
 
 def capture(spec: ProgramSpec) -> torch.export.ExportedProgram:
     """Stage 1: ``torch.export`` of the XNNPACK-friendly module with the spec's dynamic shapes."""
-    spec = for_target(spec, "executorch")
+    module = xnnpack_friendly(spec.module).eval()
     with torch.no_grad():
         return torch.export.export(
-            spec.module, spec.example_inputs, dynamic_shapes=spec.dynamic_shapes, strict=False
+            module, spec.example_inputs, dynamic_shapes=spec.dynamic_shapes, strict=False
         )
 
 

@@ -1,4 +1,4 @@
-"""ONNX export of one :class:`~asrq.export.wrappers.ProgramSpec`.
+"""ONNX export of one :class:`~asrq.export.spec.ProgramSpec`.
 
 ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based exporter; it needs onnxscript)
 keeps the dynamic axes symbolic; the legacy TorchScript exporter baked the time length into a
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from asrq.export.wrappers import ProgramSpec
+from asrq.export.spec import ProgramSpec
 from asrq.utils.io import atomic_path
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from asrq.export.wrappers import ProgramSpec
+from asrq.export.spec import ProgramSpec
 
 DEFAULT_TOL = 1e-4
 Runner = Callable[[str, Sequence[Tensor]], list[Tensor]]
@@ -111,7 +111,7 @@ def compare(
     return err, ok, detail
 
 
-def _eager(spec: ProgramSpec, inputs: Sequence[Tensor]) -> list[Tensor]:
+def eager_outputs(spec: ProgramSpec, inputs: Sequence[Tensor]) -> list[Tensor]:
     with torch.no_grad():
         out = spec.module(*inputs)
     return list(out) if isinstance(out, tuple | list) else [out]
@@ -138,27 +138,6 @@ def encoder_cases(
     return cases
 
 
-def predictor_cases(
-    spec: ProgramSpec, vocab_size: int, seed: int = 0
-) -> list[tuple[str, tuple[Tensor, ...]]]:
-    g = torch.Generator().manual_seed(seed)
-    ctx = spec.example_inputs[0].shape[1]
-    cases = []
-    for n in (1, 5):
-        y = torch.randint(0, vocab_size, (n, ctx), generator=g)
-        y[0, : ctx - 1] = -1  # the start context: padding + blank
-        cases.append((f"N={n}", (y,)))
-    return cases
-
-
-def joiner_cases(spec: ProgramSpec, seed: int = 0) -> list[tuple[str, tuple[Tensor, ...]]]:
-    g = torch.Generator().manual_seed(seed)
-    j = spec.example_inputs[0].shape[1]
-    return [
-        (f"N={n}", (torch.randn(n, j, generator=g), torch.randn(n, j, generator=g))) for n in (1, 5)
-    ]
-
-
 def check_program(
     spec: ProgramSpec,
     run: Runner,
@@ -177,7 +156,7 @@ def check_program(
                 )
             )
             continue
-        err, ok, detail = compare(out, _eager(spec, inputs), tol)
+        err, ok, detail = compare(out, eager_outputs(spec, inputs), tol)
         checks.append(ParityCheck(spec.name, backend, label, err, ok, detail))
     return checks
 
@@ -192,7 +171,8 @@ def check_streaming(
     seed: int = 0,
 ) -> list[ParityCheck]:
     """``num_chunks`` chunks through the exported streaming encoder carrying its states, against
-    eager carrying its own; the last chunk is partly padding (``x_lens`` < window)."""
+    eager carrying its own; the last chunk is partly padding (``x_lens`` < window). The states
+    are the program's last outputs (as many as ``spec.states``)."""
     g = torch.Generator().manual_seed(seed)
     x0 = spec.example_inputs[0]
     w, f = x0.shape[1], x0.shape[2]
@@ -205,7 +185,7 @@ def check_streaming(
         if k == num_chunks - 1:
             lens[-1] = w - 7
         label = f"chunk {k + 1}/{num_chunks} N={batch} lens={lens.tolist()}"
-        expected = _eager(spec, (x, lens, *states_eager))
+        expected = eager_outputs(spec, (x, lens, *states_eager))
         try:
             out = run(spec.name, (x, lens, *states_rt))
         except Exception as e:
@@ -217,35 +197,27 @@ def check_streaming(
             break
         err, ok, detail = compare(out, expected, tol)
         checks.append(ParityCheck(spec.name, backend, label, err, ok, detail))
-        states_eager, states_rt = expected[2:], [torch.as_tensor(t) for t in out[2:]]
+        n_out = len(spec.output_names) - len(spec.states)
+        states_eager, states_rt = expected[n_out:], [torch.as_tensor(t) for t in out[n_out:]]
     return checks
 
 
-def check_parity(
+def check_encoders(
     specs: dict[str, ProgramSpec],
     run: Runner,
     backend: str,
-    vocab_size: int,
     batch_dynamic: bool,
-    tol: float = DEFAULT_TOL,
-    programs: Sequence[str] | None = None,
+    tol: float,
+    programs: Sequence[str],
 ) -> list[ParityCheck]:
-    """All parity checks of one backend. ``specs`` hold the eager modules (the original model,
-    not the export-time rewrites); ``run(name, inputs)`` runs the exported program."""
+    """The checks every head shares: the full-context ``encoder`` at three lengths and the
+    ``encoder_streaming`` over three chunks (batch 2 where the batch is dynamic), if in
+    ``programs``."""
     checks: list[ParityCheck] = []
-    names = programs or list(specs)
-    if "encoder" in names:
-        checks += check_program(
-            specs["encoder"], run, backend, encoder_cases(specs["encoder"], batch_dynamic), tol
-        )
-    if "encoder_streaming" in names:
-        checks += check_streaming(
-            specs["encoder_streaming"], run, backend, 2 if batch_dynamic else 1, tol
-        )
-    if "predictor" in names:
-        checks += check_program(
-            specs["predictor"], run, backend, predictor_cases(specs["predictor"], vocab_size), tol
-        )
-    if "joiner" in names:
-        checks += check_program(specs["joiner"], run, backend, joiner_cases(specs["joiner"]), tol)
+    if "encoder" in programs:
+        cases = encoder_cases(specs["encoder"], batch_dynamic)
+        checks += check_program(specs["encoder"], run, backend, cases, tol)
+    if "encoder_streaming" in programs:
+        batch = 2 if batch_dynamic else 1
+        checks += check_streaming(specs["encoder_streaming"], run, backend, batch, tol)
     return checks

@@ -1,14 +1,17 @@
-"""``asrq export``: a checkpoint -> a deployable model directory.
+"""``asrq export``: a checkpoint -> a deployable model directory, for any head (one driver).
 
 Stages (each returns an artifact a test can check)::
 
-    load_model -> program_specs -> export_onnx / export_executorch (per program)
-               -> parity (each runtime vs eager) -> metadata.json, bpe.model, tokens.txt
+    load_model -> head.program_specs -> the backend's exporter (per program)
+               -> head.check_parity (each runtime vs eager) -> metadata.json, bpe.model, tokens.txt
                -> rename the staging directory into place
 
-Everything is written into a hidden staging directory beside ``out_dir`` and renamed into place
-only once parity has passed, so an interrupted or failed export never leaves a half-written
-model directory. Layout::
+The head (:data:`asrq.export.heads.EXPORT_HEADS`, picked by the model's ``head``) gives the
+programs, specs, its metadata entries and parity cases; the backend tables give the exporter
+(:data:`asrq.export.backends.EXPORTERS`) and the runtime that checks it
+(:data:`asrq.runtime.backends.BACKENDS`). Everything is written into a hidden staging directory
+beside ``out_dir`` and renamed into place only once parity has passed, so an interrupted or failed
+export never leaves a half-written model directory. Layout (RNN-T; see the head modules)::
 
     <out_dir>/encoder.onnx  encoder_streaming.onnx  predictor.onnx  joiner.onnx
               encoder.pte   encoder_streaming.pte   predictor.pte   joiner.pte
@@ -34,23 +37,27 @@ from typing import Any
 from asrq import __version__
 from asrq.config import to_dict
 from asrq.export import parity as P
-from asrq.export.wrappers import DEFAULT_MAX_ENCODER_STEPS, program_specs, streaming_geometry
-from asrq.runtime.backends import BACKENDS, LOG_EPSILON, METADATA, PROGRAMS, program_path
+from asrq.export.backends import FileMetadata, get_exporter
+from asrq.export.heads import ExportHead, export_head
+from asrq.export.spec import DEFAULT_MAX_ENCODER_STEPS, ProgramSpec, streaming_geometry
+from asrq.runtime.backends import BACKENDS, open_programs, program_path
+from asrq.runtime.model_dir import BPE_MODEL, FEATURE, FORMAT, METADATA, SUBSAMPLING, TOKENS
 from asrq.utils.io import AsrqError, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-FORMAT = "asrq-export-v1"
-SUBSAMPLING = 4
-FEATURE = {
-    "type": "fbank",
-    "extractor": "lhotse.Fbank(FbankConfig(num_mel_bins=80))",
-    "num_mel_bins": 80,
-    "sampling_rate": 16000,
-    "frame_shift_ms": 10.0,
-    "frame_length_ms": 25.0,
-    "padding_value": LOG_EPSILON,
-}
+#: Top-level metadata entries every exported file carries (beside the head's ``file_keys``).
+FILE_TOP_KEYS = (
+    "format",
+    "asrq_version",
+    "name",
+    "subnet",
+    "head",
+    "model_type",
+    "checkpoint_step",
+    "feature",
+    "config",
+)
 
 
 @dataclass
@@ -71,73 +78,53 @@ def version_info() -> dict[str, str]:
 
 
 def base_metadata(
-    loaded: Any, chunk_frames: int, left_frames: int, name: str, checkpoint: str | None
+    loaded: Any,
+    chunk_frames: int,
+    left_frames: int,
+    name: str,
+    checkpoint: str | None,
+    max_encoder_steps: int = DEFAULT_MAX_ENCODER_STEPS,
 ) -> dict[str, Any]:
-    """What every exported file carries: the resolved config and the numbers a runtime needs."""
-    model, cfg = loaded.model, loaded.config
+    """What every export's ``metadata.json`` holds before programs, parity and sizes: the
+    resolved config, the head, and the numbers a runtime needs (shared + the head's own)."""
+    model = loaded.model
+    head_name, head = export_head(model)
     g = streaming_geometry(model, chunk_frames, left_frames)
     return {
         "format": FORMAT,
         "asrq_version": __version__,
         "name": name,
         "subnet": getattr(loaded, "subnet", None),
-        "model_type": f"{cfg.model.encoder.type}_rnnt",
+        "head": head_name,
+        "model_type": f"{model.encoder.cfg.type}_{head_name}",
         "checkpoint": checkpoint,
         "checkpoint_step": loaded.meta.get("step"),
         "model": {
             "vocab_size": int(model.vocab_size),
             "blank_id": int(model.blank_id),
-            "context_size": int(model.predictor.context_size),
             "subsampling_factor": SUBSAMPLING,
             "chunk_frames": g.chunk_frames,
             "chunk_ms": g.chunk_frames * 10 * SUBSAMPLING,
             "left_frames": g.left_frames,
             "window_frames": g.window_frames,
             "feature_dim": g.feature_dim,
-            "encoder_dim": g.d_model,
             "num_layers": g.num_layers,
-            "joiner_dim": int(model.joiner.encoder_proj.out_features),
-            "state_shapes": g.state_shapes(1),
             # the streaming encoder's states in input order (batch 1): runtimes read these
             "states": [s.to_json() for s in g.states],
             "num_parameters": sum(p.numel() for p in model.parameters()),
+            **head.model_metadata(model, g, max_encoder_steps),
         },
         "feature": FEATURE,
-        "config": to_dict(cfg),
+        "config": to_dict(loaded.config),
     }
 
 
-def onnx_metadata(meta: dict[str, Any]) -> dict[str, Any]:
-    """The flat key set stored in every ONNX file's metadata_props."""
+def file_metadata(meta: dict[str, Any], head: ExportHead) -> FileMetadata:
+    """What each exported file carries: the flat key set of ONNX ``metadata_props`` and the
+    integer constants of ``.pte`` constant methods."""
     m = meta["model"]
-    return {
-        "format": meta["format"],
-        "asrq_version": meta["asrq_version"],
-        "name": meta["name"],
-        "subnet": meta["subnet"],
-        "model_type": meta["model_type"],
-        "checkpoint_step": meta["checkpoint_step"],
-        "vocab_size": m["vocab_size"],
-        "blank_id": m["blank_id"],
-        "context_size": m["context_size"],
-        "subsampling_factor": m["subsampling_factor"],
-        "chunk_frames": m["chunk_frames"],
-        "left_frames": m["left_frames"],
-        "feature_dim": m["feature_dim"],
-        "joiner_dim": m["joiner_dim"],
-        "state_shapes": m["state_shapes"],
-        "states": m["states"],
-        "feature": meta["feature"],
-        "config": meta["config"],
-    }
-
-
-def constant_methods(meta: dict[str, Any]) -> dict[str, int]:
-    """Integer metadata stored in each ``.pte`` as constant methods (``program.vocab_size()``)."""
-    m = meta["model"]
-    keys = ("vocab_size", "blank_id", "context_size", "subsampling_factor", "chunk_frames", "left_frames",
-            "feature_dim", "joiner_dim")  # fmt: skip
-    return {k: int(m[k]) for k in keys}
+    props = {**{k: meta[k] for k in FILE_TOP_KEYS}, **{k: m[k] for k in head.file_keys}}
+    return FileMetadata(props, {k: int(m[k]) for k in head.constant_keys})
 
 
 def write_tokens(sp: Any, path: Path) -> None:
@@ -145,17 +132,6 @@ def write_tokens(sp: Any, path: Path) -> None:
     atomic_write_text(
         path, "".join(f"{sp.id_to_piece(i)} {i}\n" for i in range(sp.get_piece_size()))
     )
-
-
-def _runner(backend: str, model_dir: Path) -> tuple[Callable, Any]:
-    from asrq.runtime.backends import ExecutorchPrograms, OnnxPrograms
-
-    progs = (
-        OnnxPrograms(model_dir, threads=1)
-        if backend == "onnx"
-        else ExecutorchPrograms(model_dir, threads=1)
-    )
-    return progs.run, progs
 
 
 def _staging_dir(out_dir: Path) -> Path:
@@ -209,10 +185,19 @@ def export_model(
 
     loaded = load_model(checkpoint)
     return export_loaded(
-        loaded, out_dir, checkpoint=str(checkpoint), onnx=onnx, executorch=executorch, chunk_frames=chunk_frames,
-        left_frames=left_frames, max_seconds=max_seconds, opset=opset, name=name or Path(checkpoint).stem, tol=tol,
+        loaded,
+        out_dir,
+        checkpoint=str(checkpoint),
+        onnx=onnx,
+        executorch=executorch,
+        chunk_frames=chunk_frames,
+        left_frames=left_frames,
+        max_seconds=max_seconds,
+        opset=opset,
+        name=name or Path(checkpoint).stem,
+        tol=tol,
         log_fn=log_fn,
-    )  # fmt: skip
+    )
 
 
 def export_loaded(
@@ -228,16 +213,20 @@ def export_loaded(
     opset: int | None = None,
     name: str = "model",
     tol: float = P.DEFAULT_TOL,
-    programs: Sequence[str] = PROGRAMS,
+    programs: Sequence[str] | None = None,
     log_fn: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """:func:`export_model` for an already loaded model (``asrq.train.checkpoint.LoadedModel``:
-    ``.model``, ``.config``, ``.sp``, ``.bpe_model_bytes``, ``.meta``)."""
+    ``.model``, ``.config``, ``.sp``, ``.bpe_model_bytes``, ``.meta``). ``programs``: a subset
+    of the head's programs to write and check (default: all)."""
     say = log_fn or log.info
     cfg = loaded.config
     out_dir = Path(out_dir)
-    targets = [b for b, on in zip(BACKENDS, (cfg.export.onnx if onnx is None else onnx,
-                                             cfg.export.executorch if executorch is None else executorch), strict=True) if on]  # fmt: skip
+    # per backend: the argument, else the checkpoint's ``export.<backend>`` flag
+    given = {"onnx": onnx, "executorch": executorch}
+    targets = [
+        b for b in BACKENDS if (getattr(cfg.export, b, False) if given.get(b) is None else given[b])
+    ]
     if not targets:
         raise AsrqError("nothing to export: both --no-onnx and --no-executorch")
     chunk = cfg.model.streaming.chunk_frames if chunk_frames is None else chunk_frames
@@ -248,49 +237,44 @@ def export_loaded(
     if max_steps < 2:
         raise AsrqError(f"--max-seconds {max_seconds} is too short")
     opset = opset or cfg.export.opset
-    if (
-        getattr(loaded.model, "head", "rnnt") == "ctc_attention"
-    ):  # its own programs (``programs`` unused)
-        from asrq.export.ctc_attention import export_ctc_attention
-
-        return export_ctc_attention(loaded, out_dir, targets=targets, chunk_frames=chunk, left_frames=left, max_steps=max_steps,
-                                    opset=opset, name=name, checkpoint=checkpoint, tol=tol, say=say)  # fmt: skip
     _check_out_dir(out_dir)
     model = loaded.model.eval()
-    meta = base_metadata(loaded, chunk, left, name, checkpoint)
+    _, head = export_head(model)
+    programs = tuple(programs or head.programs)
+    meta = base_metadata(loaded, chunk, left, name, checkpoint, max_steps)
+    files = file_metadata(meta, head)
     meta["programs"] = {}
     report = P.ParityReport(tol)
     staging = _staging_dir(out_dir)
     try:
         for target in targets:
-            specs = program_specs(model, chunk, left, target, max_encoder_steps=max_steps)
-            entries: dict[str, Any] = {}
-            for pname in programs:
-                path = program_path(staging, pname, target)
-                entries[pname] = _export_one(target, specs[pname], path, meta, opset)
-                e = entries[pname]
-                say(
-                    f"{target:<10} {pname:<18} {e['bytes'] / 1e6:8.2f} MB  {e['export_seconds']:7.1f} s"
-                )
-            meta["programs"][target] = entries
-            run, _ = _runner(target, staging)
+            specs = head.program_specs(model, chunk, left, target, max_steps)
+            meta["programs"][target] = {
+                pname: _export_one(target, specs[pname], staging, files, opset, say)
+                for pname in programs
+            }
+            run = open_programs(staging, target, threads=1).run
             t0 = time.perf_counter()
-            report.checks += P.check_parity(
-                specs, run, target, meta["model"]["vocab_size"], target == "onnx", tol, programs
-            )
+            report.checks += head.check_parity(model, specs, run, target, tol, programs)
             say(
-                f"{target:<10} parity: max abs err {report.max_abs_err(target):.2e} ({time.perf_counter() - t0:.1f} s)"
+                f"{target:<10} parity: max abs err {report.max_abs_err(target):.2e} "
+                f"({time.perf_counter() - t0:.1f} s)"
             )
             del run  # release the runtime's sessions before the directory moves
         if not report.ok:
             raise P.ParityError(report)
         meta["parity"] = report.to_dict()
-        meta["sizes"] = {t: {**{p: e["bytes"] for p, e in meta["programs"][t].items()},
-                             "total": sum(e["bytes"] for e in meta["programs"][t].values())} for t in targets}  # fmt: skip
+        meta["sizes"] = {
+            t: {
+                **{p: e["bytes"] for p, e in entries.items()},
+                "total": sum(e["bytes"] for e in entries.values()),
+            }
+            for t, entries in meta["programs"].items()
+        }
         meta["versions"] = version_info()
         meta["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        atomic_write_bytes(staging / "bpe.model", loaded.bpe_model_bytes)
-        write_tokens(loaded.sp, staging / "tokens.txt")
+        atomic_write_bytes(staging / BPE_MODEL, loaded.bpe_model_bytes)
+        write_tokens(loaded.sp, staging / TOKENS)
         atomic_write_json(staging / METADATA, meta)
         _move_into_place(staging, out_dir)
     except BaseException:
@@ -301,28 +285,25 @@ def export_loaded(
 
 
 def _export_one(
-    target: str, spec: Any, path: Path, meta: dict[str, Any], opset: int
+    target: str,
+    spec: ProgramSpec,
+    staging: Path,
+    files: FileMetadata,
+    opset: int,
+    say: Callable[[str], None],
 ) -> dict[str, Any]:
-    entry: dict[str, Any] = {"file": path.name, "inputs": spec.input_names, "outputs": spec.output_names,
-                             "dynamic_axes": {k: {str(a): v for a, v in d.items()} for k, d in spec.dynamic_axes.items()}}  # fmt: skip
-    if target == "onnx":
-        from asrq.export.onnx_export import export_onnx
-
-        art = export_onnx(spec, path, onnx_metadata(meta), opset)
-        entry.update(bytes=art.bytes, export_seconds=round(art.seconds, 2), opset=art.opset)
-    else:
-        from asrq.export.executorch_export import export_executorch
-
-        art = export_executorch(spec, path, constant_methods(meta))
-        entry.update(
-            bytes=art.bytes,
-            export_seconds=round(art.seconds["total"], 2),
-            stage_seconds={k: round(v, 2) for k, v in art.seconds.items()},
-            delegate="xnnpack",
-            dtype="fp32",
-            xnnpack_partitions=art.delegates,
-            portable_ops=art.portable_ops,
-        )
-        if art.max_fbank_frames is not None:
-            entry["max_fbank_frames"] = art.max_fbank_frames
+    """Write one program with the backend's exporter -> its ``metadata.json`` entry."""
+    path = program_path(staging, spec.name, target)
+    entry: dict[str, Any] = {
+        "file": path.name,
+        "inputs": spec.input_names,
+        "outputs": spec.output_names,
+        "dynamic_axes": {
+            k: {str(a): v for a, v in d.items()} for k, d in spec.dynamic_axes.items()
+        },
+    }
+    entry.update(get_exporter(target)(spec, path, files, opset))
+    say(
+        f"{target:<10} {spec.name:<18} {entry['bytes'] / 1e6:8.2f} MB  {entry['export_seconds']:7.1f} s"
+    )
     return entry

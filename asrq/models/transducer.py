@@ -89,6 +89,8 @@ class Transducer(nn.Module):
         ctc_head: add a CTC projection ``D -> V`` trained as an auxiliary loss.
     """
 
+    head = "rnnt"
+
     def __init__(
         self,
         encoder: nn.Module,

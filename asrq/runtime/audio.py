@@ -38,11 +38,42 @@ def _read_with_tool(path: Path, sample_rate: int) -> tuple[np.ndarray, int] | No
     """Decode with ffmpeg or sox to mono float32 at ``sample_rate``; None if neither is usable."""
     cmds = []
     if shutil.which("ffmpeg"):
-        cmds.append(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
-                     "-ar", str(sample_rate), "-"])  # fmt: skip
+        cmds.append(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-i",
+                str(path),
+                "-f",
+                "f32le",
+                "-ac",
+                "1",
+                "-ar",
+                str(sample_rate),
+                "-",
+            ]
+        )
     if shutil.which("sox"):
-        cmds.append(["sox", "-V1", str(path), "-t", "raw", "-e", "floating-point", "-b", "32", "-c", "1",
-                     "-r", str(sample_rate), "-"])  # fmt: skip
+        cmds.append(
+            [
+                "sox",
+                "-V1",
+                str(path),
+                "-t",
+                "raw",
+                "-e",
+                "floating-point",
+                "-b",
+                "32",
+                "-c",
+                "1",
+                "-r",
+                str(sample_rate),
+                "-",
+            ]
+        )
     for cmd in cmds:
         try:
             res = subprocess.run(cmd, capture_output=True, check=True, timeout=600)

@@ -1,69 +1,29 @@
 """Transcribe audio files with an exported model (``asrq transcribe``).
 
-Each file is read and turned into fbank (:mod:`asrq.runtime.audio`), run through the exported
-programs (:mod:`asrq.runtime.backends`) and decoded by the shared search code
-(:mod:`asrq.decode.search` / :mod:`asrq.decode.streaming`), which only sees the
-:class:`~asrq.decode.interface.RnntComponents` interface.
+The model directory is read once (:func:`asrq.runtime.model_dir.read_model_dir`); its head's
+runtime (:data:`asrq.runtime.heads.RUNTIME_HEADS`) loads the programs and decodes each file's
+fbank (:mod:`asrq.runtime.audio`) with the shared search code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
 
-import torch
-
-from asrq.decode.search import greedy_search, modified_beam_search
-from asrq.decode.streaming import stream_decode
 from asrq.runtime.audio import load_features
-from asrq.runtime.backends import ExportedRnnt, load_rnnt, read_metadata
+from asrq.runtime.heads import runtime_head
+from asrq.runtime.model_dir import ModelDir, load_tokenizer, read_model_dir
 from asrq.utils.io import AsrqError
 
-Method = Literal["greedy", "modified_beam_search"]
-METHODS: tuple[str, ...] = ("greedy", "modified_beam_search")
-
-
-def load_tokenizer(model_dir: str | Path):
-    """The export's ``bpe.model`` as a SentencePiece processor."""
-    import sentencepiece as spm
-
-    path = Path(model_dir) / "bpe.model"
-    if not path.is_file():
-        raise AsrqError(f"{path}: BPE model not found in the model directory")
-    sp = spm.SentencePieceProcessor()
-    try:
-        sp.Load(str(path))
-    except Exception as e:  # sentencepiece raises OSError/RuntimeError
-        raise AsrqError(f"{path}: not a SentencePiece model ({e})") from e
-    return sp
-
-
-def decode_features(
-    comp: ExportedRnnt,
-    feats: torch.Tensor,
-    streaming: bool = False,
-    method: Method = "greedy",
-    beam: int = 4,
-) -> list[int]:
-    """Tokens of one utterance's fbank ``(T, F)``: full-context encoder + search, or chunk by
-    chunk through the streaming encoder (:func:`asrq.decode.streaming.stream_decode`)."""
-    if method not in METHODS:
-        raise AsrqError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    if streaming:
-        return stream_decode(comp, feats, method=method, beam=beam)
-    enc, lens = comp.encode(feats[None], torch.tensor([feats.shape[0]], dtype=torch.int64))
-    if method == "greedy":
-        return greedy_search(comp, enc, lens)[0]
-    return modified_beam_search(comp, enc, lens, beam=beam)[0]
+__all__ = ["iter_transcripts", "load_tokenizer", "transcribe"]
 
 
 def iter_transcripts(
-    model_dir: str | Path,
+    model_dir: str | Path | ModelDir,
     paths: Sequence[str | Path],
     backend: str = "onnx",
     streaming: bool = False,
-    method: Method = "greedy",
+    method: str = "greedy",
     threads: int = 1,
     beam: int = 4,
 ) -> Iterator[tuple[str, str]]:
@@ -75,31 +35,21 @@ def iter_transcripts(
             f"{missing[0]}: audio file not found"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
-    meta = read_metadata(model_dir)  # a clear error for a wrong directory before anything else
-    if meta.get("head") == "ctc_attention":  # hybrid CTC / attention: its own programs and searches
-        from asrq.runtime import ctc_attention
-
-        yield from ctc_attention.iter_transcripts(
-            model_dir, paths, backend, streaming, method, threads, beam
-        )
-        return
-    if method not in METHODS:
-        raise AsrqError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    sp = load_tokenizer(model_dir)
-    preload = ("encoder_streaming",) if streaming else ("encoder",)
-    comp = load_rnnt(model_dir, backend, threads, preload=(*preload, "predictor", "joiner"))
+    md = read_model_dir(model_dir)  # a clear error for a wrong directory before anything else
+    head = runtime_head(md)
+    head.check_method(method)
+    sp = md.tokenizer()
+    decode = head.transcriber(md, backend, streaming, method, threads, beam)
     for p in paths:
-        feats = load_features(p)
-        tokens = decode_features(comp, feats, streaming, method, beam)
-        yield str(p), sp.decode([int(t) for t in tokens])
+        yield str(p), sp.decode(decode(load_features(p)))
 
 
 def transcribe(
-    model_dir: str | Path,
+    model_dir: str | Path | ModelDir,
     paths: Sequence[str | Path],
     backend: str = "onnx",
     streaming: bool = False,
-    method: Method = "greedy",
+    method: str = "greedy",
     threads: int = 1,
     beam: int = 4,
 ) -> list[tuple[str, str]]:

@@ -156,7 +156,7 @@ class LatencyTable:
     ) -> None:
         """Fill the entries the resolved ``specs`` of supernet ``cfg`` need (``progress(i, n)``
         after each spec)."""
-        from asrq.bench.report import host_info
+        from asrq.utils.host import host_info
 
         if not self.device:
             self.device = host_info()

@@ -3,7 +3,7 @@
     python recipes/mini/bench_rnnt_loss.py                     # B=8 T=250 S=60 C=500
     python recipes/mini/bench_rnnt_loss.py --reps 5 --threads 1
 
-Writes exp/bench/rnnt_loss_memory.json and prints a table; see asrq/losses/bench.py for how
+Writes exp/bench/rnnt_loss_memory.json and prints a table; see asrq/experiments/rnnt_loss.py for how
 memory is measured.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from asrq.losses.bench import VARIANTS, run
+from asrq.experiments.rnnt_loss import VARIANTS, run
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 RNN-T, Conformer CTC/attention, and the two RNN-Ts with folding attention (fold 2). Trains,
 decodes (full context + streaming), exports (ONNX + .pte) and benchmarks each, then writes
 exp/mini/models.json and exp/mini/models.md. Needs the mini corpus (`make demo`, or its
-synth/prepare/bpe stages). A benchmark, not a test; logic in asrq.bench.compare."""
+synth/prepare/bpe stages). A benchmark, not a test; logic in asrq.experiments.compare."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from asrq.bench.compare import DEFAULT_VARIANTS, compare_models
+from asrq.experiments.compare import DEFAULT_VARIANTS, compare_models
 from asrq.config import load_config
 from asrq.utils.io import AsrqError
 

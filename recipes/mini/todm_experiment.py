@@ -2,7 +2,7 @@
 """Train once, deploy many, measured on the mini corpus: one supernet training vs K individually
 trained models of the sizes the supernet exports (same per-model step budget, same data).
 Writes exp/mini/todm.json and exp/mini/todm.md. Needs the mini corpus (`make demo`, or its
-synth/prepare/bpe stages). A benchmark, not a test; logic in asrq.bench.todm."""
+synth/prepare/bpe stages). A benchmark, not a test; logic in asrq.experiments.todm."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from asrq.bench.todm import DEFAULT_SIZES, deploy_many
+from asrq.experiments.todm import DEFAULT_SIZES, deploy_many
 from asrq.config import load_config
 from asrq.utils.io import AsrqError
 

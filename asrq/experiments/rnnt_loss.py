@@ -240,7 +240,7 @@ def run(
     results = []
     for v in variants:
         proc = subprocess.run(
-            [sys.executable, "-m", "asrq.losses.bench", v, json.dumps(cfg)],
+            [sys.executable, "-m", "asrq.experiments.rnnt_loss", v, json.dumps(cfg)],
             capture_output=True,
             text=True,
             env=env,
@@ -253,7 +253,7 @@ def run(
         "config": cfg,
         "memory_note": (
             "peak_mb: growth of the process resident set (VmHWM) over forward+backward above "
-            "the RSS after inputs were built, fresh process per variant; see asrq/losses/bench.py"
+            "the RSS after inputs were built, fresh process per variant; see asrq/experiments/rnnt_loss.py"
         ),
         "lattice": {
             "full_logits_mb": batch * frames * (symbols + 1) * vocab * 4 / 2**20,
@@ -285,5 +285,7 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # worker entry used by run(): python -m asrq.losses.bench VARIANT CFG
+if (
+    __name__ == "__main__"
+):  # worker entry used by run(): python -m asrq.experiments.rnnt_loss VARIANT CFG
     print(json.dumps(_worker(sys.argv[1], json.loads(sys.argv[2]))))

@@ -17,8 +17,9 @@ from asrq.config import to_dict
 from asrq.export.pipeline import export_model
 from asrq.export.rewrites import DecomposedLayerNorm, xnnpack_friendly
 from asrq.export.rnnt import program_specs
+from asrq.runtime.heads import load_exported
 from asrq.runtime.model_dir import encoder_input_frames
-from asrq.runtime.rnnt import PROGRAMS, load_rnnt
+from asrq.runtime.rnnt import PROGRAMS, ExportedRnnt
 from asrq.testing.models import make_tiny_checkpoint
 from asrq.train.checkpoint import load_model
 
@@ -221,7 +222,8 @@ def test_exported_decoding_matches_eager(exported: Path, backend: str):
 
     torch.manual_seed(0)
     eager = TorchRnnt(load_model(exported.parent / "tiny.pt").model, 4, 16)
-    comp = load_rnnt(exported, backend)
+    comp = load_exported(exported, backend)
+    assert isinstance(comp, ExportedRnnt)
     feats = load_features(REAL / "extra" / "LJ002-0020.wav")[
         :301
     ]  # 301 frames: not of the form 4k + 3
@@ -317,7 +319,7 @@ def test_stateformer_export_parity_and_exported_streaming(tmp_path: Path):
     g = torch.Generator().manual_seed(1)
     chunks = [torch.randn(2, 19, 80, generator=g) for _ in range(3)]
     for backend in ("onnx", "executorch"):
-        comp = load_rnnt(out, backend)
+        comp = load_exported(out, backend)
         s_x, s_e = comp.init_states(2), eager.init_states(2)
         assert [t.shape for t in s_x] == [t.shape for t in s_e]
         for k, x in enumerate(chunks):
@@ -337,7 +339,7 @@ def test_an_export_without_head_in_its_metadata_loads_as_rnnt(exported: Path, tm
     import shutil
 
     from asrq.bench.steps import RnntGreedyStep, streaming_step
-    from asrq.runtime.heads import RUNTIME_HEADS, load_exported, runtime_head
+    from asrq.runtime.heads import RUNTIME_HEADS, runtime_head
     from asrq.runtime.model_dir import read_model_dir
     from asrq.runtime.transcribe import transcribe
 
@@ -350,7 +352,7 @@ def test_an_export_without_head_in_its_metadata_loads_as_rnnt(exported: Path, tm
     assert md.head is None and runtime_head(md) is RUNTIME_HEADS["rnnt"]
     assert isinstance(streaming_step(md), RnntGreedyStep)
     comp = load_exported(old, "onnx")
-    assert type(comp) is type(load_rnnt(exported, "onnx")) and comp.context_size == 2
+    assert type(comp) is ExportedRnnt and comp.context_size == 2
     wav = REAL / "extra" / "LJ002-0020.wav"
     assert transcribe(old, [wav]) == [(str(wav), transcribe(exported, [wav])[0][1])]
 

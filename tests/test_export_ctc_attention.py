@@ -145,11 +145,13 @@ def test_exported_decoding_matches_eager(exported: Path, backend: str):
     """CTC greedy, prefix beam and attention rescoring through the exported programs equal eager
     decoding on a real recording (full context at a length not of the form 4k + 3, and streaming)."""
     from asrq.runtime.audio import load_features
-    from asrq.runtime.ctc_attention import load_ctc_attention
+    from asrq.runtime.ctc_attention import ExportedCtcAttention
+    from asrq.runtime.heads import load_exported
 
     torch.set_num_threads(1)
     eager = TorchCtcAttention(load_model(exported.parent / "tiny.pt").model, CHUNK, LEFT)
-    comp = load_ctc_attention(exported, backend)
+    comp = load_exported(exported, backend)
+    assert isinstance(comp, ExportedCtcAttention)
     feats = load_features(REAL / "extra" / "LJ002-0020.wav")[:301]
     lens = torch.tensor([feats.shape[0]])
     enc_e, lens_e, lp_e = eager.encode(feats[None], lens)

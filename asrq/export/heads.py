@@ -1,20 +1,20 @@
 """The export of each head, one table keyed by the model's ``head``: :data:`EXPORT_HEADS`.
 
 An entry (:class:`ExportHead`) gives its program names, the program specs for a backend, its
-own ``metadata.json`` entries, which of them every file carries, and its parity checks; the
+own ``metadata.json`` entries, which of them every file carries, and the inputs of its
+parity checks; the
 one export driver (:func:`asrq.export.pipeline.export_loaded`) does the rest. A new head is a
 new entry here (and in the runtime and bench tables).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 from torch import nn
 
 from asrq.export.ctc_attention import CtcAttentionExport
-from asrq.export.parity import ParityCheck, Runner
+from asrq.export.parity import Case
 from asrq.export.rnnt import RnntExport
 from asrq.export.spec import ProgramSpec, StreamingGeometry
 from asrq.utils.io import AsrqError
@@ -43,15 +43,11 @@ class ExportHead(Protocol):
         self, model: nn.Module, g: StreamingGeometry, max_encoder_steps: int
     ) -> dict[str, Any]: ...
 
-    def check_parity(
-        self,
-        model: nn.Module,
-        specs: dict[str, ProgramSpec],
-        run: Runner,
-        backend: str,
-        tol: float,
-        programs: Sequence[str],
-    ) -> list[ParityCheck]: ...
+    def parity_cases(
+        self, model: nn.Module, specs: dict[str, ProgramSpec], backend: str
+    ) -> dict[str, list[Case]]:
+        """Inputs of the parity checks of the head's own programs (the encoders' are shared)."""
+        ...
 
 
 EXPORT_HEADS: dict[str, ExportHead] = {

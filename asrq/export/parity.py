@@ -20,6 +20,8 @@ from asrq.export.spec import ProgramSpec
 
 DEFAULT_TOL = 1e-4
 Runner = Callable[[str, Sequence[Tensor]], list[Tensor]]
+#: one parity case: (label, program inputs)
+Case = tuple[str, tuple[Tensor, ...]]
 
 
 @dataclass
@@ -117,9 +119,7 @@ def eager_outputs(spec: ProgramSpec, inputs: Sequence[Tensor]) -> list[Tensor]:
     return list(out) if isinstance(out, tuple | list) else [out]
 
 
-def encoder_cases(
-    spec: ProgramSpec, batch_dynamic: bool, seed: int = 0
-) -> list[tuple[str, tuple[Tensor, ...]]]:
+def encoder_cases(spec: ProgramSpec, batch_dynamic: bool, seed: int = 0) -> list[Case]:
     """Inputs for the full-context encoder: the traced length and two others (``T = 4k + 3``)."""
     g = torch.Generator().manual_seed(seed)
     f = spec.example_inputs[0].shape[-1]
@@ -142,7 +142,7 @@ def check_program(
     spec: ProgramSpec,
     run: Runner,
     backend: str,
-    cases: list[tuple[str, tuple[Tensor, ...]]],
+    cases: list[Case],
     tol: float,
 ) -> list[ParityCheck]:
     checks = []

@@ -3,7 +3,7 @@
 Stages (each returns an artifact a test can check)::
 
     load_model -> head.program_specs -> the backend's exporter (per program)
-               -> head.check_parity (each runtime vs eager) -> metadata.json, bpe.model, tokens.txt
+               -> parity (each runtime vs eager: shared encoder cases + head.parity_cases) -> metadata.json, bpe.model, tokens.txt
                -> rename the staging directory into place
 
 The head (:data:`asrq.export.heads.EXPORT_HEADS`, picked by the model's ``head``) gives the
@@ -164,40 +164,18 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
 
 
 def export_model(
-    checkpoint: str | Path,
-    out_dir: str | Path,
-    *,
-    onnx: bool | None = None,
-    executorch: bool | None = None,
-    chunk_frames: int | None = None,
-    left_frames: int | None = None,
-    max_seconds: float = DEFAULT_MAX_ENCODER_STEPS * 4 / 100,
-    opset: int | None = None,
-    name: str | None = None,
-    tol: float = P.DEFAULT_TOL,
-    log_fn: Callable[[str], None] | None = None,
+    checkpoint: str | Path, out_dir: str | Path, *, name: str | None = None, **options: Any
 ) -> ExportResult:
-    """Export a checkpoint (see the module doc). ``onnx`` / ``executorch`` / ``opset`` default to
-    the checkpoint's ``export`` config, ``chunk_frames`` / ``left_frames`` to its
-    ``model.streaming``. ``max_seconds`` bounds the ExecuTorch full-context encoder's input.
-    Raises :class:`~asrq.export.parity.ParityError` when a program misses ``tol``."""
+    """Export a checkpoint (see the module doc): :func:`export_loaded` on the loaded model, with
+    its keyword ``options`` (``onnx``, ``executorch``, ``chunk_frames``, ``left_frames``,
+    ``max_seconds``, ``opset``, ``tol``, ``programs``, ``log_fn``). ``name`` defaults to the
+    checkpoint's file stem. Raises :class:`~asrq.export.parity.ParityError` when a program
+    misses ``tol``."""
     from asrq.train.checkpoint import load_model
 
     loaded = load_model(checkpoint)
-    return export_loaded(
-        loaded,
-        out_dir,
-        checkpoint=str(checkpoint),
-        onnx=onnx,
-        executorch=executorch,
-        chunk_frames=chunk_frames,
-        left_frames=left_frames,
-        max_seconds=max_seconds,
-        opset=opset,
-        name=name or Path(checkpoint).stem,
-        tol=tol,
-        log_fn=log_fn,
-    )
+    name = name or Path(checkpoint).stem
+    return export_loaded(loaded, out_dir, checkpoint=str(checkpoint), name=name, **options)
 
 
 def export_loaded(
@@ -216,9 +194,14 @@ def export_loaded(
     programs: Sequence[str] | None = None,
     log_fn: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """:func:`export_model` for an already loaded model (``asrq.train.checkpoint.LoadedModel``:
-    ``.model``, ``.config``, ``.sp``, ``.bpe_model_bytes``, ``.meta``). ``programs``: a subset
-    of the head's programs to write and check (default: all)."""
+    """Export an already loaded model (``asrq.train.checkpoint.LoadedModel``: ``.model``,
+    ``.config``, ``.sp``, ``.bpe_model_bytes``, ``.meta``) into ``out_dir``.
+
+    ``onnx`` / ``executorch`` / ``opset`` default to the checkpoint's ``export`` config,
+    ``chunk_frames`` / ``left_frames`` to its ``model.streaming``; ``max_seconds`` bounds the
+    full-context encoder's input on memory-planned backends (ExecuTorch); ``programs``: a subset
+    of the head's programs to write and check (default: all). Raises
+    :class:`~asrq.export.parity.ParityError` when a program misses ``tol``."""
     say = log_fn or log.info
     cfg = loaded.config
     out_dir = Path(out_dir)
@@ -255,7 +238,11 @@ def export_loaded(
             }
             run = open_programs(staging, target, threads=1).run
             t0 = time.perf_counter()
-            report.checks += head.check_parity(model, specs, run, target, tol, programs)
+            batched = BACKENDS[target].batched_encoders
+            report.checks += P.check_encoders(specs, run, target, batched, tol, programs)
+            for pname, cases in head.parity_cases(model, specs, target).items():
+                if pname in programs:
+                    report.checks += P.check_program(specs[pname], run, target, cases, tol)
             say(
                 f"{target:<10} parity: max abs err {report.max_abs_err(target):.2e} "
                 f"({time.perf_counter() - t0:.1f} s)"

@@ -11,7 +11,6 @@ outputs here carry the CTC log-probs); the search code is :mod:`asrq.decode.ctc_
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -80,30 +79,6 @@ class ExportedCtcAttention(ExportedPrograms):
         return self.run_batched("decoder", inputs)
 
 
-def load_ctc_attention(
-    model_dir: str | Path | ModelDir,
-    backend: str,
-    threads: int = 1,
-    preload: Sequence[str] = (),
-) -> ExportedCtcAttention:
-    """An :class:`ExportedCtcAttention` for ``model_dir`` on ``backend``; checks it was exported."""
-    return ExportedCtcAttention.open(model_dir, backend, threads, preload)
-
-
-def decode_features(
-    comp: ExportedCtcAttention,
-    feats: Tensor,
-    streaming: bool = False,
-    method: str = "greedy",
-    beam: int = 4,
-    ctc_weight: float = 0.5,
-) -> list[int]:
-    """Tokens of one utterance's fbank ``(T, F)`` (full context, or chunk by chunk)."""
-    lens = torch.tensor([feats.shape[0]], dtype=torch.int64)
-    search = CtcAttentionRuntime.check_method(method)
-    return CA.decode_batch(comp, feats[None], lens, search, streaming, beam, ctc_weight)[0]  # type: ignore[arg-type]
-
-
 class CtcAttentionRuntime:
     """The CTC / attention entry of :data:`asrq.runtime.heads.RUNTIME_HEADS`."""
 
@@ -133,7 +108,10 @@ class CtcAttentionRuntime:
         comp = ExportedCtcAttention.open(md, backend, threads, preload=preload)
 
         def transcribe(feats: Tensor) -> list[int]:
-            tokens = decode_features(comp, feats, streaming, search, beam, ctc_weight)
+            lens = torch.tensor([feats.shape[0]], dtype=torch.int64)
+            tokens = CA.decode_batch(comp, feats[None], lens, search, streaming, beam, ctc_weight)[
+                0
+            ]  # type: ignore[arg-type]
             return [int(t) for t in tokens if int(t) != comp.sos_id]
 
         return transcribe

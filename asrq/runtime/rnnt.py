@@ -11,7 +11,6 @@ full context or streaming).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -64,31 +63,6 @@ class ExportedRnnt(ExportedPrograms):
         return self.run_batched("joiner", [enc.float(), pred.float()])
 
 
-def load_rnnt(
-    model_dir: str | Path | ModelDir, backend: str, threads: int = 1, preload: Sequence[str] = ()
-) -> ExportedRnnt:
-    """An :class:`ExportedRnnt` for ``model_dir`` on ``backend``; checks the backend was exported."""
-    return ExportedRnnt.open(model_dir, backend, threads, preload)
-
-
-def decode_features(
-    comp: ExportedRnnt,
-    feats: Tensor,
-    streaming: bool = False,
-    method: str = "greedy",
-    beam: int = 4,
-) -> list[int]:
-    """Tokens of one utterance's fbank ``(T, F)``: full-context encoder + search, or chunk by
-    chunk through the streaming encoder (:func:`asrq.decode.streaming.stream_decode`)."""
-    method = RnntRuntime.check_method(method)
-    if streaming:
-        return stream_decode(comp, feats, method=method, beam=beam)  # type: ignore[arg-type]
-    enc, lens = comp.encode(feats[None], torch.tensor([feats.shape[0]], dtype=torch.int64))
-    if method == "greedy":
-        return greedy_search(comp, enc, lens)[0]
-    return modified_beam_search(comp, enc, lens, beam=beam)[0]
-
-
 class RnntRuntime:
     """The RNN-T entry of :data:`asrq.runtime.heads.RUNTIME_HEADS`."""
 
@@ -105,8 +79,19 @@ class RnntRuntime:
     def transcriber(
         self, md: ModelDir, backend: str, streaming: bool, method: str, threads: int, beam: int
     ) -> Callable[[Tensor], list[int]]:
-        """Load the programs one ``asrq transcribe`` needs -> fbank ``(T, F)`` -> token ids."""
+        """Load the programs one ``asrq transcribe`` needs -> fbank ``(T, F)`` -> token ids: the
+        full-context encoder + search, or chunk by chunk through the streaming encoder
+        (:func:`asrq.decode.streaming.stream_decode`)."""
         method = self.check_method(method)
         preload = ("encoder_streaming",) if streaming else ("encoder",)
         comp = ExportedRnnt.open(md, backend, threads, preload=(*preload, "predictor", "joiner"))
-        return lambda feats: [int(t) for t in decode_features(comp, feats, streaming, method, beam)]
+
+        def transcribe(feats: Tensor) -> list[int]:
+            if streaming:
+                return stream_decode(comp, feats, method=method, beam=beam)  # type: ignore[arg-type]
+            enc, lens = comp.encode(feats[None], torch.tensor([feats.shape[0]]))
+            if method == "greedy":
+                return greedy_search(comp, enc, lens)[0]
+            return modified_beam_search(comp, enc, lens, beam=beam)[0]
+
+        return lambda feats: [int(t) for t in transcribe(feats)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from asrq.runtime.audio import load_features
 from asrq.runtime.heads import runtime_head
@@ -45,13 +46,8 @@ def iter_transcripts(
 
 
 def transcribe(
-    model_dir: str | Path | ModelDir,
-    paths: Sequence[str | Path],
-    backend: str = "onnx",
-    streaming: bool = False,
-    method: str = "greedy",
-    threads: int = 1,
-    beam: int = 4,
+    model_dir: str | Path | ModelDir, paths: Sequence[str | Path], *args: Any, **kwargs: Any
 ) -> list[tuple[str, str]]:
-    """Transcribe audio files with the exported model in ``model_dir`` -> ``[(path, text)]``."""
-    return list(iter_transcripts(model_dir, paths, backend, streaming, method, threads, beam))
+    """Transcribe audio files with the exported model in ``model_dir`` -> ``[(path, text)]``;
+    the other arguments are :func:`iter_transcripts`'s."""
+    return list(iter_transcripts(model_dir, paths, *args, **kwargs))

@@ -143,7 +143,8 @@ def test_metadata_travels_in_the_files(exported: Path):
 @pytest.mark.parametrize("backend", ["onnx", "executorch"])
 def test_exported_decoding_matches_eager(exported: Path, backend: str):
     """CTC greedy, prefix beam and attention rescoring through the exported programs equal eager
-    decoding on a real recording (full context at a length not of the form 4k + 3, and streaming)."""
+    decoding on a real recording (full context at a length not of the form 4k + 3, and
+    streaming)."""
     from asrq.runtime.audio import load_features
     from asrq.runtime.ctc_attention import ExportedCtcAttention
     from asrq.runtime.heads import load_exported

@@ -79,13 +79,17 @@ def metric_records(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 def format_table(report: dict[str, Any]) -> str:
     """A plain-text table of the runs."""
-    head = f"{'backend':<11}{'thr':>4}{'RTF':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'enc p50':>9}{'load ms':>9}{'peak RSS MB':>13}{'files MB':>10}"
+    head = (
+        f"{'backend':<11}{'thr':>4}{'RTF':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+        f"{'enc p50':>9}{'load ms':>9}{'peak RSS MB':>13}{'files MB':>10}"
+    )
     lines = [head, "-" * len(head)]
     for r in report["runs"]:
         c, e = r["chunk_latency_ms"], r["encoder_latency_ms"]
         lines.append(
             f"{r['backend']:<11}{r['threads']:>4}{r['rtf']:>9.4f}{c['p50']:>9.2f}{c['p90']:>9.2f}{c['p99']:>9.2f}"
-            f"{e['p50']:>9.2f}{r['load_ms']:>9.1f}{r['peak_rss_bytes'] / 2**20:>13.1f}{r['total_file_bytes'] / 1e6:>10.2f}"
+            f"{e['p50']:>9.2f}{r['load_ms']:>9.1f}{r['peak_rss_bytes'] / 2**20:>13.1f}"
+            f"{r['total_file_bytes'] / 1e6:>10.2f}"
         )
     m, s = report["model"], report["settings"]
     lines.append(

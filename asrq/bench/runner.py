@@ -135,7 +135,8 @@ def check_chunk_ms(meta: dict[str, Any], chunk_ms: int | None, model_dir: str | 
     have = c * 40
     if chunk_ms is not None and int(chunk_ms) != have:
         raise AsrqError(
-            f"{model_dir}: --chunk-ms {chunk_ms} does not match the export: its streaming encoder takes chunks of "
+            f"{model_dir}: --chunk-ms {chunk_ms} does not match the export: its streaming "
+            "encoder takes chunks of "
             f"{c} encoder frames = {have} ms; pass --chunk-ms {have} or re-export with "
             f"`asrq export ... --chunk-frames {max(1, int(chunk_ms) // 40)}`"
         )
@@ -290,7 +291,8 @@ def run_bench(
                 runs.append(r)
                 if log_fn:
                     log_fn(
-                        f"{b:<10} threads={t}: RTF {r['rtf']:.4f}, chunk p90 {r['chunk_latency_ms']['p90']:.2f} ms"
+                        f"{b:<10} threads={t}: RTF {r['rtf']:.4f}, "
+                        f"chunk p90 {r['chunk_latency_ms']['p90']:.2f} ms"
                     )
     m = meta["model"]
     device = host_info()

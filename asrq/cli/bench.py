@@ -45,7 +45,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--chunk-ms",
     type=click.IntRange(min=1),
     default=None,
-    help="Chunk size in ms; must equal the exported chunk (chunk_frames x 40 ms). [default: the export's]",
+    help="Chunk size in ms; must equal the exported chunk (chunk_frames x 40 ms). "
+    "[default: the export's]",
 )
 @click.option(
     "--audio",
@@ -76,7 +77,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="JSON report path (a PNG chart goes beside it when several runs). [default: MODEL_DIR/bench.json]",
+    help="JSON report path (a PNG chart goes beside it when several runs). "
+    "[default: MODEL_DIR/bench.json]",
 )
 @click.option(
     "--plot/--no-plot", default=True, show_default=True, help="Write the PNG chart (several runs)."
@@ -90,9 +92,10 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option(
     "--layer-table",
     is_flag=True,
-    help="MODEL_DIR is a supernet checkpoint (model.pt): time the parts (subsampling, one encoder layer, "
-    "joiner + predictor) of every subnet of its search space on this machine and write the per-device "
-    "latency table that `asrq search --latency-table` predicts from. [--out default: beside the checkpoint]",
+    help="MODEL_DIR is a supernet checkpoint (model.pt): time the parts (subsampling, one "
+    "encoder layer, joiner + predictor) of every subnet of its search space on this machine and "
+    "write the per-device latency table that `asrq search --latency-table` predicts from. "
+    "[--out default: beside the checkpoint]",
 )
 @click.option(
     "--repeats",
@@ -127,7 +130,8 @@ def bench(
     \b
       asrq bench exp/mini/export --threads 1,2
       asrq bench exp/mini/export --backend executorch --threads 1,2,4 --chunk-ms 320 --audio a.wav
-      asrq bench exp/mini/export --cuts data/mini/fbank/librispeech_cuts_test-clean.jsonl.gz --max-files 20
+      asrq bench exp/mini/export --max-files 20 \\
+          --cuts data/mini/fbank/librispeech_cuts_test-clean.jsonl.gz
       asrq bench exp/mini_supernet/model.pt --layer-table --threads 1 --out tables/host-1t.json
     """
     if layer_table:
@@ -173,7 +177,8 @@ def _layer_table(checkpoint: Path, out: Path | None, threads: int, repeats: int)
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     click.echo(
-        f"{len(table.entries)} entries ({threads} thread(s), chunk {table.chunk_frames} frames) -> {out}"
+        f"{len(table.entries)} entries ({threads} thread(s), chunk {table.chunk_frames} frames)"
+        f" -> {out}"
     )
 
 

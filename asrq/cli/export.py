@@ -29,13 +29,15 @@ from asrq.utils.io import AsrqError
 @click.option(
     "--executorch/--no-executorch",
     default=None,
-    help="Write ExecuTorch .pte programs (XNNPACK, fp32). [default: the checkpoint's export.executorch]",
+    help="Write ExecuTorch .pte programs (XNNPACK, fp32). "
+    "[default: the checkpoint's export.executorch]",
 )
 @click.option(
     "--chunk-frames",
     type=click.IntRange(min=1),
     default=None,
-    help="Streaming chunk C in encoder frames (40 ms each). [default: model.streaming.chunk_frames]",
+    help="Streaming chunk C in encoder frames (40 ms each). "
+    "[default: model.streaming.chunk_frames]",
 )
 @click.option(
     "--left-frames",

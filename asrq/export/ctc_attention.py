@@ -1,19 +1,13 @@
 """The hybrid CTC / attention head's export: three programs, its metadata and its parity
 cases. :class:`CtcAttentionExport` is this head's entry in :data:`asrq.export.heads.EXPORT_HEADS`.
 
-===================== ============================================================ ==============================
-program               inputs                                                       outputs
-===================== ============================================================ ==============================
-``encoder``           x (N, T, F) f32, x_lens (N,) i64                             encoder_out (N, T', D),
-                                                                                   encoder_out_lens (N,) i64,
-                                                                                   ctc_log_probs (N, T', V)
-``encoder_streaming`` x (N, 4C+3, F), x_lens (N,), then the encoder's streaming    encoder_out (N, C, D),
-                      states in the order of ``encoder.state_specs``               encoder_out_lens (N,),
-                                                                                   ctc_log_probs (N, C, V),
-                                                                                   new_<state> for each state
-``decoder``           encoder_out (N, T', D), encoder_out_lens (N,) i64,           log_probs (N, U, V)
-                      hyps (N, U) i64 (``<sos>`` + tokens), hyps_lens (N,) i64
-===================== ============================================================ ==============================
+- ``encoder``: x (N, T, F) f32, x_lens (N,) i64 -> encoder_out (N, T', D),
+  encoder_out_lens (N,) i64, ctc_log_probs (N, T', V);
+- ``encoder_streaming``: x (N, 4C+3, F), x_lens (N,), then the encoder's streaming states in
+  the order of ``encoder.state_specs`` -> encoder_out (N, C, D), encoder_out_lens (N,),
+  ctc_log_probs (N, C, V), ``new_<state>`` for each state;
+- ``decoder``: encoder_out (N, T', D), encoder_out_lens (N,) i64, hyps (N, U) i64 (``<sos>`` +
+  tokens), hyps_lens (N,) i64 -> log_probs (N, U, V).
 
 The encoders follow every head's contract (:mod:`asrq.export.spec`). On a memory-planned backend
 (ExecuTorch) the decoder is planned for at most :data:`MAX_DECODER_HYPS` hypotheses of
@@ -92,7 +86,7 @@ def program_specs(
     target: Target,
     max_encoder_steps: int = DEFAULT_MAX_ENCODER_STEPS,
 ) -> dict[str, ProgramSpec]:
-    """The three :class:`ProgramSpec` s of an eval-mode :class:`CtcAttentionModel` for ``target``."""
+    """The three :class:`ProgramSpec` s of an eval-mode CTC / attention model for ``target``."""
     gen = torch.Generator().manual_seed(0)
     k_ex = 12
     enc, stream = encoder_specs(
@@ -200,7 +194,7 @@ class CtcAttentionExport:
     def parity_cases(
         self, model: nn.Module, specs: dict[str, ProgramSpec], backend: str
     ) -> dict[str, list[P.Case]]:
-        """Inputs for this head's own programs (the encoders' are shared: :mod:`asrq.export.parity`)."""
+        """Inputs for this head's own programs (the encoders' cases are shared)."""
         batch_max = MAX_DECODER_HYPS if get_backend(backend).bounded_shapes else MAX_BATCH
         return {
             "decoder": decoder_cases(specs["decoder"], model.vocab_size, model.sos_id, batch_max)

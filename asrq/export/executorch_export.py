@@ -56,7 +56,8 @@ def lower(ep: torch.export.ExportedProgram, constant_methods: dict[str, Any] | N
 
 
 def serialize(edge: Any) -> Any:
-    """Stage 3: ``to_executorch`` (memory planning) -> ``ExecutorchProgramManager`` (``.buffer``)."""
+    """Stage 3: ``to_executorch`` (memory planning) -> ``ExecutorchProgramManager``
+    (``.buffer``)."""
     return edge.to_executorch()
 
 

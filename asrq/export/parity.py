@@ -73,7 +73,8 @@ class ParityReport:
         lines = [f"{'backend':<11} {'program':<18} {'case':<34} {'max_abs_err':>11}  ok"]
         for c in self.checks:
             lines.append(
-                f"{c.backend:<11} {c.program:<18} {c.case:<34} {c.max_abs_err:>11.3e}  {'yes' if c.ok else 'NO'}"
+                f"{c.backend:<11} {c.program:<18} {c.case:<34} {c.max_abs_err:>11.3e}  "
+                + ("yes" if c.ok else "NO")
             )
         return "\n".join(lines)
 
@@ -84,7 +85,8 @@ class ParityError(RuntimeError):
     def __init__(self, report: ParityReport) -> None:
         bad = report.failures()
         msg = "; ".join(
-            f"{c.backend}/{c.program} [{c.case}] max abs err {c.max_abs_err:.3e}{' ' + c.detail if c.detail else ''}"
+            f"{c.backend}/{c.program} [{c.case}] max abs err {c.max_abs_err:.3e}"
+            + (f" {c.detail}" if c.detail else "")
             for c in bad[:6]
         )
         super().__init__(f"export parity failed (tol {report.tol:g}): {msg}")
@@ -94,7 +96,8 @@ class ParityError(RuntimeError):
 def compare(
     outputs: Sequence[Tensor], expected: Sequence[Tensor], tol: float
 ) -> tuple[float, bool, str]:
-    """Max abs error over float outputs (integer outputs must match exactly) -> (err, ok, detail)."""
+    """Max abs error over float outputs (integer outputs must match exactly) ->
+    (err, ok, detail)."""
     if len(outputs) != len(expected):
         return float("inf"), False, f"{len(outputs)} outputs, expected {len(expected)}"
     err, ok, detail = 0.0, True, ""

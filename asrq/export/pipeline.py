@@ -3,7 +3,8 @@
 Stages (each returns an artifact a test can check)::
 
     load_model -> head.program_specs -> the backend's exporter (per program)
-               -> parity (each runtime vs eager: shared encoder cases + head.parity_cases) -> metadata.json, bpe.model, tokens.txt
+               -> parity (each runtime vs eager: shared encoder cases + head.parity_cases)
+               -> metadata.json, bpe.model, tokens.txt
                -> rename the staging directory into place
 
 The head (:data:`asrq.export.heads.EXPORT_HEADS`, picked by the model's ``head``) gives the
@@ -291,6 +292,7 @@ def _export_one(
     }
     entry.update(get_exporter(target)(spec, path, files, opset))
     say(
-        f"{target:<10} {spec.name:<18} {entry['bytes'] / 1e6:8.2f} MB  {entry['export_seconds']:7.1f} s"
+        f"{target:<10} {spec.name:<18} {entry['bytes'] / 1e6:8.2f} MB  "
+        f"{entry['export_seconds']:7.1f} s"
     )
     return entry

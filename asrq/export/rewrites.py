@@ -44,7 +44,8 @@ class DecomposedLayerNorm(nn.Module):
 
 
 def xnnpack_friendly(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` with every ``nn.LayerNorm`` replaced by :class:`DecomposedLayerNorm`."""
+    """A deep copy of ``module`` with every ``nn.LayerNorm`` replaced by
+    :class:`DecomposedLayerNorm`."""
     module = copy.deepcopy(module)
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):

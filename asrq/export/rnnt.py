@@ -3,16 +3,12 @@ point 8; icefall's ``OnnxEncoder/OnnxDecoder/OnnxJoiner``, ExecuTorch's ``emform
 example), its metadata and its parity cases. :class:`RnntExport` is this head's entry in
 :data:`asrq.export.heads.EXPORT_HEADS`.
 
-===================== ============================================================ ===========================
-program               inputs                                                       outputs
-===================== ============================================================ ===========================
-``encoder``           x (N, T, F) f32, x_lens (N,) i64                             encoder_out (N, T', J),
-                                                                                   encoder_out_lens (N,) i64
-``encoder_streaming`` x (N, 4C+3, F), x_lens (N,), the encoder's states             encoder_out (N, C, J),
-                      (conformer: attn_cache, conv_cache, processed)               out_lens (N,), new_<state>...
-``predictor``         y (N, context_size) i64 (-1 = padding)                       predictor_out (N, J)
-``joiner``            encoder_out (N, J), predictor_out (N, J)                     logits (N, V)
-===================== ============================================================ ===========================
+- ``encoder``: x (N, T, F) f32, x_lens (N,) i64 -> encoder_out (N, T', J),
+  encoder_out_lens (N,) i64;
+- ``encoder_streaming``: x (N, 4C+3, F), x_lens (N,), the encoder's states (conformer:
+  attn_cache, conv_cache, processed) -> encoder_out (N, C, J), out_lens (N,), ``new_<state>``...;
+- ``predictor``: y (N, context_size) i64 (-1 = padding) -> predictor_out (N, J);
+- ``joiner``: encoder_out (N, J), predictor_out (N, J) -> logits (N, V).
 
 Encoder and predictor outputs are already projected to the joiner width ``J`` (``encoder_proj`` /
 ``decoder_proj``), so the joiner program is only ``output_linear(tanh(enc + pred))``. The
@@ -68,7 +64,8 @@ class StreamingEncoderProgram(nn.Module):
 
 
 class PredictorProgram(nn.Module):
-    """Stateless predictor on the last ``context_size`` tokens + ``decoder_proj``: (N, ctx) -> (N, J)."""
+    """Stateless predictor on the last ``context_size`` tokens + ``decoder_proj``:
+    (N, ctx) -> (N, J)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -208,7 +205,7 @@ class RnntExport:
     def parity_cases(
         self, model: nn.Module, specs: dict[str, ProgramSpec], backend: str
     ) -> dict[str, list[P.Case]]:
-        """Inputs for this head's own programs (the encoders' are shared: :mod:`asrq.export.parity`)."""
+        """Inputs for this head's own programs (the encoders' cases are shared)."""
         return {
             "predictor": predictor_cases(specs["predictor"], model.vocab_size),
             "joiner": joiner_cases(specs["joiner"]),

@@ -84,7 +84,8 @@ def _import_onnxruntime() -> Any:
 
 
 class OnnxPrograms:
-    """onnxruntime sessions over ``<dir>/<name>.onnx``, created on first use (or by :meth:`load`)."""
+    """onnxruntime sessions over ``<dir>/<name>.onnx``, created on first use (or by
+    :meth:`load`)."""
 
     backend = "onnx"
 

@@ -49,7 +49,8 @@ class ExportedCtcAttention(ExportedPrograms):
     def encode_chunk(
         self, x: Tensor, x_lens: Tensor, states: list[Tensor]
     ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
-        """x (N, 4C + 3, F), x_lens (N,) -> (N, C, D), valid frames (N,), CTC log-probs (N, C, V), states."""
+        """x (N, 4C + 3, F), x_lens (N,) -> (N, C, D), valid frames (N,), CTC log-probs
+        (N, C, V), new states."""
         (enc, lens, lp), new = self.encode_chunk_outputs(x, x_lens, states)
         return enc, lens, lp, new
 

@@ -138,7 +138,8 @@ class ExportedPrograms:
         return outs
 
     def init_states(self, batch_size: int) -> list[Tensor]:
-        """Zeros of the encoder's streaming states (:attr:`states`, from the metadata) for ``batch_size``."""
+        """Zeros of the encoder's streaming states (:attr:`states`, from the metadata) for
+        ``batch_size``."""
         out = []
         for s in self.states:
             shape = list(s.shape)

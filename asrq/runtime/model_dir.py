@@ -79,7 +79,8 @@ class StreamingState(NamedTuple):
 def streaming_states(meta: dict[str, Any]) -> list[StreamingState]:
     """The streaming encoder's states, in input order, from ``meta["model"]["states"]`` (written
     by :meth:`asrq.models.states.StateSpec.to_json`). Exports made before the metadata named its
-    states are Conformers: ``attn_cache``, ``conv_cache`` (batch axis 1) and ``processed`` (int64)."""
+    states are Conformers: ``attn_cache``, ``conv_cache`` (batch axis 1) and ``processed``
+    (int64)."""
     import torch
 
     dtypes = {"float32": torch.float32, "int64": torch.int64}

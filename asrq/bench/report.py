@@ -41,6 +41,11 @@ def _get(run: dict[str, Any], path: tuple[str, ...]) -> Any:
     return v
 
 
+def _bench_name(backend: str) -> str:
+    b = BACKENDS.get(backend)
+    return b.bench_name if b is not None and b.bench_name else backend
+
+
 def metric_records(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One ExecuTorch-benchmark-style record per (run, metric)."""
     dev, model = report["device"], report["model"]
@@ -60,9 +65,7 @@ def metric_records(report: dict[str, Any]) -> list[dict[str, Any]]:
                 {
                     "benchmarkModel": {
                         "name": name,
-                        "backend": f"{run['backend']}-xnnpack"
-                        if run["backend"] == "executorch"
-                        else run["backend"],
+                        "backend": _bench_name(run["backend"]),
                         "quantization": model.get("dtype", "fp32"),
                     },
                     "metric": metric,

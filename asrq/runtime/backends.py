@@ -64,6 +64,8 @@ class Backend:
     batched_encoders: bool
     #: memory-planned programs: every dynamic axis needs an upper bound
     bounded_shapes: bool
+    #: the backend's name in benchmark records (ExecuTorch's ``benchmarkModel.backend``)
+    bench_name: str = ""
 
     def program_path(self, model_dir: str | Path, name: str) -> Path:
         return Path(model_dir) / f"{name}{self.suffix}"
@@ -233,6 +235,7 @@ BACKENDS: dict[str, Backend] = {
         # batch lets XNNPACK take the reshapes
         batched_encoders=False,
         bounded_shapes=True,
+        bench_name="executorch-xnnpack",
     ),
 }
 

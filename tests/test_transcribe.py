@@ -165,3 +165,38 @@ def test_transcribe_missing_file_exits_nonzero_naming_it(exported: Path, tmp_pat
     assert proc.returncode == 2
     assert f"error: {missing}: audio file not found" in proc.stderr
     assert proc.stdout == ""  # checked before decoding anything
+
+
+@pytest.mark.slow
+def test_transcribe_and_bench_read_the_metadata_once(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """``metadata.json`` is read once per transcription / in-process benchmark and passed down."""
+    from asrq.bench.runner import run_bench
+    from asrq.runtime import model_dir
+    from asrq.runtime.transcribe import transcribe
+
+    reads: list[Path] = []
+    real = model_dir.read_metadata
+
+    def counting(path):
+        reads.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(model_dir, "read_metadata", counting)
+    wav = REAL / "extra" / "LJ002-0020.wav"
+    for method in ("greedy", "modified_beam_search"):
+        reads.clear()
+        assert transcribe(exported, [wav], "onnx", True, method)[0][1]
+        assert reads == [exported]
+    reads.clear()
+    run_bench(
+        exported,
+        ["onnx"],
+        [1],
+        synthetic_seconds=1.0,
+        out=tmp_path / "b.json",
+        isolate=False,
+        plot=False,
+    )
+    assert reads == [exported]

@@ -168,8 +168,9 @@ def _percentiles(values_s: list[float]) -> dict[str, float]:
     }
 
 
-def run_once(settings: RunSettings) -> dict[str, Any]:
-    """Measure one (backend, threads) run in this process; returns the run's metrics."""
+def run_once(settings: RunSettings, md: ModelDir | None = None) -> dict[str, Any]:
+    """Measure one (backend, threads) run in this process; returns the run's metrics. ``md``:
+    the model directory already read (else ``settings.model_dir`` is read)."""
     from asrq.decode.streaming import iter_windows
 
     torch.set_num_threads(1)  # torch only moves small tensors here; keep it off the runtime's cores
@@ -177,7 +178,7 @@ def run_once(settings: RunSettings) -> dict[str, Any]:
     t0 = time.perf_counter()
     get_backend(settings.backend).import_library()
     import_s = time.perf_counter() - t0
-    md = read_model_dir(settings.model_dir)
+    md = md or read_model_dir(settings.model_dir)
     step = streaming_step(md)
     baseline_rss = _current_rss_bytes()
     t0 = time.perf_counter()
@@ -287,7 +288,7 @@ def run_bench(
         for b in backends:
             for t in threads:
                 s = RunSettings(str(model_dir), b, int(t), str(feats_path), warmup_chunks)
-                r = run_isolated(s) if isolate else run_once(s)
+                r = run_isolated(s) if isolate else run_once(s, md)
                 runs.append(r)
                 if log_fn:
                     log_fn(

@@ -253,7 +253,8 @@ def run(
         "config": cfg,
         "memory_note": (
             "peak_mb: growth of the process resident set (VmHWM) over forward+backward above "
-            "the RSS after inputs were built, fresh process per variant; see asrq/experiments/rnnt_loss.py"
+            "the RSS after inputs were built, fresh process per variant; "
+            "see asrq/experiments/rnnt_loss.py"
         ),
         "lattice": {
             "full_logits_mb": batch * frames * (symbols + 1) * vocab * 4 / 2**20,

@@ -37,7 +37,8 @@ class Size:
     spec: SubnetSpec
 
 
-#: Four sizes of the mini supernet (recipes/mini/supernet.yaml): the largest, two middle ones, the smallest.
+#: Four sizes of the mini supernet (recipes/mini/supernet.yaml): the largest, two middle ones,
+#: the smallest.
 DEFAULT_SIZES: tuple[Size, ...] = (
     Size(
         "L8-d144",
@@ -100,18 +101,21 @@ def _decode(model_path: Path, cfg: ExperimentConfig) -> dict[str, float]:
 
 def markdown_table(result: dict[str, Any]) -> str:
     lines = [
-        "| size | params | WER supernet slice % | WER individual % | rel. diff % | streaming: slice / individual % |",
+        "| size | params | WER supernet slice % | WER individual % | rel. diff % "
+        "| streaming: slice / individual % |",
         "|---|---|---|---|---|---|",
     ]
     for s in result["sizes"]:
         lines.append(
-            f"| {s['name']} | {s['params']:,} | {s['wer_supernet']:.2f} | {s['wer_individual']:.2f} | "
-            f"{s['rel_diff_pct']:+.1f} | {s['wer_supernet_streaming']:.2f} / {s['wer_individual_streaming']:.2f} |"
+            f"| {s['name']} | {s['params']:,} | {s['wer_supernet']:.2f} "
+            f"| {s['wer_individual']:.2f} | {s['rel_diff_pct']:+.1f} "
+            f"| {s['wer_supernet_streaming']:.2f} / {s['wer_individual_streaming']:.2f} |"
         )
     lines.append("")
     lines.append(
-        f"Training: supernet {result['supernet_train_minutes']:.1f} min ({result['steps']} steps, sandwich of "
-        f"{result['subnets_per_step']} subnets per step) vs {result['individual_train_minutes_total']:.1f} min for the "
+        f"Training: supernet {result['supernet_train_minutes']:.1f} min ({result['steps']} "
+        f"steps, sandwich of {result['subnets_per_step']} subnets per step) vs "
+        f"{result['individual_train_minutes_total']:.1f} min for the "
         f"{len(result['sizes'])} individual runs ({result['steps']} steps each)."
     )
     return "\n".join(lines) + "\n"
@@ -163,8 +167,8 @@ def deploy_many(
         else "the search space"
     )
     echo(
-        f"=== supernet: {steps} steps, largest + smallest + {base.supernet.num_random} random subnets "
-        f"(from {pool}) per step"
+        f"=== supernet: {steps} steps, largest + smallest + {base.supernet.num_random} random "
+        f"subnets (from {pool}) per step"
     )
     sup_summary = _train_once(sup_cfg, train_supernet)
     sup_model = root / "supernet" / "model.pt"
@@ -174,7 +178,8 @@ def deploy_many(
         sliced = slice_checkpoint(sup_model, size.spec, root / "slices" / size.name)
         wer_s = _decode(sliced.path, sliced.config)
         echo(
-            f"--- {size.name}: slice {sliced.params:,} params, test WER {wer_s['wer']:.2f}% (streaming {wer_s['wer_streaming']:.2f}%)"
+            f"--- {size.name}: slice {sliced.params:,} params, test WER {wer_s['wer']:.2f}% "
+            f"(streaming {wer_s['wer_streaming']:.2f}%)"
         )
         ind_cfg = _with(
             sliced.config, [f"train.exp_dir={root / 'individual' / size.name}", *limits]
@@ -184,7 +189,8 @@ def deploy_many(
         wer_i = _decode(root / "individual" / size.name / "model.pt", ind_cfg)
         individual_minutes += float(ind_summary["train_minutes"])
         echo(
-            f"--- {size.name}: individual test WER {wer_i['wer']:.2f}% (streaming {wer_i['wer_streaming']:.2f}%)"
+            f"--- {size.name}: individual test WER {wer_i['wer']:.2f}% "
+            f"(streaming {wer_i['wer_streaming']:.2f}%)"
         )
         records.append(
             {

@@ -197,7 +197,13 @@ class ModelConfig:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class SynthConfig:
-    """The espeak-ng corpus in LibriSpeech layout (see asrq.data.synth)."""
+    """The synthetic corpus in LibriSpeech layout (see asrq.data.synth).
+
+    Speakers of train, dev-clean and test-clean come from espeak-ng and flite (``flite_share``
+    of each split's speakers are flite voices); ``test_other_speakers`` festival speakers form
+    test-other (0: no test-other). ``everyday_share`` of the sentences are everyday English
+    (WordNet examples), the rest King James Bible clauses.
+    """
 
     train_speakers: int = 48
     train_utts_per_speaker: int = 60
@@ -207,10 +213,16 @@ class SynthConfig:
     seed: int = 0
     min_words: int = 4
     max_words: int = 22
+    flite_share: float = 0.3
+    test_other_speakers: int = 6
+    everyday_share: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("train_speakers", "dev_speakers", "test_speakers"):
             _check(getattr(self, name) >= 1, f"data.synth.{name} must be >= 1")
+        _check(self.test_other_speakers >= 0, "data.synth.test_other_speakers must be >= 0")
+        for name in ("flite_share", "everyday_share"):
+            _check(0.0 <= getattr(self, name) <= 1.0, f"data.synth.{name} must be in [0, 1]")
 
 
 @dataclass

@@ -25,7 +25,9 @@ from asrq.utils.io import AsrqError
     "--streaming/--full-context",
     default=False,
     show_default=True,
-    help="Decode chunk by chunk with the streaming encoder, or the whole file at once.",
+    help="Decode chunk by chunk with the streaming encoder, or the whole file at once "
+    "(files over 30 s are cut at pauses into segments of at most 20 s, each decoded alone: "
+    "bounded memory for hour-long files).",
 )
 @click.option(
     "--method",

@@ -16,6 +16,7 @@ import torch
 
 from asrq.decode.search import greedy_search, modified_beam_search
 from asrq.decode.streaming import stream_decode
+from asrq.runtime import longform
 from asrq.runtime.audio import load_features
 from asrq.runtime.backends import ExportedRnnt, load_rnnt, read_metadata
 from asrq.utils.io import AsrqError
@@ -89,6 +90,10 @@ def iter_transcripts(
     preload = ("encoder_streaming",) if streaming else ("encoder",)
     comp = load_rnnt(model_dir, backend, threads, preload=(*preload, "predictor", "joiner"))
     for p in paths:
+        if not streaming and longform.should_segment(p):  # long file: segment by segment
+            tokens_of = lambda f: decode_features(comp, f, False, method, beam)  # noqa: E731
+            yield str(p), longform.transcribe_long(p, tokens_of, sp.decode)
+            continue
         feats = load_features(p)
         tokens = decode_features(comp, feats, streaming, method, beam)
         yield str(p), sp.decode([int(t) for t in tokens])

@@ -26,8 +26,8 @@ from asrq.utils.io import AsrqError
     default=False,
     show_default=True,
     help="Decode chunk by chunk with the streaming encoder, or the whole file at once "
-    "(files over 30 s are cut at pauses into segments of at most 20 s, each decoded alone: "
-    "bounded memory for hour-long files).",
+    "(RNN-T exports: files over 30 s are cut at pauses into segments of at most 20 s, each "
+    "decoded alone: bounded memory for hour-long files).",
 )
 @click.option(
     "--method",

@@ -435,12 +435,15 @@ def synthesize_corpus(
         sp = summary.setdefault(u.speaker.split, {"speakers": 0, "utterances": 0, "hours": 0.0})
         sp["utterances"] += 1
         sp["hours"] += durations[u.id] / 3600
+    engines: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for s in speakers:
         summary[s.split]["speakers"] += 1
+        engines[s.split][s.engine] += 1
     _write_speakers(corpus, speakers, minutes)
     info.update(
         complete=True,
         summary={k: {**v, "hours": round(v["hours"], 4)} for k, v in summary.items()},
+        speakers_per_engine={k: dict(v) for k, v in engines.items()},
         total_hours=round(sum(durations.values()) / 3600, 4),
         synth_seconds=round(time.time() - t0, 1),
         num_jobs=num_jobs,

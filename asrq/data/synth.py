@@ -86,7 +86,11 @@ class Speaker:
 
     @property
     def voice_spec(self) -> str:
-        return f"{self.voice}+{self.variant}"
+        """``en-gb+m3`` (espeak-ng voice+variant), ``awb-200c`` (flite / festival voice and
+        its pitch-shift variant)."""
+        return (
+            f"{self.voice}+{self.variant}" if self.engine == E.ESPEAK else self.voice + self.variant
+        )
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,15 @@ STAMP := $(VENV)/.asrq-installed
 
 .PHONY: install system-deps demo test test-fast lint clean
 
+# Speech synthesizers of the synthetic corpus (asrq/data/engines.py) and sox.
+SYSTEM_PKGS := espeak-ng sox libsox-fmt-all flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+
 system-deps:
-	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then \
-	  echo "installing Debian packages espeak-ng sox"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng sox libsox-fmt-all >/dev/null; \
+	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v flite >/dev/null \
+	  || ! command -v festival >/dev/null || [ ! -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] \
+	  || [ ! -d /usr/share/festival/voices/english/kal_diphone ] || [ ! -d /usr/share/festival/voices/english/ked_diphone ]; then \
+	  echo "installing Debian packages $(SYSTEM_PKGS)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(SYSTEM_PKGS) >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml

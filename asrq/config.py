@@ -197,7 +197,13 @@ class ModelConfig:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class SynthConfig:
-    """The espeak-ng corpus in LibriSpeech layout (see asrq.data.synth)."""
+    """The synthetic corpus in LibriSpeech layout (see asrq.data.synth).
+
+    Speakers of train, dev-clean and test-clean come from espeak-ng and flite (``flite_share``
+    of each split's speakers are flite voices); ``test_other_speakers`` festival speakers form
+    test-other (0: no test-other). ``everyday_share`` of the sentences are everyday English
+    (WordNet examples), the rest King James Bible clauses.
+    """
 
     train_speakers: int = 48
     train_utts_per_speaker: int = 60
@@ -207,10 +213,61 @@ class SynthConfig:
     seed: int = 0
     min_words: int = 4
     max_words: int = 22
+    flite_share: float = 0.3
+    test_other_speakers: int = 6
+    everyday_share: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("train_speakers", "dev_speakers", "test_speakers"):
             _check(getattr(self, name) >= 1, f"data.synth.{name} must be >= 1")
+        _check(self.test_other_speakers >= 0, "data.synth.test_other_speakers must be >= 0")
+        for name in ("flite_share", "everyday_share"):
+            _check(0.0 <= getattr(self, name) <= 1.0, f"data.synth.{name} must be in [0, 1]")
+
+
+@dataclass
+class AugmentConfig:
+    """Waveform augmentation of training utterances (asrq.data.augment), each applied to an
+    utterance with its probability, in this order: speed, reverb, noise, telephone, gain.
+    All probabilities 0 (the default): no augmentation, stored features are used as they are.
+    ``snr_range``/``gain_db_range`` in dB; ``babble_share``: share of noise draws that are
+    babble (other utterances of the batch) rather than coloured noise."""
+
+    speed_prob: float = 0.0
+    speed_factors: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    reverb_prob: float = 0.0
+    noise_prob: float = 0.0
+    snr_range: list[float] = field(default_factory=lambda: [5.0, 25.0])
+    babble_share: float = 0.3
+    telephone_prob: float = 0.0
+    gain_prob: float = 0.0
+    gain_db_range: list[float] = field(default_factory=lambda: [-12.0, 6.0])
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("speed_prob", "reverb_prob", "noise_prob", "babble_share",
+                     "telephone_prob", "gain_prob"):  # fmt: skip
+            _check(0.0 <= getattr(self, name) <= 1.0, f"data.augment.{name} must be in [0, 1]")
+        for name in ("snr_range", "gain_db_range"):
+            r = getattr(self, name)
+            _check(len(r) == 2 and r[0] <= r[1], f"data.augment.{name} must be [low, high]")
+        _check(
+            len(self.speed_factors) > 0 and all(f > 0 for f in self.speed_factors),
+            "data.augment.speed_factors must be positive numbers",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return any(
+            p > 0
+            for p in (
+                self.speed_prob,
+                self.reverb_prob,
+                self.noise_prob,
+                self.telephone_prob,
+                self.gain_prob,
+            )  # fmt: skip
+        )
 
 
 @dataclass
@@ -229,6 +286,7 @@ class DataConfig:
     num_workers: int = 1
     spec_augment: bool = True
     synth: SynthConfig = field(default_factory=SynthConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         _check(self.vocab_size >= 2, "data.vocab_size must be >= 2")

@@ -14,7 +14,7 @@ from asrq.cli.data import data
 
 @pytest.fixture
 def corpus(tmp_path: Path, tiny_data) -> Path:
-    """A writable copy of the tiny synthetic LibriSpeech folder (13 utterances)."""
+    """A writable copy of the tiny synthetic LibriSpeech folder (15 utterances)."""
     dst = tmp_path / "src" / "LibriSpeech"
     shutil.copytree(tiny_data.corpus_dir, dst)
     return dst

@@ -40,7 +40,12 @@ def _check_cuts(path: Path, expected: dict[str, str]) -> None:
 
 
 def test_tiny_corpus(tiny_data):
-    for split, n in (("train-clean-100", 9), ("dev-clean", 2), ("test-clean", 2)):
+    for split, n in (
+        ("train-clean-100", 9),
+        ("dev-clean", 2),
+        ("test-clean", 2),
+        ("test-other", 2),
+    ):
         path = tiny_data.cuts(split)
         _check_cuts(path, _trans(tiny_data.corpus_dir, split))
         for kind in ("recordings", "supervisions"):
@@ -62,7 +67,8 @@ def test_rerun_skips(tiny_data):
         progress=False,
     )
     assert out == {
-        s: cuts_path(tiny_data.fbank_dir, s) for s in ("dev-clean", "test-clean", "train-clean-100")
+        s: cuts_path(tiny_data.fbank_dir, s)
+        for s in ("dev-clean", "test-clean", "test-other", "train-clean-100")
     }
     assert {p: p.stat().st_mtime_ns for p in files} == before
 

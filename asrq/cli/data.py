@@ -90,21 +90,39 @@ def data() -> None:
 )
 @click.option("--max-words", type=int, help=f"Longest sentence in words [default: {_S.max_words}].")
 @click.option(
+    "--flite-share",
+    type=float,
+    help=f"Share of train/dev/test-clean speakers voiced by flite [default: {_S.flite_share}].",
+)
+@click.option(
+    "--test-other-speakers",
+    type=int,
+    help=f"test-other speakers, all festival (0: none) [default: {_S.test_other_speakers}].",
+)
+@click.option(
+    "--everyday-share",
+    type=float,
+    help=f"Share of sentences from everyday English (WordNet examples) [default: {_S.everyday_share}].",
+)
+@click.option(
     "--num-jobs",
     type=int,
     default=2,
     show_default=True,
-    help="espeak-ng/sox pipelines run at once.",
+    help="Synthesizer/sox pipelines run at once.",
 )
 @click.option("--force", is_flag=True, help="Replace a corpus made with a different config.")
 def synth(
-    out_dir: Path, config_path: Path | None, num_jobs: int, force: bool, **fields: int | None
+    out_dir: Path, config_path: Path | None, num_jobs: int, force: bool, **fields: float | None
 ) -> None:
-    """Synthesize read speech with espeak-ng into OUT/LibriSpeech (LibriSpeech layout).
+    """Synthesize read speech with espeak-ng, flite and festival into OUT/LibriSpeech
+    (LibriSpeech layout).
 
-    Splits train-clean-100, dev-clean and test-clean; a speaker is an espeak-ng English voice +
-    variant + pitch + speed. Dev/test sentences and (voice, variant) pairs are never in train.
-    Needs espeak-ng and sox. Re-running with the same settings skips finished work.
+    Splits train-clean-100, dev-clean, test-clean (espeak-ng and flite) and test-other (festival
+    only, an engine never in train); a speaker is an engine voice + variant + pitch + speed.
+    Dev/test sentences and (engine, voice, variant) triples are never in train. Sentences: King
+    James Bible clauses and everyday English (WordNet examples). Needs espeak-ng, flite,
+    festival (+ festvox voices) and sox. Re-running with the same settings skips finished work.
     """
     from asrq.data.synth import read_synth_info, synthesize_corpus
 

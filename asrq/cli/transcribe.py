@@ -40,7 +40,9 @@ class _MethodChoice(click.Choice):
     "--streaming/--full-context",
     default=False,
     show_default=True,
-    help="Decode chunk by chunk with the streaming encoder, or the whole file at once.",
+    help="Decode chunk by chunk with the streaming encoder, or the whole file at once "
+    "(RNN-T exports: files over 30 s are cut at pauses into segments of at most 20 s, each "
+    "decoded alone: bounded memory for hour-long files).",
 )
 @click.option(
     "--method",

@@ -10,8 +10,10 @@ A batch is a dict::
 rows sorted by length, longest first. Training batches come from lhotse's
 ``DynamicBucketingSampler`` (about ``max_duration`` seconds of audio per batch, shuffled, per
 DDP rank) and get SpecAugment as in icefall: 2 frequency masks of up to 27 bins, up to 10 time
-masks covering at most 15% of each utterance, and a small time warp. Call
-:func:`set_epoch` before each epoch to reshuffle.
+masks covering at most 15% of each utterance, and a small time warp. With ``data.augment``
+enabled (:class:`asrq.config.AugmentConfig`), training utterances also get waveform
+augmentation (speed, reverb, noise, telephone, gain; :mod:`asrq.data.augment`) before their
+features are computed. Call :func:`set_epoch` before each epoch to reshuffle.
 """
 
 from __future__ import annotations
@@ -68,16 +70,31 @@ class AsrDataset(Dataset):
 
     SpecAugment, when given, is applied to each utterance before padding, so the time masks
     scale with that utterance's own length and the mask value is its own mean.
+    ``waveform_augment`` (:class:`asrq.data.augment.WaveformAugment`) makes the features of
+    the utterances it augments from their audio; its draws use the epoch of ``sampler``.
     """
 
-    def __init__(self, spec_augment: torch.nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        spec_augment: torch.nn.Module | None = None,
+        waveform_augment: Any | None = None,
+        sampler: Any | None = None,
+    ) -> None:
         self.spec_augment = spec_augment
+        self.waveform_augment = waveform_augment
+        self.sampler = sampler
 
     def __getitem__(self, cuts: Any) -> dict[str, Any]:
         from lhotse.utils import LOG_EPSILON
 
         cuts = sorted(cuts, key=lambda c: c.num_frames, reverse=True)
-        feats = [torch.from_numpy(c.load_features()).float() for c in cuts]
+        if self.waveform_augment is not None:
+            epoch = int(getattr(self.sampler, "epoch", 0))
+            feats = self.waveform_augment.features(cuts, epoch)
+            order = sorted(range(len(cuts)), key=lambda i: feats[i].shape[0], reverse=True)
+            cuts, feats = [cuts[i] for i in order], [feats[i] for i in order]
+        else:
+            feats = [torch.from_numpy(c.load_features()).float() for c in cuts]
         if self.spec_augment is not None:
             feats = [self.spec_augment(f.unsqueeze(0))[0] for f in feats]
         lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
@@ -104,13 +121,15 @@ def make_train_loader(
     num_workers: int = 1,
     spec_augment: bool = True,
     time_warp_factor: int = TIME_WARP_FACTOR,
+    augment: Any | None = None,
 ) -> DataLoader:
     """Shuffled, length-bucketed training batches of about ``max_duration`` seconds.
 
     Several manifests (e.g. train-clean-100 + train-clean-360) are read lazily in a random
     file order per epoch. ``world_size`` / ``rank`` give each DDP rank its own batches; the
     last incomplete batch is dropped. ``loader.sampler`` is the lhotse sampler: call
-    :func:`set_epoch` (or ``loader.sampler.set_epoch``) each epoch.
+    :func:`set_epoch` (or ``loader.sampler.set_epoch``) each epoch. ``augment``: a
+    :class:`asrq.config.AugmentConfig` (``data.augment``); waveform augmentation when enabled.
     """
     from lhotse import CutSet
     from lhotse.dataset import DynamicBucketingSampler
@@ -130,7 +149,14 @@ def make_train_loader(
         world_size=world_size,
         rank=rank,
     )
-    dataset = AsrDataset(make_spec_augment(time_warp_factor) if spec_augment else None)
+    wave_aug = None
+    if augment is not None and augment.enabled:
+        from asrq.data.augment import WaveformAugment
+
+        wave_aug = WaveformAugment(augment)
+    dataset = AsrDataset(
+        make_spec_augment(time_warp_factor) if spec_augment else None, wave_aug, sampler
+    )
     return DataLoader(
         dataset,
         sampler=sampler,

@@ -1,18 +1,28 @@
-"""The bundled mini corpus: read sentences synthesized by espeak-ng, in LibriSpeech layout.
+"""The bundled mini corpus: read sentences from three speech synthesizers, in LibriSpeech layout.
 
-A "speaker" is an espeak-ng English voice + a voice variant + a pitch + a speed + a level,
-e.g. ``en-gb-x-rp+f3 -p 55 -s 160``. The corpus is written as the real LibriSpeech is::
+A "speaker" is an engine + voice + voice variant + pitch + speed + level, e.g. espeak-ng
+``en-gb-x-rp+f3 -p 55 -s 160`` or flite ``awb`` shifted +150 cents at 95% rate (the engines,
+their voices and variants: :mod:`asrq.data.engines`). The corpus is written as the real
+LibriSpeech is::
 
     <out_dir>/LibriSpeech/<split>/<spk>/<chapter>/<spk>-<chapter>-<utt:04d>.flac   (16 kHz mono)
     <out_dir>/LibriSpeech/<split>/<spk>/<chapter>/<spk>-<chapter>.trans.txt
     <out_dir>/LibriSpeech/SPEAKERS.TXT, speakers.json
 
-with splits ``train-clean-100``, ``dev-clean`` and ``test-clean``, so the LibriSpeech recipe
-(:func:`asrq.data.prepare.prepare_librispeech`) reads it unchanged. Held-out rules:
-dev and test sentences never occur in train, and every dev / test speaker is a
-(voice, variant) combination that no train speaker uses (each base voice and each variant
-alone may occur in train). Everything is drawn from ``SynthConfig.seed``: the same config gives
-the same files, texts and audio bytes (sox runs with ``-R``, no dither).
+with splits ``train-clean-100``, ``dev-clean``, ``test-clean`` and ``test-other`` (LibriSpeech's
+official split names, so :func:`asrq.data.prepare.prepare_librispeech` and lhotse's recipe read
+it unchanged). Held-out rules:
+
+- train, dev-clean and test-clean speakers are espeak-ng and flite voices; test-other is all
+  festival, an engine never heard in train or dev;
+- every dev / test-clean speaker is an (engine, voice, variant) combination that no train
+  speaker uses (each base voice and each variant alone may occur in train);
+- dev and test sentences never occur in train (checked in :func:`plan_corpus`).
+
+Sentences come from two shipped sources (:func:`asrq.data.text.load_sentences`): King James
+Bible clauses and, for ``everyday_share`` of the utterances, WordNet's everyday English
+examples. Everything is drawn from ``SynthConfig.seed``: the same config gives the same files,
+texts and audio bytes (sox runs with ``-R``, no dither).
 
 Re-running with the same config resumes / skips (``.asrq_synth.json`` in the corpus folder
 holds the config hash); a different config on an existing corpus is an error unless
@@ -28,6 +38,7 @@ import logging
 import random
 import shutil
 import subprocess
+import tempfile
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -39,43 +50,29 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from asrq.config import SynthConfig
-from asrq.data.text import load_sentences
+from asrq.data import engines as E
+from asrq.data.text import SOURCES, load_sentences
 from asrq.utils.io import AsrqError, atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 TRAIN_SPLIT, DEV_SPLIT, TEST_SPLIT = "train-clean-100", "dev-clean", "test-clean"
+TEST_OTHER_SPLIT = "test-other"
+EVAL_SPLITS = (DEV_SPLIT, TEST_SPLIT, TEST_OTHER_SPLIT)
 MARKER = ".asrq_synth.json"
 # Bump when the planning or the audio pipeline changes, so old corpora are not taken as current.
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 
-# espeak-ng's English voices of the gmw family (the mbrola ones need extra packages).
-VOICES = (
-    "en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan",
-    "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
-)  # fmt: skip
-# espeak-ng voice variants (``espeak-ng --voices=variant``) that sound like a person talking;
-# whisper, croak, robot and effect variants are left out. Value: sex for SPEAKERS.TXT.
-VARIANTS = {
-    "m1": "M", "m2": "M", "m3": "M", "m4": "M", "m5": "M", "m6": "M", "m7": "M", "m8": "M",
-    "f1": "F", "f2": "F", "f3": "F", "f4": "F", "f5": "F",
-    "Alex": "M", "Alicia": "F", "Andrea": "F", "Andy": "M", "Annie": "F", "adam": "M",
-    "aunty": "F", "belinda": "F", "benjamin": "M", "caleb": "M", "david": "M", "ed": "M",
-    "edward": "M", "Gene": "M", "Jacky": "M", "john": "M", "linda": "F", "Lee": "M",
-    "max": "M", "Michael": "M", "Mike": "M", "norbert": "M", "paul": "M", "quincy": "M",
-    "rob": "M", "robert": "M", "steph": "F", "travis": "M", "victor": "M", "anika": "F",
-    "grandma": "F", "grandpa": "M",
-}  # fmt: skip
-PITCH_RANGE = (30, 70)  # espeak-ng -p, default 50
-SPEED_RANGE = (135, 185)  # espeak-ng -s, words per minute, default 175
-LEVEL_RANGE = (0.35, 0.8)  # linear gain applied by sox (also keeps peaks from clipping)
-UTT_JITTER = (3, 6)  # per-utterance +- pitch, +- speed around the speaker's values
+# Kept for callers of the espeak-ng-only version.
+VOICES, VARIANTS = E.ESPEAK_VOICES, E.ESPEAK_VARIANTS
+LEVEL_RANGE = E.LEVEL_RANGE
 
 
 @dataclass(frozen=True)
 class Speaker:
-    """One synthetic speaker; ``voice_spec`` is what espeak-ng's ``-v`` gets."""
+    """One synthetic speaker. ``pitch`` / ``speed``: espeak-ng's ``-p`` / ``-s``, or for flite
+    and festival a pitch shift in cents / the speaking rate in percent."""
 
     id: int
     chapter: int
@@ -85,10 +82,15 @@ class Speaker:
     pitch: int
     speed: int
     level: float
+    engine: str = E.ESPEAK
 
     @property
     def voice_spec(self) -> str:
-        return f"{self.voice}+{self.variant}"
+        """``en-gb+m3`` (espeak-ng voice+variant), ``awb-200c`` (flite / festival voice and
+        its pitch-shift variant)."""
+        return (
+            f"{self.voice}+{self.variant}" if self.engine == E.ESPEAK else self.voice + self.variant
+        )
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class Utterance:
     speaker: Speaker
     pitch: int
     speed: int
+    source: str = "kjv"  # sentence source (asrq.data.text.SOURCES)
 
     @property
     def rel_path(self) -> Path:
@@ -106,33 +109,97 @@ class Utterance:
         return Path(s.split) / str(s.id) / str(s.chapter) / f"{self.id}.flac"
 
 
-def check_tools() -> dict[str, str]:
-    """Return the paths of ``espeak-ng`` and ``sox``, or raise a clear :class:`AsrqError`."""
-    found = {name: shutil.which(name) for name in ("espeak-ng", "sox")}
-    missing = [n for n, p in found.items() if p is None]
-    if missing:
-        raise AsrqError(
-            f"{' and '.join(missing)} not found on PATH: the synthetic corpus needs them "
-            "(Debian/Ubuntu: apt-get install espeak-ng sox)"
-        )
-    return {n: str(p) for n, p in found.items()}
+def needed_engines(cfg: SynthConfig) -> tuple[str, ...]:
+    """The engines a corpus of ``cfg`` uses."""
+    out = [E.ESPEAK]
+    if cfg.flite_share > 0:
+        out.append(E.FLITE)
+    if cfg.test_other_speakers > 0:
+        out.append(E.FESTIVAL)
+    return tuple(out)
+
+
+def check_tools(cfg: SynthConfig | None = None) -> dict[str, str]:
+    """Paths of sox and the engines ``cfg`` needs (all three without ``cfg``), or a clear
+    :class:`AsrqError` naming the Debian packages to install."""
+    return E.check_tools(
+        needed_engines(cfg) if cfg is not None else (E.ESPEAK, E.FLITE, E.FESTIVAL)
+    )
 
 
 def config_hash(cfg: SynthConfig) -> str:
-    """Hash of everything that decides the corpus content: the config, the sentence file, the
-    speaker tables and :data:`SYNTH_VERSION`."""
+    """Hash of everything that decides the corpus content: the config, the sentence files, the
+    engine tables and :data:`SYNTH_VERSION`."""
     blob = json.dumps(
         {
             "cfg": dataclasses.asdict(cfg),
-            "sentences": load_sentences(),
-            "voices": VOICES,
-            "variants": VARIANTS,
-            "ranges": [PITCH_RANGE, SPEED_RANGE, LEVEL_RANGE, UTT_JITTER],
+            "sentences": {src: load_sentences(source=src) for src in SOURCES},
+            "voices": [E.ESPEAK_VOICES, E.FLITE_VOICES, E.FLITE_F0, E.FESTIVAL_VOICES],
+            "variants": [E.ESPEAK_VARIANTS, E.SHIFT_VARIANTS],
+            "ranges": [E.RANGES, E.LEVEL_RANGE],
             "version": SYNTH_VERSION,
         },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _split_engines(cfg: SynthConfig) -> dict[str, list[str]]:
+    """Engine of each speaker slot per split: the first ``round(flite_share * n)`` are flite."""
+    out = {}
+    for split, n in ((TRAIN_SPLIT, cfg.train_speakers), (DEV_SPLIT, cfg.dev_speakers),
+                     (TEST_SPLIT, cfg.test_speakers)):  # fmt: skip
+        n_flite = round(cfg.flite_share * n)
+        out[split] = [E.FLITE] * n_flite + [E.ESPEAK] * (n - n_flite)
+    out[TEST_OTHER_SPLIT] = [E.FESTIVAL] * cfg.test_other_speakers
+    return out
+
+
+def _plan_speakers(cfg: SynthConfig, rng: random.Random) -> list[Speaker]:
+    """Speakers of every split; dev / test-clean get (engine, voice, variant) combinations that
+    no train speaker uses, test-other gets festival ones."""
+    slots = _split_engines(cfg)
+    assigned: dict[str, list[tuple[str, str, str]]] = {s: [] for s in slots}
+    for engine in (E.ESPEAK, E.FLITE, E.FESTIVAL):
+        pool = E.shuffled_combos(engine, rng)
+        n_per = {split: e.count(engine) for split, e in slots.items()}
+        n_eval = sum(n_per[s] for s in EVAL_SPLITS)
+        if n_eval == 0 and n_per[TRAIN_SPLIT] == 0:
+            continue
+        most = len(pool) - (1 if n_per[TRAIN_SPLIT] else 0)  # train needs one pair left
+        if n_eval > most:
+            raise AsrqError(
+                f"{engine}: at most {most} held-out dev/test speakers are possible "
+                f"({len(pool)} voice x variant pairs), asked {n_eval}"
+            )
+        k = 0
+        for split in EVAL_SPLITS:
+            assigned[split] += [(engine, *c) for c in pool[k : k + n_per[split]]]
+            k += n_per[split]
+        train_pool = pool[k:]
+        # More train speakers than combinations: combinations repeat with other pitch / speed.
+        assigned[TRAIN_SPLIT] += [
+            (engine, *train_pool[i % len(train_pool)]) for i in range(n_per[TRAIN_SPLIT])
+        ]
+    speakers: list[Speaker] = []
+    for split in (TRAIN_SPLIT, DEV_SPLIT, TEST_SPLIT, TEST_OTHER_SPLIT):
+        for engine, voice, variant in assigned[split]:
+            pitch_range, speed_range, _ = E.RANGES[engine]
+            k = len(speakers)
+            speakers.append(
+                Speaker(
+                    id=101 + k,
+                    chapter=1001 + k,
+                    split=split,
+                    voice=voice,
+                    variant=variant,
+                    pitch=E.base_pitch(engine, variant) + rng.randint(*pitch_range),
+                    speed=rng.randint(*speed_range),
+                    level=round(rng.uniform(*E.LEVEL_RANGE), 3),
+                    engine=engine,
+                )
+            )
+    return speakers
 
 
 def plan_corpus(cfg: SynthConfig) -> tuple[list[Speaker], list[Utterance]]:
@@ -143,110 +210,130 @@ def plan_corpus(cfg: SynthConfig) -> tuple[list[Speaker], list[Utterance]]:
     if not 1 <= cfg.min_words <= cfg.max_words:
         raise AsrqError("data.synth.min_words must be >= 1 and <= data.synth.max_words")
     rng = random.Random(cfg.seed)
+    speakers = _plan_speakers(cfg, rng)
 
-    # Speakers: dev/test get unique (voice, variant) combinations never used by train.
-    combos = [(v, var) for v in VOICES for var in VARIANTS]
-    rng.shuffle(combos)
-    n_eval = cfg.test_speakers + cfg.dev_speakers
-    if n_eval >= len(combos):
-        raise AsrqError(
-            f"at most {len(combos) - 1} dev + test speakers are possible, asked {n_eval}"
-        )
-    test_combos = combos[: cfg.test_speakers]
-    dev_combos = combos[cfg.test_speakers : n_eval]
-    train_pool = combos[n_eval:]
-    # More train speakers than combinations: combinations repeat with other pitch / speed.
-    train_combos = [train_pool[i % len(train_pool)] for i in range(cfg.train_speakers)]
-
-    speakers: list[Speaker] = []
-    for split, split_combos in (
-        (TRAIN_SPLIT, train_combos),
-        (DEV_SPLIT, dev_combos),
-        (TEST_SPLIT, test_combos),
-    ):
-        for voice, variant in split_combos:
-            k = len(speakers)
-            speakers.append(
-                Speaker(
-                    id=101 + k,
-                    chapter=1001 + k,
-                    split=split,
-                    voice=voice,
-                    variant=variant,
-                    pitch=rng.randint(*PITCH_RANGE),
-                    speed=rng.randint(*SPEED_RANGE),
-                    level=round(rng.uniform(*LEVEL_RANGE), 3),
-                )
-            )
-
-    # Sentences: dev/test first from the shuffled pool, train from the rest.
-    pool = load_sentences(cfg.min_words, cfg.max_words)
-    rng.shuffle(pool)
-    n_dev = cfg.dev_speakers * cfg.eval_utts_per_speaker
-    n_test = cfg.test_speakers * cfg.eval_utts_per_speaker
-    if len(pool) < n_dev + n_test + 1:
-        raise AsrqError(
-            f"only {len(pool)} shipped sentences have {cfg.min_words}..{cfg.max_words} words; "
-            f"dev + test need {n_dev + n_test} plus some for train"
-        )
-    texts = {DEV_SPLIT: iter(pool[:n_dev]), TEST_SPLIT: iter(pool[n_dev : n_dev + n_test])}
-    train_pool_s = pool[n_dev + n_test :]
-    n_train = cfg.train_speakers * cfg.train_utts_per_speaker
-    train_texts: list[str] = []
-    while len(train_texts) < n_train:  # cycles (reshuffled) when train needs more sentences
-        chunk = list(train_pool_s)
-        if train_texts:
-            rng.shuffle(chunk)
-        train_texts += chunk
-    texts[TRAIN_SPLIT] = iter(train_texts[:n_train])
-
-    utts: list[Utterance] = []
+    # Each utterance slot draws its sentence source; then dev/test take sentences first from
+    # each shuffled pool and train the rest.
+    slots: list[tuple[Speaker, str, str]] = []  # (speaker, uid, source)
     for spk in speakers:
         n = cfg.train_utts_per_speaker if spk.split == TRAIN_SPLIT else cfg.eval_utts_per_speaker
         for i in range(n):
             uid = f"{spk.id}-{spk.chapter}-{i:04d}"
-            urng = random.Random(f"{cfg.seed}-{uid}")
-            utts.append(
-                Utterance(
-                    id=uid,
-                    text=next(texts[spk.split]),
-                    speaker=spk,
-                    pitch=min(99, max(0, spk.pitch + urng.randint(-UTT_JITTER[0], UTT_JITTER[0]))),
-                    speed=spk.speed + urng.randint(-UTT_JITTER[1], UTT_JITTER[1]),
-                )
+            src = "everyday" if rng.random() < cfg.everyday_share else "kjv"
+            slots.append((spk, uid, src))
+    pools: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for src in ("kjv", "everyday"):  # a sentence in both sources belongs to the first
+        pool = [t for t in load_sentences(cfg.min_words, cfg.max_words, src) if t not in seen]
+        seen.update(pool)
+        rng.shuffle(pool)
+        pools[src] = pool
+    need_eval = {src: sum(1 for s, _, x in slots if x == src and s.split != TRAIN_SPLIT)
+                 for src in pools}  # fmt: skip
+    texts: dict[tuple[str, str], Any] = {}
+    for src, pool in pools.items():
+        n_eval = need_eval[src]
+        n_train = sum(1 for s, _, x in slots if x == src and s.split == TRAIN_SPLIT)
+        if len(pool) < n_eval + (1 if n_train else 0):
+            raise AsrqError(
+                f"only {len(pool)} shipped {src} sentences have {cfg.min_words}..{cfg.max_words} "
+                f"words; dev + test need {n_eval} plus some for train"
             )
+        texts[(src, "eval")] = iter(pool[:n_eval])
+        train_pool = pool[n_eval:]
+        train_texts: list[str] = []
+        while len(train_texts) < n_train:  # cycles (reshuffled) when train needs more sentences
+            chunk = list(train_pool)
+            if train_texts:
+                rng.shuffle(chunk)
+            train_texts += chunk
+        texts[(src, "train")] = iter(train_texts[:n_train])
+
+    utts: list[Utterance] = []
+    for spk, uid, src in slots:
+        _, _, (jp, js) = E.RANGES[spk.engine]
+        urng = random.Random(f"{cfg.seed}-{uid}")
+        pitch = spk.pitch + urng.randint(-jp, jp)
+        if spk.engine == E.ESPEAK:
+            pitch = min(99, max(0, pitch))
+        text = next(texts[(src, "train" if spk.split == TRAIN_SPLIT else "eval")])
+        utts.append(Utterance(uid, text, spk, pitch, spk.speed + urng.randint(-js, js), src))
+    _check_held_out(utts)
     return speakers, utts
+
+
+def _check_held_out(utts: list[Utterance]) -> None:
+    """The held-out rules, checked on every plan (an :class:`AsrqError` if one is broken)."""
+    train = {u.text for u in utts if u.speaker.split == TRAIN_SPLIT}
+    leaked = sorted({u.text for u in utts if u.speaker.split != TRAIN_SPLIT} & train)
+    if leaked:
+        raise AsrqError(
+            f"synth plan: {len(leaked)} dev/test sentences in train, e.g. {leaked[0]!r}"
+        )
+    train_combos = {(u.speaker.engine, u.speaker.voice, u.speaker.variant)
+                    for u in utts if u.speaker.split == TRAIN_SPLIT}  # fmt: skip
+    for u in utts:
+        s = u.speaker
+        if s.split != TRAIN_SPLIT and (s.engine, s.voice, s.variant) in train_combos:
+            raise AsrqError(f"synth plan: {s.split} speaker {s.id} uses a train voice combination")
+        if (s.engine == E.HELD_OUT_ENGINE) != (s.split == TEST_OTHER_SPLIT):
+            raise AsrqError(f"synth plan: speaker {s.id} ({s.engine}) in {s.split}")
+
+
+def _to_flac(tools: dict[str, str], wav: bytes | Path, out_path: Path, utt: Utterance) -> float:
+    """sox: level, the engine's effects, 16 kHz mono 16-bit FLAC written atomically."""
+    s = utt.speaker
+    src = ["-t", "wav", "-"] if isinstance(wav, bytes) else [str(wav)]
+    with atomic_path(out_path) as tmp:
+        sox = [tools["sox"], "-R", "-V1", "-v", str(s.level), *src, "-D", "-r", str(SAMPLE_RATE),
+               "-c", "1", "-b", "16", str(tmp), *E.sox_effects(s.engine, utt.pitch, utt.speed)]  # fmt: skip
+        res = subprocess.run(
+            sox, input=wav if isinstance(wav, bytes) else None, capture_output=True, check=False
+        )
+        if res.returncode != 0:
+            raise AsrqError(f"sox failed for {utt.id}: {res.stderr.decode().strip()}")
+    return sf.info(str(out_path)).frames / SAMPLE_RATE
 
 
 def synthesize_utterance(
     utt: Utterance, out_path: Path, tools: dict[str, str] | None = None
 ) -> float:
-    """Write one utterance as 16 kHz mono 16-bit FLAC to ``out_path`` (atomically); returns
-    its duration in seconds."""
-    tools = tools or check_tools()
+    """Write one espeak-ng or flite utterance as 16 kHz mono 16-bit FLAC to ``out_path``
+    (atomically); returns its duration in seconds."""
     s = utt.speaker
-    # espeak-ng reads all-caps words as acronyms at times: give it lower case.
-    cmd = [
-        tools["espeak-ng"],
-        "-v",
-        s.voice_spec,
-        "-p",
-        str(utt.pitch),
-        "-s",
-        str(utt.speed),
-        "--stdout",
-        utt.text.lower(),
-    ]
+    tools = tools or E.check_tools((s.engine,))
+    cmd = E.wave_command(
+        tools, s.engine, s.voice, s.variant, utt.pitch, utt.speed, utt.text.lower()
+    )
     wav = subprocess.run(cmd, capture_output=True, check=False)
     if wav.returncode != 0 or len(wav.stdout) <= 44:
         err = wav.stderr.decode().strip() or f"exit code {wav.returncode}"
-        raise AsrqError(f"espeak-ng failed for {utt.id} ({' '.join(cmd[1:7])}): {err}")
-    with atomic_path(out_path) as tmp:
-        sox = [tools["sox"], "-R", "-V1", "-v", str(s.level), "-t", "wav", "-", "-D", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(tmp)]  # fmt: skip
-        res = subprocess.run(sox, input=wav.stdout, capture_output=True, check=False)
-        if res.returncode != 0:
-            raise AsrqError(f"sox failed for {utt.id}: {res.stderr.decode().strip()}")
-    return sf.info(str(out_path)).frames / SAMPLE_RATE
+        raise AsrqError(f"{s.engine} failed for {utt.id} ({' '.join(cmd[1:7])}): {err}")
+    return _to_flac(tools, wav.stdout, out_path, utt)
+
+
+def synthesize_festival(
+    utts: list[Utterance], corpus: Path, tools: dict[str, str] | None = None
+) -> list[tuple[str, float]]:
+    """Say ``utts`` (all of one festival speaker) in one festival process, then write each as
+    FLAC under ``corpus``; returns ``[(utt id, seconds)]``."""
+    if not utts:
+        return []
+    tools = tools or E.check_tools((E.FESTIVAL,))
+    voice = utts[0].speaker.voice
+    with tempfile.TemporaryDirectory(prefix="asrq_festival_") as tmp:
+        items = [(u.text.lower(), str(Path(tmp) / f"{u.id}.wav")) for u in utts]
+        script = Path(tmp) / "say.scm"
+        script.write_text(E.festival_script(voice, items))
+        res = subprocess.run([tools[E.FESTIVAL], "--batch", str(script)], capture_output=True,
+                             check=False, timeout=60 + 10 * len(utts))  # fmt: skip
+        out = []
+        for u, (_, wav) in zip(utts, items, strict=True):
+            if res.returncode != 0 or not Path(wav).is_file() or Path(wav).stat().st_size <= 44:
+                err = res.stderr.decode().strip()[-300:] or f"exit code {res.returncode}"
+                raise AsrqError(f"festival ({voice}) failed for {u.id}: {err}")
+            out.append((u.id, _to_flac(tools, Path(wav), corpus / u.rel_path, u)))
+    return out
 
 
 def synthesize_corpus(
@@ -258,12 +345,13 @@ def synthesize_corpus(
 ) -> Path:
     """Synthesize the corpus under ``<out_dir>/LibriSpeech`` and return that folder.
 
-    ``num_jobs`` espeak-ng/sox pipelines run at once. Finished files are kept on a re-run with
+    ``num_jobs`` synthesizer/sox pipelines run at once (a festival job says all utterances of
+    one speaker). Finished files are kept on a re-run with
     the same ``cfg``; a corpus made with another config raises :class:`AsrqError` unless
     ``force`` (then it is deleted and made anew). A summary (utterances and hours per split,
     wall time) is stored in ``.asrq_synth.json``; read it with :func:`read_synth_info`.
     """
-    tools = check_tools()
+    tools = check_tools(cfg)
     corpus = Path(out_dir) / "LibriSpeech"
     marker = corpus / MARKER
     h = config_hash(cfg)
@@ -298,24 +386,41 @@ def synthesize_corpus(
     t0 = time.time()
     durations: dict[str, float] = {}
 
-    def work(u: Utterance) -> tuple[str, float]:
-        path = corpus / u.rel_path
-        if path.is_file():  # written atomically, so an existing file is complete
-            return u.id, sf.info(str(path)).frames / SAMPLE_RATE
-        return u.id, synthesize_utterance(u, path, tools)
+    # Jobs: one per espeak-ng / flite utterance, one per festival speaker (its slow start is
+    # paid once); festival jobs first, as they are the longest.
+    jobs: list[list[Utterance]] = []
+    by_speaker: dict[int, list[Utterance]] = defaultdict(list)
+    for u in utts:
+        if u.speaker.engine == E.FESTIVAL:
+            by_speaker[u.speaker.id].append(u)
+        else:
+            jobs.append([u])
+    jobs = list(by_speaker.values()) + jobs
+    busy: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # engine: [seconds, utts]
 
-    # Threads are enough: the work runs in the espeak-ng / sox processes they start.
+    def work(job: list[Utterance]) -> list[tuple[str, float]]:
+        done = [(u.id, corpus / u.rel_path) for u in job]
+        # written atomically, so an existing file is complete
+        out = {uid: sf.info(str(p)).frames / SAMPLE_RATE for uid, p in done if p.is_file()}
+        todo = [u for u in job if u.id not in out]
+        t = time.time()
+        if todo and todo[0].speaker.engine == E.FESTIVAL:
+            out.update(synthesize_festival(todo, corpus, tools))
+        elif todo:
+            out[todo[0].id] = synthesize_utterance(todo[0], corpus / todo[0].rel_path, tools)
+        if todo:
+            b = busy[todo[0].speaker.engine]
+            b[0] += time.time() - t
+            b[1] += len(todo)
+        return [(u.id, out[u.id]) for u in job]
+
+    # Threads are enough: the work runs in the synthesizer / sox processes they start.
     ex = ThreadPoolExecutor(max(1, num_jobs))
     try:
-        bar = tqdm(
-            ex.map(work, utts),
-            total=len(utts),
-            desc="Synthesizing",
-            unit="utt",
-            disable=not progress,
-        )
-        for uid, dur in bar:
-            durations[uid] = dur
+        with tqdm(total=len(utts), desc="Synthesizing", unit="utt", disable=not progress) as bar:
+            for res in ex.map(work, jobs):
+                durations.update(res)
+                bar.update(len(res))
     finally:
         ex.shutdown(wait=True, cancel_futures=True)  # on an error, do not finish the rest
 
@@ -334,15 +439,22 @@ def synthesize_corpus(
         sp = summary.setdefault(u.speaker.split, {"speakers": 0, "utterances": 0, "hours": 0.0})
         sp["utterances"] += 1
         sp["hours"] += durations[u.id] / 3600
+    engines: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for s in speakers:
         summary[s.split]["speakers"] += 1
+        engines[s.split][s.engine] += 1
     _write_speakers(corpus, speakers, minutes)
     info.update(
         complete=True,
         summary={k: {**v, "hours": round(v["hours"], 4)} for k, v in summary.items()},
+        speakers_per_engine={k: dict(v) for k, v in engines.items()},
         total_hours=round(sum(durations.values()) / 3600, 4),
         synth_seconds=round(time.time() - t0, 1),
         num_jobs=num_jobs,
+        # per engine: utterances made in this call per second of one job's time (one core)
+        engine_utts_per_job_second={
+            e: round(n / max(sec, 1e-9), 2) for e, (sec, n) in sorted(busy.items())
+        },
         tools=_tool_versions(tools),
     )
     atomic_write_json(marker, info)
@@ -365,16 +477,16 @@ def _read_marker(path: Path) -> dict[str, Any] | None:
 
 
 def _write_speakers(corpus: Path, speakers: list[Speaker], minutes: dict[int, float]) -> None:
-    """SPEAKERS.TXT in LibriSpeech's format plus speakers.json with the espeak-ng settings."""
+    """SPEAKERS.TXT in LibriSpeech's format plus speakers.json with the engine settings."""
     lines = [
-        "; Synthetic speakers made by `asrq data synth` with espeak-ng (see speakers.json)\n",
+        "; Synthetic speakers made by `asrq data synth` with espeak-ng, flite and festival "
+        "(see speakers.json)\n",
         ";ID  |SEX| SUBSET           |MINUTES| NAME\n",
     ]
     for s in speakers:
-        name = f"espeak-ng {s.voice_spec} p{s.pitch} s{s.speed}"
-        lines.append(
-            f"{s.id:<5}| {VARIANTS[s.variant]} | {s.split:<17}| {minutes[s.id]:5.2f} | {name}\n"
-        )
+        name = f"{s.engine} {s.voice_spec} p{s.pitch} s{s.speed}"
+        sex = E.sex(s.engine, s.voice, s.variant)
+        lines.append(f"{s.id:<5}| {sex} | {s.split:<17}| {minutes[s.id]:5.2f} | {name}\n")
     atomic_write_text(corpus / "SPEAKERS.TXT", "".join(lines))
     atomic_write_json(
         corpus / "speakers.json", {str(s.id): dataclasses.asdict(s) for s in speakers}

@@ -1,10 +1,17 @@
-"""Text normalization to LibriSpeech style, and the builder of the shipped sentence file.
+"""Text normalization to LibriSpeech style, and the builders of the shipped sentence files.
 
 LibriSpeech transcripts are upper case letters, apostrophes and single spaces, no digits and
-no punctuation. :func:`normalize_text` maps free text to that form. :func:`build_kjv_sentences`
-regenerated ``asrq/resources/kjv_sentences.txt`` from the Debian package ``bible-kjv`` at
-development time (run ``python -m asrq.data.text`` with the package installed); at run time
-only the shipped file is read, through :func:`load_sentences`.
+no punctuation. :func:`normalize_text` maps free text to that form. Two sentence sources ship in
+``asrq/resources/`` (see its README for origin and license):
+
+- ``kjv``: ``kjv_sentences.txt``, clauses of the King James Bible (public domain), made by
+  :func:`build_kjv_sentences` from the Debian package ``bible-kjv``;
+- ``everyday``: ``wordnet_sentences.txt``, the usage examples of WordNet 3.0 ("She sighed
+  sadly", "I shall never forget this day"), everyday modern English under the WordNet 3.0
+  license, made by :func:`build_wordnet_sentences` from the Debian package ``wordnet-base``.
+
+Both builders run at development time (``python -m asrq.data.text`` with the two packages
+installed); at run time only the shipped files are read, through :func:`load_sentences`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from pathlib import Path
 from asrq.utils.io import AsrqError, atomic_write_text
 
 SENTENCES_RESOURCE = "kjv_sentences.txt"
+# Sentence sources: name -> shipped file in asrq/resources.
+SOURCES = {"kjv": SENTENCES_RESOURCE, "everyday": "wordnet_sentences.txt"}
+WORDNET_DIR = Path("/usr/share/wordnet")  # Debian package wordnet-base
 
 _NON_LETTER = re.compile(r"[^A-Z' ]+")
 _SPACES = re.compile(r" +")
@@ -76,10 +86,13 @@ def split_clauses(text: str, min_words: int, max_words: int) -> list[str]:
     return [" ".join(p) for p in pieces if min_words <= len(p) <= max_words]
 
 
-def load_sentences(min_words: int = 1, max_words: int = 10_000) -> list[str]:
-    """The shipped public-domain sentences (King James Bible, see ``asrq/resources/README.md``)
-    whose word count is within ``min_words..max_words``, in file order, duplicates removed."""
-    text = resources.files("asrq").joinpath("resources", SENTENCES_RESOURCE).read_text()
+def load_sentences(min_words: int = 1, max_words: int = 10_000, source: str = "kjv") -> list[str]:
+    """The shipped sentences of ``source`` (``kjv``: King James Bible; ``everyday``: WordNet
+    usage examples; see ``asrq/resources/README.md``) whose word count is within
+    ``min_words..max_words``, in file order, duplicates removed."""
+    if source not in SOURCES:
+        raise AsrqError(f"unknown sentence source {source!r}; choose one of {sorted(SOURCES)}")
+    text = resources.files("asrq").joinpath("resources", SOURCES[source]).read_text()
     seen: set[str] = set()
     out: list[str] = []
     for line in text.splitlines():
@@ -130,7 +143,53 @@ def build_kjv_sentences(
     return len(keep)
 
 
-if __name__ == "__main__":  # development-time: regenerate the shipped file
-    target = Path(__file__).resolve().parents[1] / "resources" / SENTENCES_RESOURCE
-    n = build_kjv_sentences(target)
-    print(f"wrote {n} sentences to {target} ({target.stat().st_size / 1e6:.2f} MB)")
+def wordnet_examples(wordnet_dir: str | Path = WORDNET_DIR) -> list[str]:
+    """The quoted usage examples of every WordNet 3.0 synset gloss (``data.noun``, ``data.verb``,
+    ``data.adj``, ``data.adv`` of Debian's ``wordnet-base``), in file order. Development-time
+    only."""
+    wordnet_dir = Path(wordnet_dir)
+    out: list[str] = []
+    for pos in ("noun", "verb", "adj", "adv"):
+        path = wordnet_dir / f"data.{pos}"
+        if not path.is_file():
+            raise AsrqError(
+                f"{path}: not found; apt-get install wordnet-base (only needed to rebuild "
+                "the everyday sentence file)"
+            )
+        for line in path.read_text(encoding="latin-1").splitlines():
+            if line.startswith("  ") or "|" not in line:  # license header lines start with 2 spaces
+                continue
+            out += re.findall(r'"([^"]+)"', line.split("|", 1)[1])
+    return out
+
+
+def build_wordnet_sentences(
+    out_path: str | Path,
+    num_lines: int = 15000,
+    min_words: int = 3,
+    max_words: int = 25,
+    seed: int = 0,
+    wordnet_dir: str | Path = WORDNET_DIR,
+) -> int:
+    """Write ``num_lines`` distinct normalized WordNet usage examples (chosen at random with
+    ``seed``, written in WordNet file order) to ``out_path``; returns the number written.
+    Examples with digits are dropped (see :func:`normalize_text`)."""
+    seen: set[str] = set()
+    examples: list[str] = []
+    for ex in wordnet_examples(wordnet_dir):
+        n = normalize_text(ex)
+        if n and min_words <= len(n.split()) <= max_words and n not in seen:
+            seen.add(n)
+            examples.append(n)
+    rng = random.Random(seed)
+    keep = sorted(rng.sample(range(len(examples)), min(num_lines, len(examples))))
+    atomic_write_text(out_path, "".join(examples[i] + "\n" for i in keep))
+    return len(keep)
+
+
+if __name__ == "__main__":  # development-time: regenerate the shipped files
+    res_dir = Path(__file__).resolve().parents[1] / "resources"
+    for source, build in (("kjv", build_kjv_sentences), ("everyday", build_wordnet_sentences)):
+        target = res_dir / SOURCES[source]
+        n = build(target)
+        print(f"wrote {n} sentences to {target} ({target.stat().st_size / 1e6:.2f} MB)")

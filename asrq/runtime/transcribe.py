@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from asrq.runtime import longform
 from asrq.runtime.audio import load_features
 from asrq.runtime.heads import runtime_head
 from asrq.runtime.model_dir import ModelDir, load_tokenizer, read_model_dir
@@ -42,6 +43,9 @@ def iter_transcripts(
     sp = md.tokenizer()
     decode = head.transcriber(md, backend, streaming, method, threads, beam)
     for p in paths:
+        if not streaming and longform.should_segment(p):  # long file: segment by segment
+            yield str(p), longform.transcribe_long(p, decode, sp.decode)
+            continue
         yield str(p), sp.decode(decode(load_features(p)))
 
 

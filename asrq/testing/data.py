@@ -1,7 +1,7 @@
 """A tiny synthetic corpus with manifests, fbank features and a BPE model, made once per test
 session (``tests/conftest.py`` fixture ``tiny_data``) for every test that needs real data.
 
-13 utterances (3 train speakers x 3, 1 dev x 2, 1 test x 2), about 45 s of audio; making it
+15 utterances (3 train speakers x 3, 1 dev x 2, 1 test-clean x 2, 1 test-other x 2), about 45 s of audio; making it
 takes a few seconds on 2 cores.
 """
 
@@ -19,6 +19,7 @@ TINY_SYNTH = SynthConfig(
     test_speakers=1,
     eval_utts_per_speaker=2,
     seed=0,
+    test_other_speakers=1,
 )
 TINY_VOCAB = 64  # what 9 sentences can support; the model may end up slightly smaller
 

@@ -133,7 +133,9 @@ class SshTransport(_Base):
         self.workdir = self.workdir or "/tmp/asrq-device"
 
     def _opts(self, port_flag: str) -> list[str]:
-        o = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
+        # one multiplexed connection for the many short commands and copies of a bench
+        o = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "ControlMaster=auto",
+             "-o", f"ControlPath={tempfile.gettempdir()}/asrq-ssh-%C", "-o", "ControlPersist=20"]  # fmt: skip
         for extra in self.options:
             o += ["-o", extra]
         if self.identity:

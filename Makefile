@@ -8,10 +8,18 @@ STAMP := $(VENV)/.asrq-installed
 
 .PHONY: install system-deps demo test test-fast lint clean
 
+# espeak-ng/sox: the synthetic corpus. cmake, g++: the native runner (export/runner);
+# g++-aarch64-linux-gnu + qemu-user: its linux-aarch64 build, run under qemu in the tests;
+# openssh-server/-client: `asrq device bench --target ssh:...` (tested against a local sshd).
+SYSTEM_TOOLS := espeak-ng sox cmake g++ aarch64-linux-gnu-g++ qemu-aarch64 /usr/sbin/sshd ssh
+SYSTEM_PACKAGES := espeak-ng sox libsox-fmt-all cmake g++ g++-aarch64-linux-gnu qemu-user \
+  openssh-server openssh-client
+
 system-deps:
-	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then \
-	  echo "installing Debian packages espeak-ng sox"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng sox libsox-fmt-all >/dev/null; \
+	@missing=0; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing Debian packages $(SYSTEM_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml

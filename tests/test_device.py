@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -79,11 +80,11 @@ def test_pick_cores_prefers_the_fastest():
     assert pick_cores(big_little, 2) == [4, 7]
     assert pick_cores(big_little, 4) == [4, 5, 6, 7]
     assert pick_cores({0: 0, 1: 0}, 4) == [0, 1]  # no cpufreq (VMs): the first cores
-    assert cpu_mask([4, 7]) == "0x90" and cpu_mask([0]) == "0x1"
+    assert cpu_mask([4, 7]) == "90" and cpu_mask([0]) == "1" and cpu_mask(range(12)) == "fff"
 
 
-def test_probe_local():
-    info = probe(LocalTransport())
+def test_probe_local(tmp_path: Path):
+    info = probe(LocalTransport(workdir=str(tmp_path)))
     assert info["machine"] in ("x86_64", "aarch64") and len(info["cpus"]) >= 1
     assert "taskset" in info["tools"]
 
@@ -136,7 +137,7 @@ def _check_result(res: dict, out_dir: Path, threads: list[int], ref: list[list[i
         assert r["cpus"] is not None and len(r["cpus"]) == min(
             r["threads"], len(res["core_max_khz"])
         )
-        assert "taskset 0x" in r["command"]
+        assert re.search(r"taskset [0-9a-f]+ \./asrq-runner", r["command"])
     assert [f["tokens"] for f in res["files"]] == ref
     assert res["transcripts_agree_across_threads"] and not res["emulated"]
 
@@ -269,4 +270,4 @@ def test_device_bench_adb_code_path(exported: Path, runner: RunnerBuild, audio: 
     pushed = [line.split()[4] for line in log if line.split()[2] == "push"]
     assert {Path(p).name for p in pushed} >= {"asrq-runner", *RUNNER_LIBS, *MODEL_FILES, "w000.wav"}
     assert all(line.startswith("-s emulator-5554 ") for line in log)
-    assert any("taskset 0x" in line and "--threads 2" in line for line in log)
+    assert any(re.search(r"taskset [0-9a-f]+ \./asrq-runner .*--threads 2", line) for line in log)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -77,7 +78,9 @@ def pick_cores(freqs: dict[int, int], n: int) -> list[int]:
 
 
 def cpu_mask(cores: Sequence[int]) -> str:
-    return hex(sum(1 << c for c in cores))
+    """``taskset`` affinity mask: hex digits without ``0x`` (util-linux and toybox both read
+    a bare hex mask)."""
+    return format(sum(1 << c for c in cores), "x")
 
 
 _PROBE = (
@@ -195,6 +198,8 @@ def bench_device(
             runs.append(r)
         if cleanup:
             transport.run(f"rm -rf {RUNNER} lib*.so model wavs result_t*.json", 60)
+            if getattr(transport, "owned", False):  # a temp work dir the transport made
+                shutil.rmtree(transport.workdir, ignore_errors=True)
     first = runs[0]
     result = {
         "device": name,

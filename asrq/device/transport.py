@@ -91,10 +91,12 @@ class LocalTransport(_Base):
 
     name: str = "local"
     kind: str = "local"
+    owned: bool = False  # the work dir is a temp dir made here (removed after a bench)
 
     def __post_init__(self) -> None:
         if not self.workdir:
             self.workdir = tempfile.mkdtemp(prefix="asrq-device-")
+            self.owned = True
 
     def run_argv(self, command: str) -> list[str]:
         return ["sh", "-c", self.shell_line(command)]

@@ -16,10 +16,12 @@ device) and run with :func:`subprocess.run`. Remote commands are one POSIX ``sh`
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -94,8 +96,10 @@ class LocalTransport(_Base):
     owned: bool = False  # the work dir is a temp dir made here (removed after a bench)
 
     def __post_init__(self) -> None:
-        if not self.workdir:
-            self.workdir = tempfile.mkdtemp(prefix="asrq-device-")
+        if not self.workdir:  # created by the first command or copy (mkdir -p), not here
+            self.workdir = (
+                f"{tempfile.gettempdir()}/asrq-device-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            )
             self.owned = True
 
     def run_argv(self, command: str) -> list[str]:

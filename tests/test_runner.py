@@ -134,6 +134,26 @@ def test_runner_threads_do_not_change_tokens(runner: RunnerBuild, exported: Path
     assert toks[0] == toks[1]
 
 
+def test_text_is_sentencepiece_decode(runner: RunnerBuild, exported: Path):
+    """Leading "▁"s dropped only at the start, <unk> as " ⁇ ", other symbols verbatim."""
+    from asrq.runtime.transcribe import load_tokenizer
+
+    sp = load_tokenizer(exported)
+    n = sp.get_piece_size()
+    word = next(
+        i for i in range(n) if sp.id_to_piece(i).startswith("▁") and len(sp.id_to_piece(i)) > 1
+    )
+    rng = np.random.default_rng(0)
+    cases = [[3, 4], [3, 3, 4], [2, 4], [1, 4], [word, 4], [4, word], [2, word], [3, word], [4, 2],
+             [word, 3], [3], [1]] + [rng.integers(1, n, size=int(rng.integers(1, 12))).tolist() for _ in range(20)]  # fmt: skip
+    for ids in cases:
+        res = run_runner(
+            runner, "--model-dir", str(exported), "--decode-ids", ",".join(map(str, ids))
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout[:-1] == sp.decode(ids), ids
+
+
 def test_runner_errors_name_the_file(runner: RunnerBuild, exported: Path, wavs: list[Path],
                                      tmp_path: Path):  # fmt: skip
     missing = tmp_path / "nope.wav"

@@ -32,13 +32,15 @@ const char* kUsage =
     "  --threads N      ExecuTorch threadpool size (XNNPACK workers), default 1\n"
     "  --warmup K       decode the first file K times before timing (default 1)\n"
     "  --dump-fbank DIR write each file's fbank as DIR/<index>.npy (float32, (T, F))\n"
-    "  --fbank-only     compute (and dump) fbank only; no model is loaded\n";
+    "  --fbank-only     compute (and dump) fbank only; no model is loaded\n"
+    "  --decode-ids L   print the text of comma-separated token ids L (tokens.txt) and exit\n";
 
 struct Args {
   std::string model_dir, json, dump_fbank;
   std::vector<std::string> wavs;
   int threads = 1, warmup = 1;
   bool fbank_only = false;
+  std::string decode_ids;
 };
 
 Args parse(int argc, char** argv) {
@@ -56,11 +58,16 @@ Args parse(int argc, char** argv) {
     else if (k == "--warmup") a.warmup = std::stoi(val());
     else if (k == "--dump-fbank") a.dump_fbank = val();
     else if (k == "--fbank-only") a.fbank_only = true;
+    else if (k == "--decode-ids") a.decode_ids = val();
     else if (k == "-h" || k == "--help") {
       std::cout << kUsage;
       std::exit(0);
     } else
       throw std::invalid_argument("unknown argument " + k);
+  }
+  if (!a.decode_ids.empty()) {
+    if (a.model_dir.empty()) throw std::invalid_argument("--decode-ids needs --model-dir");
+    return a;
   }
   if (a.wavs.empty()) throw std::invalid_argument("no --wav given");
   if (!a.fbank_only && a.model_dir.empty()) throw std::invalid_argument("no --model-dir given");
@@ -84,19 +91,26 @@ std::vector<std::string> read_tokens(const std::string& path) {
   return out;
 }
 
-// SentencePiece's decode of pieces: join, "▁" -> " ", drop the leading space; <unk> -> " ⁇ ".
+// SentencePiece's DecodeIds over pieces: "▁" -> " ", except that leading "▁"s are dropped
+// while nothing has been written yet; <unk> -> " ⁇ "; other symbols (<sos/eos>, ...) verbatim.
 std::string detokenize(const std::vector<int64_t>& ids, const std::vector<std::string>& sym) {
   const std::string meta = "\xe2\x96\x81";  // U+2581
   std::string s;
+  bool bos = true;
   for (int64_t id : ids) {
     std::string p = (id >= 0 && size_t(id) < sym.size()) ? sym[size_t(id)] : "<unk>";
-    if (p == "<unk>") p = " \xe2\x81\x87 ";
+    if (p == "<unk>") {
+      s += " \xe2\x81\x87 ";
+      bos = false;
+      continue;
+    }
+    if (bos && p.compare(0, meta.size(), meta) == 0) p.erase(0, meta.size());
     size_t pos;
     while ((pos = p.find(meta)) != std::string::npos) p.replace(pos, meta.size(), " ");
     s += p;
+    if (!p.empty()) bos = false;
   }
-  const size_t b = s.find_first_not_of(' ');
-  return b == std::string::npos ? std::string() : s.substr(b);
+  return s;
 }
 
 std::string json_str(const std::string& s) {
@@ -152,6 +166,13 @@ int main(int argc, char** argv) {
   };
   try {
     const Args args = parse(argc, argv);
+    if (!args.decode_ids.empty()) {
+      std::vector<int64_t> ids;
+      std::stringstream in(args.decode_ids);
+      for (std::string v; std::getline(in, v, ',');) ids.push_back(std::stoll(v));
+      std::cout << detokenize(ids, read_tokens(args.model_dir + "/tokens.txt")) << "\n";
+      return 0;
+    }
     asrq::Fbank fbank;
     // read every file first: a bad path fails before the model loads
     std::vector<asrq::Wav> wavs;

@@ -8,15 +8,22 @@ STAMP := $(VENV)/.asrq-installed
 
 .PHONY: install system-deps demo test test-fast lint clean
 
-# Speech synthesizers of the synthetic corpus (asrq/data/engines.py) and sox.
-SYSTEM_PKGS := espeak-ng sox libsox-fmt-all flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+# espeak-ng, flite, festival (+ voices), sox: the synthetic corpus (asrq/data/engines.py).
+# cmake, g++: the native runner (export/runner); g++-aarch64-linux-gnu + qemu-user: its
+# linux-aarch64 build, run under qemu in the tests; openssh-server/-client:
+# `asrq device bench --target ssh:...` (tested against a local sshd).
+SYSTEM_TOOLS := espeak-ng sox flite festival cmake g++ aarch64-linux-gnu-g++ qemu-aarch64 /usr/sbin/sshd ssh
+SYSTEM_DIRS := /usr/share/festival/voices/us/cmu_us_slt_arctic_hts \
+  /usr/share/festival/voices/english/kal_diphone /usr/share/festival/voices/english/ked_diphone
+SYSTEM_PACKAGES := espeak-ng sox libsox-fmt-all flite festival festvox-kallpc16k festvox-kdlpc16k \
+  festvox-us-slt-hts cmake g++ g++-aarch64-linux-gnu qemu-user openssh-server openssh-client
 
 system-deps:
-	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v flite >/dev/null \
-	  || ! command -v festival >/dev/null || [ ! -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] \
-	  || [ ! -d /usr/share/festival/voices/english/kal_diphone ] || [ ! -d /usr/share/festival/voices/english/ked_diphone ]; then \
-	  echo "installing Debian packages $(SYSTEM_PKGS)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(SYSTEM_PKGS) >/dev/null; \
+	@missing=0; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing=1; done; \
+	for d in $(SYSTEM_DIRS); do [ -d $$d ] || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing Debian packages $(SYSTEM_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml

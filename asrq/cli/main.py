@@ -57,6 +57,7 @@ def _register() -> None:
     cli.add_command(supernet.supernet)
     cli.add_command(supernet.slice_)
     cli.add_command(supernet.search)
+    cli.add_command(__import__("asrq.cli.device", fromlist=["device"]).device)
 
 
 _register()

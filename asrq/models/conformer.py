@@ -388,8 +388,17 @@ class ConformerEncoder(nn.Module):
         """One chunk. x: (N, 4C + 3, F) fbank window (3 frames overlap the next window);
         x_lens: (N,) valid fbank frames in the window. Returns (N, C, D), valid frames (N,), states.
         """
-        attn_cache, conv_cache, processed = states
         x, lens = self.embed(x, x_lens)
+        x, new_states = self.streaming_layers(x, lens, states)
+        return self.out_norm(x), lens, new_states
+
+    def streaming_layers(
+        self, x: Tensor, lens: Tensor, states: list[Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The layers of one chunk after the subsampling (no output norm): x (N, C, D)
+        subsampled, lens (N,) its valid frames -> (N, C, D), new states. The latency tables time
+        this apart (:mod:`asrq.export.latency`)."""
+        attn_cache, conv_cache, processed = states
         c = x.shape[1]
         mask = streaming_attention_mask(attn_cache.shape[2] // self.cfg.fold, c, processed, lens)
         new_attn, new_conv = [], []
@@ -397,7 +406,7 @@ class ConformerEncoder(nn.Module):
             x, a, cc = layer.streaming_forward(x, mask, attn_cache[i], conv_cache[i])
             new_attn.append(a)
             new_conv.append(cc)
-        return self.out_norm(x), lens, [torch.stack(new_attn), torch.stack(new_conv), processed + c]
+        return x, [torch.stack(new_attn), torch.stack(new_conv), processed + c]
 
 
 def count_parameters(module: nn.Module) -> int:

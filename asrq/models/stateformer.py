@@ -348,9 +348,18 @@ class StateformerEncoder(nn.Module):
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
         """One chunk. x: (N, 4C + 3, F) fbank window; x_lens: (N,) valid fbank frames in it.
         Returns (N, C, D), valid frames (N,), new states (same order as :meth:`state_specs`)."""
+        x, lens = self.embed(x, x_lens)
+        x, new_states = self.streaming_layers(x, lens, states)
+        return self.out_norm(x), lens, new_states
+
+    def streaming_layers(
+        self, x: Tensor, lens: Tensor, states: list[Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The layers of one chunk after the subsampling (no output norm): x (N, C, D)
+        subsampled, lens (N,) its valid frames -> (N, C, D), new states (see
+        :meth:`asrq.models.conformer.ConformerEncoder.streaming_layers`)."""
         attn_cache = states[0] if self.cfg.ssm_attention else None
         ssm_state, conv_cache, processed = states[-3:]
-        x, lens = self.embed(x, x_lens)
         c = x.shape[1]
         mask = None
         if attn_cache is not None:
@@ -368,4 +377,4 @@ class StateformerEncoder(nn.Module):
         out = [torch.stack(new_ssm), torch.stack(new_conv), processed + c]
         if attn_cache is not None:
             out.insert(0, torch.stack(new_attn))
-        return self.out_norm(x), lens, out
+        return x, out

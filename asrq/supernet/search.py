@@ -32,10 +32,10 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -48,6 +48,34 @@ from asrq.train.checkpoint import sentencepiece_from_bytes
 from asrq.utils.io import AsrqError, atomic_path, atomic_write_json, atomic_write_text
 
 BYTES_PER_PARAM = 4  # fp32
+#: the latency table's own JSON fields (the rest is the runtime's ``extra``)
+_TABLE_FIELDS = (
+    "format",
+    "chunk_frames",
+    "left_frames",
+    "threads",
+    "runtime",
+    "device",
+    "ms_per_chunk",
+)
+
+
+class PartTimer(Protocol):
+    """Times the parts of a 1-layer subnet model through a runtime
+    (:class:`asrq.export.latency.RuntimePartTimer`)."""
+
+    runtime: str
+
+    def time_parts(
+        self,
+        cfg: ModelConfig,
+        parts: Sequence[str],
+        chunk_frames: int,
+        left_frames: int,
+        keys: dict[str, str] | None = None,
+    ) -> dict[str, float]:
+        """ms per streaming chunk of each part ("embed", "layer", "head") of model ``cfg``."""
+        ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,6 +105,10 @@ class LatencyTable:
         default_factory=dict
     )  # where it was timed (asrq.bench.report.host_info)
     source: str = ""  # the file it was read from, for error messages
+    #: what timed the parts: "eager" (PyTorch) or a deployment backend (onnx, executorch)
+    runtime: str = "eager"
+    #: how the runtime timed them (runner, programs, components per entry); JSON-serialisable
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
     def keys(spec: SubnetSpec) -> tuple[str, str, str]:
@@ -104,8 +136,10 @@ class LatencyTable:
             "chunk_frames": self.chunk_frames,
             "left_frames": self.left_frames,
             "threads": self.threads,
+            "runtime": self.runtime,
             "device": self.device,
             "ms_per_chunk": self.entries,
+            **self.extra,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -135,6 +169,8 @@ class LatencyTable:
                 entries,
                 dict(d.get("device") or {}),
                 str(p),
+                str(d.get("runtime", "eager")),  # tables before runtimes were eager
+                {k: v for k, v in d.items() if k not in _TABLE_FIELDS},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise AsrqError(f"{p}: malformed latency table ({type(e).__name__}: {e})") from None
@@ -153,13 +189,30 @@ class LatencyTable:
         specs: list[SubnetSpec],
         repeats: int = 20,
         progress: Callable[[int, int], None] | None = None,
+        timer: PartTimer | None = None,
     ) -> None:
         """Fill the entries the resolved ``specs`` of supernet ``cfg`` need (``progress(i, n)``
-        after each spec)."""
+        after each spec). ``timer``: time the parts through a deployment runtime
+        (:class:`asrq.export.latency.RuntimePartTimer`) instead of eager PyTorch."""
         from asrq.utils.host import host_info
 
         if not self.device:
             self.device = host_info()
+        if timer is not None:
+            if timer.runtime != self.runtime:
+                raise AsrqError(
+                    f"{self.source or 'latency table'}: timed with {self.runtime}, not {timer.runtime}"
+                )
+            for i, spec in enumerate(specs):
+                keys = dict(zip(("embed", "layer", "head"), self.keys(spec), strict=True))
+                todo = [p for p, k in keys.items() if k not in self.entries]
+                if todo:
+                    one = subnet_model_config(cfg, SubnetSpec(**{**asdict(spec), "num_layers": 1}))
+                    ms = timer.time_parts(one, todo, self.chunk_frames, self.left_frames, keys)
+                    self.entries.update({keys[p]: ms[p] for p in todo})
+                if progress:
+                    progress(i + 1, len(specs))
+            return
         old = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -206,19 +259,26 @@ def build_latency_table(
     threads: int = 1,
     repeats: int = 20,
     log_fn: Callable[[str], None] | None = None,
+    timer: PartTimer | None = None,
+    specs: list[SubnetSpec] | None = None,
 ) -> LatencyTable:
     """Time every part (embed, layer, head) that any spec of the supernet ``checkpoint``'s search
-    space uses, on this machine, and write the table to ``out`` (``asrq bench --layer-table``;
-    ``asrq search --latency-table`` reads it)."""
+    space (or of ``specs``) uses, on this machine, and write the table to ``out`` (``asrq bench
+    --layer-table``; ``asrq search --latency-table`` reads it). ``timer``: through a deployment
+    runtime (:class:`asrq.export.latency.RuntimePartTimer`, its threads), else eager PyTorch."""
     sup = load_supernet(checkpoint)
     st = sup.config.model.streaming
-    table = LatencyTable(st.chunk_frames, st.left_frames, threads)
+    runtime = "eager" if timer is None else timer.runtime
+    table = LatencyTable(st.chunk_frames, st.left_frames, threads, runtime=runtime)
 
     def tick(i: int, n: int) -> None:
         if log_fn and (i == n or i % max(1, n // 10) == 0):
             log_fn(f"[{i}/{n}] specs covered, {len(table.entries)} table entries")
 
-    table.measure(sup.config.model, sup.space.all_specs(), repeats, progress=tick)
+    specs = sup.space.all_specs() if specs is None else [sup.space.validate(s) for s in specs]
+    table.measure(sup.config.model, specs, repeats, progress=tick, timer=timer)
+    if timer is not None:
+        table.extra = {**timer.info(), "details": dict(sorted(timer.details.items()))}
     table.save(out)
     return table
 

@@ -104,6 +104,29 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     show_default=True,
     help="Timings per latency-table entry, median (--layer-table only).",
 )
+@click.option(
+    "--runtime",
+    type=click.Choice(["eager", *BACKENDS]),
+    default="eager",
+    show_default=True,
+    help="--layer-table: time the parts in eager PyTorch, or export each part as its own small "
+    "program and time it in that deployment runtime (onnxruntime; ExecuTorch + XNNPACK).",
+)
+@click.option(
+    "--symbols-per-frame",
+    type=click.FloatRange(0.0, 1.0),
+    default=1.0,
+    show_default=True,
+    help="--layer-table --runtime onnx|executorch: greedy symbols emitted per encoder frame "
+    "assumed for the predictor calls (1.0: the upper bound).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="--layer-table --runtime onnx|executorch: where exported part programs are cached. "
+    "[default: beside --out, <out>.parts/]",
+)
 def bench(
     model_dir: Path,
     backends: tuple[str, ...],
@@ -118,6 +141,9 @@ def bench(
     isolate: bool,
     layer_table: bool,
     repeats: int,
+    runtime: str,
+    symbols_per_frame: float,
+    cache_dir: Path | None,
 ) -> None:
     """Benchmark streaming recognition with the model exported to MODEL_DIR.
 
@@ -133,9 +159,12 @@ def bench(
       asrq bench exp/mini/export --max-files 20 \\
           --cuts data/mini/fbank/librispeech_cuts_test-clean.jsonl.gz
       asrq bench exp/mini_supernet/model.pt --layer-table --threads 1 --out tables/host-1t.json
+      asrq bench exp/mini_supernet/model.pt --layer-table --runtime executorch --out et-1t.json
     """
     if layer_table:
-        _layer_table(model_dir, out, (threads or [1])[0], repeats)
+        _layer_table(
+            model_dir, out, (threads or [1])[0], repeats, runtime, symbols_per_frame, cache_dir
+        )
         return
     from asrq.bench.report import format_table
     from asrq.bench.runner import run_bench
@@ -165,19 +194,40 @@ def bench(
     click.echo(f"wrote {report['json']}" + (f" and {report['chart']}" if "chart" in report else ""))
 
 
-def _layer_table(checkpoint: Path, out: Path | None, threads: int, repeats: int) -> None:
+def _layer_table(
+    checkpoint: Path,
+    out: Path | None,
+    threads: int,
+    repeats: int,
+    runtime: str = "eager",
+    symbols_per_frame: float = 1.0,
+    cache_dir: Path | None = None,
+) -> None:
     from asrq.supernet.search import build_latency_table
 
     out = out or checkpoint.parent / "latency_table.json"
     try:
+        timer = None
+        if runtime != "eager":
+            from asrq.export.latency import RuntimePartTimer
+
+            timer = RuntimePartTimer(
+                runtime,
+                threads,
+                cache_dir or out.with_name(out.name + ".parts"),
+                repeats,
+                symbols_per_frame,
+                click.echo,
+            )
         table = build_latency_table(
-            checkpoint, out, threads=threads, repeats=repeats, log_fn=click.echo
+            checkpoint, out, threads=threads, repeats=repeats, log_fn=click.echo, timer=timer
         )
     except AsrqError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     click.echo(
-        f"{len(table.entries)} entries ({threads} thread(s), chunk {table.chunk_frames} frames)"
+        f"{len(table.entries)} entries ({table.runtime}, {threads} thread(s), chunk "
+        f"{table.chunk_frames} frames)"
         f" -> {out}"
     )
 

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -108,12 +109,12 @@ class NullPart(nn.Module):
 
 
 def _forced_joiner(model: nn.Module, token: int) -> nn.Module:
-    """:class:`~asrq.export.rnnt.JoinerProgram` of a copy of the joiner whose argmax is ``token``."""
-    m = copy.copy(model)  # shallow: only the joiner is replaced
-    m.joiner = copy.deepcopy(model.joiner)
+    """:class:`~asrq.export.rnnt.JoinerProgram` of a copy of the joiner whose argmax is ``token``
+    (``model`` is left as it is)."""
+    joiner = copy.deepcopy(model.joiner)
     with torch.no_grad():
-        m.joiner.output_linear.bias[token] += _FORCE_BIAS
-    return JoinerProgram(m).eval()
+        joiner.output_linear.bias[token] += _FORCE_BIAS
+    return JoinerProgram(SimpleNamespace(joiner=joiner)).eval()
 
 
 def part_specs(
@@ -196,6 +197,22 @@ def fingerprint(spec: ProgramSpec, backend: str, extra: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # timing
 # --------------------------------------------------------------------------------------------
+def round_medians(
+    steps: dict[str, Callable[[], Any]], repeats: int, warmup: int = 3
+) -> dict[str, float]:
+    """Run every step once per round, in order, timing each call; median ms per step over
+    ``repeats`` rounds after ``warmup`` rounds."""
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for r in range(warmup + repeats):
+        for k, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            dt = (time.perf_counter() - t0) * 1000.0
+            if r >= warmup:
+                times[k].append(dt)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
     """Median wall time of ``fn()`` in ms over ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):
@@ -305,7 +322,12 @@ class RuntimePartTimer:
         keys: dict[str, str] | None = None,
     ) -> dict[str, float]:
         """ms per chunk of each of ``parts`` (of :data:`PARTS`) of the 1-layer model ``cfg``.
-        ``keys``: the table key of each part (for :attr:`details`)."""
+        ``keys``: the table key of each part (for :attr:`details`).
+
+        Every part's programs are run (exports are cached, so parts already in the table cost
+        little), in rounds in the order a streaming step runs them (subsampling, layer, tail,
+        greedy), each call timed on its own, so that caches hold what they would between the
+        encoder and the search of a real step; medians over ``repeats`` rounds."""
         unknown = [p for p in parts if p not in PARTS]
         if unknown:
             raise AsrqError(f"unknown latency-table part {unknown[0]!r}; have {list(PARTS)}")
@@ -318,60 +340,64 @@ class RuntimePartTimer:
             "joiner_dim": cfg.joiner_dim,
             "vocab": int(model.vocab_size),
         }
-        needed = {p for part in parts for p in PART_PROGRAMS[part]}
         names = {
             p: self._program(
                 specs[p], enc_cfg if p in ("embed", "layer", "proj") else head_cfg | {"p": p}
             )
-            for p in sorted(needed)
+            for p in sorted({p for progs in PART_PROGRAMS.values() for p in progs})
         }
-        run = self.runner().run
-        r = self.repeats
+        runner = self.runner()
 
         def call(p: str) -> Callable[[], Any]:
             inputs = [t.clone() for t in specs[p].example_inputs]
-            return lambda: run(names[p], inputs)
+            return lambda: runner.run(names[p], inputs)
 
-        ms: dict[str, float] = {}
-        null = median_ms(call("null"), r) if "null" in needed else 0.0
-        if "embed" in parts:
-            ms["embed"] = median_ms(call("embed"), r)
-            self._detail(keys, "embed", {"embed_call": ms["embed"]})
-        if "layer" in parts:
-            layer = median_ms(call("layer"), r)
-            ms["layer"] = max(0.0, layer - null)
-            self._detail(keys, "layer", {"layer_call": layer, "null_call": null})
-        if "head" in parts:
-            proj = median_ms(call("proj"), r)
-            c, j = chunk_frames, int(model.joiner.encoder_proj.out_features)
-            enc = torch.randn(1, c, j, generator=torch.Generator().manual_seed(1))
-            valid = torch.tensor([c])
-            greedy = {}
-            for variant in ("blank", "emit"):
-                comp = _PartHead(
-                    self.runner(),
-                    names["predictor"],
-                    names[f"joiner_{variant}"],
-                    int(model.blank_id),
-                    int(model.predictor.context_size),
-                )
-                state = GreedyState.create(comp, 1)
-                greedy[variant] = median_ms(lambda: greedy_advance(comp, enc, valid, state), r)  # noqa: B023
-            s = self.symbols_per_frame
-            ms["head"] = (
-                max(0.0, proj - null) + greedy["blank"] + s * (greedy["emit"] - greedy["blank"])
+        c, j = chunk_frames, int(model.joiner.encoder_proj.out_features)
+        enc = torch.randn(1, c, j, generator=torch.Generator().manual_seed(1))
+        valid = torch.tensor([c])
+
+        def greedy(variant: str) -> Callable[[], Any]:
+            comp = _PartHead(
+                runner,
+                names["predictor"],
+                names[f"joiner_{variant}"],
+                int(model.blank_id),
+                int(model.predictor.context_size),
             )
-            self._detail(
-                keys,
-                "head",
-                {
-                    "proj_call": proj,
-                    "null_call": null,
-                    "greedy_blank": greedy["blank"],
-                    "greedy_emit": greedy["emit"],
-                },
-            )
-        return ms
+            state = GreedyState.create(comp, 1)
+            return lambda: greedy_advance(comp, enc, valid, state)
+
+        steps = {
+            "embed": call("embed"),
+            "layer": call("layer"),
+            "null": call("null"),
+            "proj": call("proj"),
+            "greedy_blank": greedy("blank"),
+            "greedy_emit": greedy("emit"),
+        }
+        t = round_medians(steps, self.repeats)
+        null = t["null"]
+        s = self.symbols_per_frame
+        ms = {
+            "embed": t["embed"],
+            "layer": max(0.0, t["layer"] - null),
+            "head": max(0.0, t["proj"] - null)
+            + t["greedy_blank"]
+            + s * (t["greedy_emit"] - t["greedy_blank"]),
+        }
+        self._detail(keys, "embed", {"embed_call": t["embed"]})
+        self._detail(keys, "layer", {"layer_call": t["layer"], "null_call": null})
+        self._detail(
+            keys,
+            "head",
+            {
+                "proj_call": t["proj"],
+                "null_call": null,
+                "greedy_blank": t["greedy_blank"],
+                "greedy_emit": t["greedy_emit"],
+            },
+        )
+        return {p: ms[p] for p in parts}
 
     def _detail(self, keys: dict[str, str] | None, part: str, d: dict[str, float]) -> None:
         if keys and part in keys:

@@ -271,3 +271,29 @@ def markdown_table(report: dict[str, Any]) -> str:
             )
         )
     return head + "\n".join(lines) + "\n"
+
+
+def untrained_supernet(
+    config: str | Path, out: str | Path, overrides: tuple[str, ...] = (), seed: int = 0
+) -> Path:
+    """Write a randomly initialised supernet checkpoint of the experiment YAML ``config`` (with
+    a BPE model of its vocabulary size trained on the bundled sentences) at ``out``: latency
+    does not depend on the weights, so timing a search space needs no training run. Its greedy
+    search emits whatever random weights emit (the report measures the rate)."""
+    import tempfile
+
+    from asrq.config import load_config
+    from asrq.data.bpe import train_bpe
+    from asrq.models import build_model
+    from asrq.train.checkpoint import model_payload, save_checkpoint, sentencepiece_from_bytes
+
+    cfg = load_config(config, list(overrides))
+    if cfg.supernet is None:
+        raise AsrqError(f"{config}: no supernet section")
+    text = (Path(__file__).resolve().parents[1] / "resources" / "kjv_sentences.txt").read_text()
+    with tempfile.TemporaryDirectory(prefix="asrq-bpe-") as tmp:
+        bpe = train_bpe(text.splitlines()[:5000], tmp, cfg.data.vocab_size).read_bytes()
+    cfg.model.vocab_size = sentencepiece_from_bytes(bpe).get_piece_size()
+    torch.manual_seed(seed)
+    model = build_model(cfg.model)
+    return save_checkpoint(Path(out), model_payload(model, cfg, bpe, step=0))

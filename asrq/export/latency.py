@@ -24,7 +24,10 @@ dims (random weights: the cost does not depend on them):
   every frame (``greedy_emit``), and ``head = proj + blank + r * (emit - blank)`` for
   ``r = symbols_per_frame`` (1.0, the default, is the upper bound the eager table also takes).
 
-Each time is the median of ``repeats`` calls after a warm-up. Exported parts are cached in
+The programs run in rounds in the order a streaming step runs them (subsampling, layer, tail,
+greedy), each call timed on its own, so the caches hold what they would in a real step (timing a
+part in a tight loop of its own keeps its weights hot and under-predicts); each time is the median
+over ``repeats`` rounds after a warm-up. Exported parts are cached in
 ``cache_dir`` under a fingerprint of the program (its module, example shapes, backend and the
 library versions), so parts shared by many subnets (``embed`` per ``d_model``, the predictor per
 ``(p, j)``) are lowered once, and a rebuilt table re-uses every program.

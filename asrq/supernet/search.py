@@ -8,8 +8,9 @@ For each candidate spec (every spec of the search space when there are at most
   :mod:`asrq.supernet.elastic`), streaming by default;
 - **size**: parameters and fp32 megabytes (``4 * params / 2^20``);
 - **latency**: predicted compute time of one streaming chunk on this machine from a
-  :class:`LatencyTable` (eager PyTorch, ``threads`` intra-op threads), so a large space needs only
-  a few measurements. Per chunk of C frames::
+  :class:`LatencyTable` (eager PyTorch, ``threads`` intra-op threads; or a table timed through a
+  deployment runtime, :mod:`asrq.export.latency`, whose ``runtime`` it records), so a large space
+  needs only a few measurements. Per chunk of C frames::
 
       latency(spec) = embed(d) + num_layers * layer(d, f, h, h_s) + head(d, j, p)
 

@@ -157,7 +157,7 @@ def predicted_vs_measured(
             )
         export_s = time.perf_counter() - t1
         md = read_model_dir(export_dir)
-        p50s, means, loads = [], [], []
+        p50s, means, enc_p50s, loads = [], [], [], []
         for k in range(bench_repeats):
             loads.append(_load())
             rep = run_bench(
@@ -171,6 +171,7 @@ def predicted_vs_measured(
             run = rep["runs"][0]
             p50s.append(run["chunk_latency_ms"]["p50"])
             means.append(run["chunk_latency_ms"]["mean"])
+            enc_p50s.append(run["encoder_latency_ms"]["p50"])
         measured = statistics.median(p50s)
         predicted = tab.predict(spec)
         k_embed, k_layer, k_head = tab.keys(spec)
@@ -183,6 +184,10 @@ def predicted_vs_measured(
             if details
             else None
         )
+        enc_pred = None
+        if details:  # the encoder program's share: subsampling, layers, out_norm + encoder_proj
+            tail = max(0.0, details["proj_call"] - details["null_call"])
+            enc_pred = tab.entries[k_embed] + spec.num_layers * tab.entries[k_layer] + tail
         row = {
             "subnet": name,
             "spec": spec.to_dict(),
@@ -196,6 +201,8 @@ def predicted_vs_measured(
             "measured_chunk_p50_ms": round(measured, 4),
             "measured_chunk_p50_runs_ms": p50s,
             "measured_chunk_mean_runs_ms": means,
+            "predicted_encoder_ms": None if enc_pred is None else round(enc_pred, 4),
+            "measured_encoder_p50_ms": round(statistics.median(enc_p50s), 4),
             "error_pct": round(100.0 * (predicted - measured) / measured, 2),
             "measured_symbols_per_frame": round(rate, 4),
             "predicted_at_measured_rate_ms": None if at_rate is None else round(at_rate, 4),
@@ -254,21 +261,18 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"{report['chunk_ms']} ms, on {report['device'].get('cpu_model')} "
         f"(load {report['load_average_1m']['before']} -> {report['load_average_1m']['after']}).\n\n"
         "| subnet | params | predicted ms | measured p50 ms | error | symbols/frame | "
-        "predicted at that rate | error |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        "predicted at that rate | error | encoder predicted / measured ms |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     )
     lines = []
     for r in report["subnets"]:
-        at = r["predicted_at_measured_rate_ms"]
+        at, ep = r["predicted_at_measured_rate_ms"], r.get("predicted_encoder_ms")
+        rate = f"{at:.3f} | {r['error_at_measured_rate_pct']:+.1f}%" if at is not None else "- | -"
+        enc = f"{ep:.3f} / {r['measured_encoder_p50_ms']:.3f}" if ep is not None else "-"
         lines.append(
             f"| {r['subnet']} | {r['params']:,} | {r['predicted_ms']:.3f} | "
             f"{r['measured_chunk_p50_ms']:.3f} | {r['error_pct']:+.1f}% | "
-            f"{r['measured_symbols_per_frame']:.2f} | "
-            + (
-                f"{at:.3f} | {r['error_at_measured_rate_pct']:+.1f}% |"
-                if at is not None
-                else "- | - |"
-            )
+            f"{r['measured_symbols_per_frame']:.2f} | {rate} | {enc} |"
         )
     return head + "\n".join(lines) + "\n"
 

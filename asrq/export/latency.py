@@ -388,18 +388,21 @@ class RuntimePartTimer:
             + t["greedy_blank"]
             + s * (t["greedy_emit"] - t["greedy_blank"]),
         }
-        self._detail(keys, "embed", {"embed_call": t["embed"]})
-        self._detail(keys, "layer", {"layer_call": t["layer"], "null_call": null})
-        self._detail(
-            keys,
-            "head",
-            {
-                "proj_call": t["proj"],
-                "null_call": null,
-                "greedy_blank": t["greedy_blank"],
-                "greedy_emit": t["greedy_emit"],
-            },
-        )
+        if "embed" in parts:  # details only for the entries this call fills
+            self._detail(keys, "embed", {"embed_call": t["embed"]})
+        if "layer" in parts:
+            self._detail(keys, "layer", {"layer_call": t["layer"], "null_call": null})
+        if "head" in parts:
+            self._detail(
+                keys,
+                "head",
+                {
+                    "proj_call": t["proj"],
+                    "null_call": null,
+                    "greedy_blank": t["greedy_blank"],
+                    "greedy_emit": t["greedy_emit"],
+                },
+            )
         return {p: ms[p] for p in parts}
 
     def _detail(self, keys: dict[str, str] | None, part: str, d: dict[str, float]) -> None:

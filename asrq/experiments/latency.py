@@ -200,6 +200,9 @@ def predicted_vs_measured(
             },
             "measured_chunk_p50_ms": round(measured, 4),
             "measured_chunk_p50_runs_ms": p50s,
+            # the least disturbed run (on a shared machine other processes preempt whole chunks)
+            "measured_chunk_p50_min_ms": min(p50s),
+            "error_vs_min_pct": round(100.0 * (predicted - min(p50s)) / min(p50s), 2),
             "measured_chunk_mean_runs_ms": means,
             "predicted_encoder_ms": None if enc_pred is None else round(enc_pred, 4),
             "measured_encoder_p50_ms": round(statistics.median(enc_p50s), 4),

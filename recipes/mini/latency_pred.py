@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--bench-repeats", type=int, default=3, help="benchmark runs per subnet")
     p.add_argument("--seconds", type=float, default=8.0, help="synthetic audio per benchmark run")
     p.add_argument("--symbols-per-frame", type=float, default=1.0)
+    p.add_argument("--table", default=None, help="predict from this runtime table (no rebuild)")
     a = p.parse_args()
     out = Path(a.out)
     ckpt = a.checkpoint
@@ -50,6 +51,7 @@ def main() -> None:
         bench_repeats=a.bench_repeats,
         seconds=a.seconds,
         symbols_per_frame=a.symbols_per_frame,
+        table=a.table,
         log_fn=print,
     )
     print((out / "latency_pred_vs_measured.md").read_text())

@@ -115,6 +115,9 @@ def _forced_joiner(model: nn.Module, token: int) -> nn.Module:
     """:class:`~asrq.export.rnnt.JoinerProgram` of a copy of the joiner whose argmax is ``token``
     (``model`` is left as it is)."""
     joiner = copy.deepcopy(model.joiner)
+    # the program takes projected inputs: drop the projections, so the program (and its cache
+    # fingerprint) does not depend on the encoder's width
+    joiner.encoder_proj = joiner.decoder_proj = None
     with torch.no_grad():
         joiner.output_linear.bias[token] += _FORCE_BIAS
     return JoinerProgram(SimpleNamespace(joiner=joiner)).eval()

@@ -238,12 +238,15 @@ def test_online_ctc_greedy_equals_greedy_over_the_whole_utterance():
 def test_config_round_trip_and_validation():
     cfg = tiny_ctc_attention_config()
     again = from_dict(ExperimentConfig, to_dict(cfg))
-    assert again.model.head == "ctc_attention" and again.model.decoder.num_layers == 2
-    with pytest.raises(AsrqError, match="ctc_head"):
-        from_dict(ExperimentConfig, {"model": {"head": "ctc_attention", "ctc_head": False}})
+    assert again.model.head == "ctc_attention" and again.model.ctc_attention.decoder.num_layers == 2
+    with pytest.raises(AsrqError, match=r"model.ctc_attention.decoder.num_heads \(5\)"):
+        from_dict(
+            ExperimentConfig,
+            {"model": {"head": "ctc_attention", "ctc_attention": {"decoder": {"num_heads": 5}}}},
+        )
     with pytest.raises(AsrqError, match="label_smoothing"):
         from_dict(ExperimentConfig, {"train": {"loss": {"label_smoothing": 1.0}}})
-    cfg.model.decoder.sos_eos_id = 0  # the blank
+    cfg.model.ctc_attention.decoder.sos_eos_id = 0  # the blank
     with pytest.raises(ValueError, match="sos_eos_id"):
         build_model(cfg.model)
 

@@ -78,8 +78,8 @@ def test_sliced_model_equals_supernet_at_spec(enc: str) -> None:
             and plain_cfg.encoder.num_layers == spec.num_layers
         )
         assert (
-            plain_cfg.joiner_dim == spec.joiner_dim
-            and plain_cfg.predictor.d_model == spec.predictor_dim
+            plain_cfg.rnnt.joiner_dim == spec.joiner_dim
+            and plain_cfg.rnnt.predictor.d_model == spec.predictor_dim
         )
         assert not plain.training
         ref = TorchRnnt(plain, chunk, left)

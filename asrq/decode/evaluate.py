@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from asrq.config import HEAD_METHODS
 from asrq.decode import ctc_attention as CA
 from asrq.decode.ctc import ctc_greedy
 from asrq.decode.search import greedy_search, modified_beam_search
@@ -34,11 +35,6 @@ METHODS: tuple[str, ...] = (
     "ctc_prefix_beam",
     "attention_rescoring",
 )
-#: methods per model head; on a ctc_attention model ``greedy`` means ``ctc_greedy`` (its greedy search)
-HEAD_METHODS: dict[str, tuple[str, ...]] = {
-    "rnnt": ("greedy", "modified_beam_search", "ctc_greedy"),
-    "ctc_attention": ("greedy", *CA.METHODS),
-}
 
 
 @dataclass
@@ -217,7 +213,9 @@ def evaluate_model(
     from tqdm import tqdm
 
     if method == "ctc_greedy" and getattr(model, "ctc", None) is None:
-        raise AsrqError("method ctc_greedy: this model has no CTC head (model.ctc_head: false)")
+        raise AsrqError(
+            "method ctc_greedy: this model has no CTC head (model.rnnt.ctc_head: false)"
+        )
     if method not in METHODS:
         raise AsrqError(f"unknown decoding method {method!r}; choose one of {', '.join(METHODS)}")
     head = getattr(model, "head", "rnnt")

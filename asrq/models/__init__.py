@@ -4,6 +4,7 @@ presets on top of it (STYLE.md point 5)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 from torch import nn
 
@@ -29,17 +30,15 @@ def build_model(cfg: ModelConfig) -> Transducer | CtcAttentionModel:
         raise ValueError("model.vocab_size is 0: set it (training fills it from the BPE model)")
     encoder = build_encoder(cfg.encoder)
     if cfg.head == "ctc_attention":
-        decoder = AttentionDecoder(cfg.vocab_size, encoder.output_dim, cfg.decoder)
-        return CtcAttentionModel(
-            encoder, decoder, cfg.vocab_size, cfg.blank_id, cfg.decoder.sos_eos_id
-        )
+        dec = cfg.ctc_attention.decoder
+        decoder = AttentionDecoder(cfg.vocab_size, encoder.output_dim, dec)
+        return CtcAttentionModel(encoder, decoder, cfg.vocab_size, cfg.blank_id, dec.sos_eos_id)
+    r = cfg.rnnt
     predictor = Predictor(
-        cfg.vocab_size, cfg.predictor.d_model, cfg.blank_id, cfg.predictor.context_size
+        cfg.vocab_size, r.predictor.d_model, cfg.blank_id, r.predictor.context_size
     )
-    joiner = Joiner(encoder.output_dim, cfg.predictor.d_model, cfg.joiner_dim, cfg.vocab_size)
-    return Transducer(
-        encoder, predictor, joiner, cfg.vocab_size, cfg.blank_id, ctc_head=cfg.ctc_head
-    )
+    joiner = Joiner(encoder.output_dim, r.predictor.d_model, r.joiner_dim, cfg.vocab_size)
+    return Transducer(encoder, predictor, joiner, cfg.vocab_size, cfg.blank_id, ctc_head=r.ctc_head)
 
 
 #: Named sizes: (encoder overrides, predictor dim, joiner dim).
@@ -73,8 +72,10 @@ def preset_config(name: str, vocab_size: int, base: ModelConfig | None = None) -
     cfg = copy.deepcopy(base) if base is not None else ModelConfig()
     cfg.vocab_size = vocab_size
     cfg.encoder = EncoderConfig(**{**cfg.encoder.__dict__, **p["encoder"]})
-    cfg.predictor = PredictorConfig(d_model=p["predictor"], context_size=cfg.predictor.context_size)
-    cfg.joiner_dim = p["joiner"]
+    predictor = PredictorConfig(
+        d_model=p["predictor"], context_size=cfg.rnnt.predictor.context_size
+    )
+    cfg.rnnt = dataclasses.replace(cfg.rnnt, predictor=predictor, joiner_dim=p["joiner"])
     return cfg
 
 

@@ -89,6 +89,8 @@ class Transducer(nn.Module):
         ctc_head: add a CTC projection ``D -> V`` trained as an auxiliary loss.
     """
 
+    head = "rnnt"
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -144,7 +146,7 @@ class Transducer(nn.Module):
     def ctc_log_probs(self, enc: Tensor) -> Tensor:
         """(N, T, D) -> (N, T, V) log-probabilities."""
         if self.ctc is None:
-            raise RuntimeError("this model has no CTC head (model.ctc_head: false)")
+            raise RuntimeError("this model has no CTC head (model.rnnt.ctc_head: false)")
         return self.ctc(enc).log_softmax(dim=-1)
 
     def forward_ctc(

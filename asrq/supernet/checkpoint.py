@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from asrq.config import ExperimentConfig, from_dict
+from asrq.config import ExperimentConfig, stored_experiment_config
 from asrq.models import build_model
 from asrq.supernet.elastic import Supernet, slice_model
 from asrq.supernet.spec import SearchSpace, SubnetSpec, load_spec
@@ -40,7 +40,7 @@ class LoadedSupernet:
 def load_supernet(path: str | Path) -> LoadedSupernet:
     """Rebuild a supernet (eval mode; ``model_avg`` weights when present) and its search space."""
     ckpt = load_checkpoint(path)
-    cfg = from_dict(ExperimentConfig, ckpt["config"], where=f"{path}:config")
+    cfg = stored_experiment_config(ckpt["config"], f"{path}:config")
     if cfg.supernet is None:
         raise AsrqError(f"{path}: not a supernet checkpoint (its config has no supernet: section)")
     space = SearchSpace(cfg.supernet.search_space, cfg.model, where=f"{path}:supernet.search_space")

@@ -172,7 +172,7 @@ def distillation_loss(
     if cfg.kd_on in ("ctc", "both"):
         if teacher.ctc_log_probs is None or student.ctc_log_probs is None:
             raise RuntimeError(
-                "CTC distillation needs the CTC head's log-probs (model.ctc_head: true)"
+                "CTC distillation needs the CTC head's log-probs (model.rnnt.ctc_head: true)"
             )
         d = div(teacher.ctc_log_probs.detach().float(), student.ctc_log_probs.float())  # (N, T)
         out["kd_ctc"] = (d * frames).sum()

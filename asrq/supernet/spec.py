@@ -87,8 +87,8 @@ def full_spec(cfg: ModelConfig) -> SubnetSpec:
         ffn_dim=e.ffn_dim,
         num_heads=e.num_heads if attn else None,
         ssm_heads=e.ssm_heads if e.type == "stateformer" else None,
-        joiner_dim=cfg.joiner_dim,
-        predictor_dim=cfg.predictor.d_model,
+        joiner_dim=cfg.rnnt.joiner_dim,
+        predictor_dim=cfg.rnnt.predictor.d_model,
     )
 
 
@@ -160,7 +160,8 @@ def _unused_heads(e: EncoderConfig, d: int) -> int:
 
 
 def _predictor_error(cfg: ModelConfig, p: int) -> str | None:
-    if cfg.predictor.context_size > 1 and _groups_width(p) != _groups_width(cfg.predictor.d_model):
+    pred = cfg.rnnt.predictor
+    if pred.context_size > 1 and _groups_width(p) != _groups_width(pred.d_model):
         return f"predictor_dim={p} changes the predictor conv's channels per group (groups = d // 4): use a multiple of 4"
     return None
 
@@ -220,10 +221,10 @@ def subnet_model_config(
     out = copy.deepcopy(cfg)
     try:
         out.encoder = EncoderConfig(**enc)
-        out.predictor = PredictorConfig(
-            d_model=s.predictor_dim, context_size=cfg.predictor.context_size
+        predictor = PredictorConfig(
+            d_model=s.predictor_dim, context_size=cfg.rnnt.predictor.context_size
         )
-        out.joiner_dim = s.joiner_dim
+        out.rnnt = dataclasses.replace(cfg.rnnt, predictor=predictor, joiner_dim=s.joiner_dim)
         out.__post_init__()
     except AsrqError as err:
         raise AsrqError(f"subnet spec {s.short()}: {err}") from err

@@ -75,9 +75,10 @@ def resolve_supernet_config(cfg: ExperimentConfig) -> SearchSpace:
     sn.search_space = space.config()
     if sn.dropout_max is None:
         sn.dropout_max = cfg.model.encoder.dropout
-    if sn.kd_weight > 0 and sn.kd_on in ("ctc", "both") and not cfg.model.ctc_head:
+    if sn.kd_weight > 0 and sn.kd_on in ("ctc", "both") and not cfg.model.has_ctc:
         raise AsrqError(
-            f"invalid config: supernet.kd_on {sn.kd_on} needs model.ctc_head: true (or use kd_on: rnnt)"
+            f"invalid config: supernet.kd_on {sn.kd_on} needs model.rnnt.ctc_head: true "
+            "(or use kd_on: rnnt)"
         )
     if sn.kd_weight > 0 and sn.kd_on in ("ctc", "both") and cfg.train.loss.ctc_weight == 0:
         log.warning(
@@ -100,7 +101,7 @@ class SupernetTrainer(Trainer):
             cfg.supernet.sample_pool
         )  # errors name supernet.sample_pool[i], before any work
         super().__init__(cfg, resume=resume, progress=progress)
-        self.supernet = Supernet(self.model, cfg.model)
+        self.supernet = Supernet(self.model, self.cfg.model)
         self.largest_params = self.supernet.num_params(self.space.largest())
 
     # ---- hooks of Trainer -------------------------------------------------------------------

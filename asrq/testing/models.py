@@ -78,10 +78,11 @@ def tiny_ctc_attention_config(
     """The tiny encoder with the hybrid CTC / attention head and a 2-layer decoder."""
     cfg = tiny_config(vocab_size, streaming_left, chunk)
     cfg.model.head = "ctc_attention"
-    cfg.model.decoder.num_layers = 2
-    cfg.model.decoder.num_heads = 2
-    cfg.model.decoder.ffn_dim = 128
-    cfg.model.decoder.dropout = 0.0
+    decoder = cfg.model.ctc_attention.decoder
+    decoder.num_layers = 2
+    decoder.num_heads = 2
+    decoder.ffn_dim = 128
+    decoder.dropout = 0.0
     cfg.train.loss.ctc_weight = 0.3
     return cfg
 

@@ -17,7 +17,7 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from asrq.config import ExperimentConfig, from_dict, to_dict
+from asrq.config import ExperimentConfig, stored_experiment_config, to_dict
 from asrq.utils.io import AsrqError, atomic_path
 
 FORMAT = "asrq-checkpoint-v1"
@@ -86,7 +86,7 @@ def load_model(path: str | Path) -> LoadedModel:
     from asrq.models import build_model
 
     ckpt = load_checkpoint(path)
-    cfg = from_dict(ExperimentConfig, ckpt["config"], where=f"{path}:config")
+    cfg = stored_experiment_config(ckpt["config"], f"{path}:config")
     model = build_model(cfg.model)
     state = ckpt.get("model_avg") or ckpt["model"]
     try:

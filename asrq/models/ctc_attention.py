@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asrq.config import AttentionDecoderConfig, LossConfig
+from asrq.models.base import EncoderCtcModel
 
 #: Added to masked attention scores. Finite (not -inf) so a row with nothing to attend (a padded
 #: utterance of length 0) gives a uniform distribution instead of NaN; exp(-1e9) is exactly 0.
@@ -176,7 +177,7 @@ def add_sos_eos(
     return ys_in, ys_out, target_lens + 1
 
 
-class CtcAttentionModel(nn.Module):
+class CtcAttentionModel(EncoderCtcModel):
     """Encoder + CTC head + attention decoder (see the module doc).
 
     Args:
@@ -197,67 +198,34 @@ class CtcAttentionModel(nn.Module):
         blank_id: int = 0,
         sos_eos_id: int = 1,
     ) -> None:
-        super().__init__()
         if not 0 <= sos_eos_id < vocab_size or sos_eos_id == blank_id:
             raise ValueError(
-                f"decoder.sos_eos_id={sos_eos_id} must be a non-blank id below vocab_size={vocab_size}"
+                f"decoder.sos_eos_id={sos_eos_id} must be a non-blank id below "
+                f"vocab_size={vocab_size}"
             )
-        self.encoder = encoder
+        super().__init__(encoder, vocab_size, blank_id)
         self.decoder = decoder
-        self.vocab_size = vocab_size
-        self.blank_id = blank_id
         self.sos_id = self.eos_id = sos_eos_id
-        self.ctc = nn.Sequential(nn.Dropout(0.1), nn.Linear(encoder.output_dim, vocab_size))
+        self.add_ctc(True)
 
-    # ---- encoder ----------------------------------------------------------------------------
-    def forward_encoder(
-        self, x: Tensor, x_lens: Tensor, chunk_size: int = -1, left_chunks: int = -1
-    ) -> tuple[Tensor, Tensor]:
-        """x: (N, T, F) -> (N, T', D), (N,)."""
-        return self.encoder(x, x_lens, chunk_size=chunk_size, left_chunks=left_chunks)
-
-    def forward(
+    def forward_heads(
         self,
-        x: Tensor,
-        x_lens: Tensor,
+        enc: Tensor,
+        enc_lens: Tensor,
         targets: Tensor,
         target_lens: Tensor,
         loss_cfg: LossConfig,
-        chunk_size: int = -1,
-        left_chunks: int = -1,
     ) -> dict[str, Tensor]:
-        """Training forward: x (N, T, F) fbank; targets (N, S) token ids (padded, e.g. -1).
-
-        Returns ``ctc`` (zero when ``loss_cfg.ctc_weight`` is 0), ``att`` (label-smoothed
-        decoder cross-entropy), each summed over the batch, and ``frames`` (encoder frames)."""
-        enc, enc_lens = self.forward_encoder(x, x_lens, chunk_size, left_chunks)
+        """``ctc`` (zero when ``loss_cfg.ctc_weight`` is 0) and ``att`` (label-smoothed decoder
+        cross-entropy), each summed over the batch."""
         if loss_cfg.ctc_weight > 0:
             ctc = self.forward_ctc(enc, enc_lens, targets, target_lens)
         else:
-            ctc = torch.zeros((), device=x.device)
+            ctc = torch.zeros((), device=enc.device)
         att = self.forward_attention(enc, enc_lens, targets, target_lens, loss_cfg.label_smoothing)
-        return {"ctc": ctc, "att": att, "frames": enc_lens.sum()}
+        return {"ctc": ctc, "att": att}
 
     # ---- heads ------------------------------------------------------------------------------
-    def ctc_log_probs(self, enc: Tensor) -> Tensor:
-        """(N, T, D) -> (N, T, V) log-probabilities."""
-        return self.ctc(enc).log_softmax(dim=-1)
-
-    def forward_ctc(
-        self, enc: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor
-    ) -> Tensor:
-        """Summed CTC loss. enc: (N, T, D); targets: (N, S) padded; lengths (N,)."""
-        log_probs = self.ctc_log_probs(enc).float()
-        return F.ctc_loss(
-            log_probs.transpose(0, 1),
-            targets.clamp(min=0),
-            enc_lens,
-            target_lens,
-            blank=self.blank_id,
-            reduction="sum",
-            zero_infinity=True,
-        )
-
     def forward_attention(
         self,
         enc: Tensor,

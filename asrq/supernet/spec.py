@@ -166,6 +166,18 @@ def _predictor_error(cfg: ModelConfig, p: int) -> str | None:
     return None
 
 
+#: The model heads a supernet can be elastic over (the elastic slicing knows their modules).
+SUPERNET_HEADS: tuple[str, ...] = ("rnnt",)
+
+
+def check_supernet_head(cfg: ModelConfig) -> None:
+    """Raise :class:`AsrqError` unless a supernet can be built over ``cfg.head``."""
+    if cfg.head not in SUPERNET_HEADS:
+        raise AsrqError(
+            f"supernets support model.head {' / '.join(SUPERNET_HEADS)} only (got {cfg.head!r})"
+        )
+
+
 def check_sliceable(cfg: ModelConfig, spec: SubnetSpec) -> SubnetSpec:
     """Raise :class:`AsrqError` unless ``spec`` (resolved against ``cfg``) can be cut exactly
     out of a model built from ``cfg``; returns the resolved spec.
@@ -176,10 +188,7 @@ def check_sliceable(cfg: ModelConfig, spec: SubnetSpec) -> SubnetSpec:
     plus the plain model's own rules (even rotary head dim, widths divisible by ``fold``, ...);
     the predictor's grouped conv keeps its channels per group.
     """
-    if cfg.head != "rnnt":
-        raise AsrqError(
-            f"supernets support model.head rnnt only (got {cfg.head!r}); ctc_attention is not elastic"
-        )
+    check_supernet_head(cfg)
     s = resolve(cfg, spec)
     e = cfg.encoder
     full = full_spec(cfg)
@@ -247,10 +256,7 @@ class SearchSpace:
     def __init__(
         self, space: SearchSpaceConfig, cfg: ModelConfig, where: str = "supernet.search_space"
     ) -> None:
-        if cfg.head != "rnnt":
-            raise AsrqError(
-                f"supernets support model.head rnnt only (got {cfg.head!r}); ctc_attention is not elastic"
-            )
+        check_supernet_head(cfg)
         self.cfg = cfg
         self.where = where
         e, full = cfg.encoder, full_spec(cfg)

@@ -12,6 +12,7 @@ import torch
 
 from asrq.config import EncoderConfig, ExperimentConfig
 from asrq.models import build_model, preset_config
+from asrq.models.ctc_attention import CtcAttentionModel
 from asrq.train.checkpoint import model_payload, save_checkpoint
 
 SENTENCES = [
@@ -77,7 +78,7 @@ def tiny_ctc_attention_config(
 ) -> ExperimentConfig:
     """The tiny encoder with the hybrid CTC / attention head and a 2-layer decoder."""
     cfg = tiny_config(vocab_size, streaming_left, chunk)
-    cfg.model.head = "ctc_attention"
+    cfg.model.head = CtcAttentionModel.head
     decoder = cfg.model.ctc_attention.decoder
     decoder.num_layers = 2
     decoder.num_heads = 2

@@ -28,7 +28,7 @@ from asrq.decode.ctc_attention import (
 )
 from asrq.models import build_model
 from asrq.models.ctc_attention import CtcAttentionModel, add_sos_eos
-from asrq.testing.data import TinyData
+from asrq.testing.data import TinyData, tiny_train_config
 from asrq.testing.models import make_tiny_ctc_attention_checkpoint, tiny_ctc_attention_config
 from asrq.train.loop import combine_losses
 from asrq.utils.io import AsrqError
@@ -268,16 +268,9 @@ def test_tiny_ctc_attention_loss_falls_over_20_steps(tiny_data: TinyData, tmp_pa
     from asrq.train.loop import Trainer
 
     cfg = tiny_ctc_attention_config(vocab_size=0)
-    cfg.data.fbank_dir = str(tiny_data.fbank_dir)
-    cfg.data.lang_dir = str(tiny_data.lang_dir)
-    cfg.data.max_duration = 12.0
-    cfg.data.num_buckets = 2
-    cfg.data.num_workers = 0
-    cfg.train.exp_dir = str(tmp_path / "exp")
-    cfg.train.log_every = 1
-    cfg.train.save_every = 0
-    cfg.train.max_steps = 20
-    cfg.train.optim.warmup_batches = 5
+    warm_steps = cfg.train.loss.warm_steps  # the RNN-T loss warm-up; unused by this head
+    cfg = tiny_train_config(cfg, tiny_data, tmp_path / "exp", max_steps=20)
+    cfg.train.loss.warm_steps = warm_steps
     summary = Trainer(cfg, progress=False).run()
     recs = [json.loads(x) for x in (tmp_path / "exp" / "train_log.jsonl").read_text().splitlines()]
     train = {r["step"]: r for r in recs if r.get("event") == "train"}

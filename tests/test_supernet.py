@@ -33,7 +33,7 @@ from asrq.models.transducer import pad_targets
 from asrq.supernet import SearchSpace, SubnetSpec, Supernet, slice_model
 from asrq.supernet.distill import transducer_outputs
 from asrq.supernet.train import SupernetTrainer, adaptive_dropout
-from asrq.testing.data import TinyData
+from asrq.testing.data import TinyData, tiny_train_config
 from asrq.testing.models import make_tiny_supernet_checkpoint, tiny_supernet, tiny_supernet_config
 from asrq.train.checkpoint import load_checkpoint, load_model
 from asrq.utils.io import AsrqError
@@ -336,20 +336,9 @@ def test_dropout_scales_with_subnet_size() -> None:
 def _train_cfg(
     tiny: TinyData, exp_dir: Path, encoder: dict | None = None, **train
 ) -> ExperimentConfig:
-    cfg = tiny_supernet_config(vocab_size=0, encoder=encoder)
-    cfg.data.fbank_dir = str(tiny.fbank_dir)
-    cfg.data.lang_dir = str(tiny.lang_dir)
-    cfg.data.max_duration = 12.0
-    cfg.data.num_buckets = 2
-    cfg.data.num_workers = 0
-    cfg.train.exp_dir = str(exp_dir)
-    cfg.train.log_every = 1
-    cfg.train.save_every = 0
-    cfg.train.optim.warmup_batches = 5
-    cfg.train.loss.warm_steps = 5
-    for k, v in train.items():
-        setattr(cfg.train, k, v)
-    return cfg
+    return tiny_train_config(
+        tiny_supernet_config(vocab_size=0, encoder=encoder), tiny, exp_dir, **train
+    )
 
 
 def _log(exp_dir: Path, event: str = "train") -> list[dict]:

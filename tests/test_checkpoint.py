@@ -79,5 +79,5 @@ def test_a_checkpoint_in_the_old_flat_model_layout_loads(tmp_path: Path) -> None
     save_checkpoint(tmp_path / "old.pt", {k: v for k, v in ckpt.items() if k != "format"})
     old, new = load_model(tmp_path / "old.pt"), load_model(path)
     assert to_dict(old.config) == to_dict(new.config)
-    for (k, a), b in zip(old.model.state_dict().items(), new.model.state_dict().values()):
-        assert torch.equal(a, b), k
+    a, b = old.model.state_dict(), new.model.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -28,7 +28,6 @@ from asrq.decode.search import greedy_search
 from asrq.decode.streaming import stream_decode_batch
 from asrq.decode.torch_backend import TorchRnnt
 from asrq.losses.alpha_divergence import adaptive_alpha_divergence, alpha_divergence
-from asrq.models import build_model
 from asrq.models.transducer import pad_targets
 from asrq.supernet import SearchSpace, SubnetSpec, Supernet, slice_model
 from asrq.supernet.distill import transducer_outputs
@@ -357,7 +356,8 @@ def test_tiny_supernet_largest_and_smallest_learn(tiny_data: TinyData, tmp_path:
         first = sum(r[key] for r in recs[:3]) / 3
         last = sum(r[key] for r in recs[-3:]) / 3
         assert last < 0.8 * first, (key, first, last)
-    assert all(r["kd_ctc"] >= 0 and r["kd_rnnt"] >= 0 for r in recs)
+    # every step distils into students that differ from the teacher: both terms are positive
+    assert all(r["kd_ctc"] > 0 and r["kd_rnnt"] > 0 for r in recs), recs
     info = _log(tmp_path / "exp", "supernet")[0]
     assert info["smallest_params"] < info["largest_params"]
     # the final file is the supernet with its resolved search space
@@ -493,7 +493,11 @@ def test_slice_cli_writes_a_plain_model(enc: str, tmp_path: Path) -> None:
         )
         assert res.exit_code == 0, res.output
     assert load_model(tmp_path / "smallest" / "model.pt").config.model.encoder.d_model == 32
-    assert build_model(load_model(tmp_path / "largest" / "model.pt").config.model) is not None
+    # the largest subnet is the supernet itself: same tensors under the same names
+    largest = load_model(tmp_path / "largest" / "model.pt").model.state_dict()
+    whole = load_checkpoint(sup)["model"]
+    assert list(largest) == list(whole)
+    assert all(torch.equal(largest[k], whole[k]) for k in whole)
 
 
 def test_slice_cli_bad_spec_writes_nothing(tmp_path: Path) -> None:

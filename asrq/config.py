@@ -89,20 +89,22 @@ class EncoderConfig:
         _check(self.residual_init_scale > 0, "encoder.residual_init_scale must be > 0")
         _check(
             self.d_model % self.fold == 0 and self.ffn_dim % self.fold == 0,
-            f"encoder.d_model ({self.d_model}) and encoder.ffn_dim ({self.ffn_dim}) must divide by encoder.fold ({self.fold})",
+            f"encoder.d_model ({self.d_model}) and encoder.ffn_dim ({self.ffn_dim}) must divide by "
+            f"encoder.fold ({self.fold})",
         )
         if self.type == "conformer" or self.ssm_attention:
             width = self.d_model // self.fold
             _check(
                 width % self.num_heads == 0 and (width // self.num_heads) % 2 == 0,
-                f"encoder.fold {self.fold}: the sub-token width d_model / fold = {width} must divide by "
-                f"encoder.num_heads ({self.num_heads}) into an even head dim (rotary)",
+                f"encoder.fold {self.fold}: the sub-token width d_model / fold = {width} must "
+                f"divide by encoder.num_heads ({self.num_heads}) into an even head dim (rotary)",
             )
         if self.type == "stateformer":
             _check(self.ssm_heads >= 1, "encoder.ssm_heads must be >= 1")
             _check(
                 self.d_model % self.ssm_heads == 0,
-                f"encoder.d_model ({self.d_model}) must divide by encoder.ssm_heads ({self.ssm_heads})",
+                f"encoder.d_model ({self.d_model}) must divide by encoder.ssm_heads "
+                f"({self.ssm_heads})",
             )
             _check(self.ssm_state_dim >= 1, "encoder.ssm_state_dim must be >= 1")
 

@@ -254,7 +254,8 @@ def _train_ddp(cfg: ExperimentConfig, resume: bool) -> dict[str, Any]:
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
         raise AsrqError(
-            f"training failed (torchrun exit code {proc.returncode}); see {exp_dir / 'train_log.jsonl'}"
+            f"training failed (torchrun exit code {proc.returncode}); see "
+            f"{exp_dir / 'train_log.jsonl'}"
         )
     return _train_summary(exp_dir)
 

@@ -96,3 +96,12 @@ def test_every_head_builds_a_model_that_says_its_head():
         cfg = load_config(None, [f"model.head={head}", "model.encoder.num_layers=1"]).model
         model = build_model(resolve_model_config(cfg, 16))
         assert model.head == head
+
+
+def test_librispeech_recipe_model_size_is_what_the_readme_says():
+    from asrq.models.conformer import count_parameters
+
+    cfg = load_config(ROOT / "recipes" / "librispeech" / "config.yaml")
+    model = build_model(resolve_model_config(cfg.model, cfg.data.vocab_size))
+    assert count_parameters(model) == 30_437_712  # README: "a 30.4M-parameter ... Conformer"
+    assert "30.4M-parameter" in (ROOT / "README.md").read_text()

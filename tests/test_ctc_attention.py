@@ -291,8 +291,19 @@ def test_decode_cli_on_a_ctc_attention_checkpoint(tiny_data: TinyData, tmp_path:
     outs = {}
     for method in (*METHODS, "greedy"):
         for streaming in ([] if method == "greedy" else ["--streaming"]), []:
-            args = [str(ckpt), "--cuts", str(tiny_data.test_cuts), "--out-dir", str(tmp_path), "--no-progress",
-                    "--method", method, "--beam", "3", *streaming]  # fmt: skip
+            args = [
+                str(ckpt),
+                "--cuts",
+                str(tiny_data.test_cuts),
+                "--out-dir",
+                str(tmp_path),
+                "--no-progress",
+                "--method",
+                method,
+                "--beam",
+                "3",
+                *streaming,
+            ]
             r = runner.invoke(decode, args)
             assert r.exit_code == 0, r.output
             name = f"test-clean-{method}" + ("-streaming" if streaming else "")

@@ -98,10 +98,23 @@ def test_plan_for_defaults_keeps_rules():
 def test_deterministic_bytes_via_cli(tiny_data, tmp_path):
     """The CLI with the tiny config reproduces the fixture's corpus byte for byte."""
     c = TINY_SYNTH
-    args = ["synth", "--out", str(tmp_path), "--train-speakers", str(c.train_speakers),
-            "--train-utts-per-speaker", str(c.train_utts_per_speaker), "--dev-speakers",
-            str(c.dev_speakers), "--test-speakers", str(c.test_speakers),
-            "--eval-utts-per-speaker", str(c.eval_utts_per_speaker), "--seed", str(c.seed)]  # fmt: skip
+    args = [
+        "synth",
+        "--out",
+        str(tmp_path),
+        "--train-speakers",
+        str(c.train_speakers),
+        "--train-utts-per-speaker",
+        str(c.train_utts_per_speaker),
+        "--dev-speakers",
+        str(c.dev_speakers),
+        "--test-speakers",
+        str(c.test_speakers),
+        "--eval-utts-per-speaker",
+        str(c.eval_utts_per_speaker),
+        "--seed",
+        str(c.seed),
+    ]
     res = CliRunner().invoke(data, args)
     assert res.exit_code == 0, res.output
     assert "train-clean-100" in res.output and "total" in res.output

@@ -357,9 +357,12 @@ def tiny_cuts(tmp_path_factory):
         RecordingSet.from_recordings(recs), SupervisionSet.from_segments(sups)
     )
     cuts = cuts.compute_and_store_features(
-        Fbank(FbankConfig(num_mel_bins=80)), d / "feats", num_jobs=1, storage_type=LilcomChunkyWriter,
+        Fbank(FbankConfig(num_mel_bins=80)),
+        d / "feats",
+        num_jobs=1,
+        storage_type=LilcomChunkyWriter,
         progress_bar=False,
-    )  # fmt: skip
+    )
     path = d / "librispeech_cuts_test-clean.jsonl.gz"
     cuts.to_file(path)
     return path

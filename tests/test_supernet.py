@@ -271,7 +271,8 @@ def test_alpha_divergence_hand_computed(alpha: float, clip: float, expected_row0
 def test_adaptive_alpha_divergence_takes_the_larger_side() -> None:
     d, use_min = adaptive_alpha_divergence(P.log(), Q.log(), -1.0, 1.0, 5.0)
     # row 0: D_-1 = 0.93333 > KL(p||q) = 0.49822 -> alpha_min
-    # row 1: r = [1/3, 1, 5]; D_-1 = (0.6 * 2 + 0.1 * -0.8) / 2 = 0.56 < KL(p||q) = 0.2 ln(1/3) + 0.5 ln 5 = 0.58500
+    # row 1: r = [1/3, 1, 5]; D_-1 = (0.6 * 2 + 0.1 * -0.8) / 2 = 0.56 < KL(p||q) = 0.2 ln(1/3) +
+    # 0.5 ln 5 = 0.58500
     assert use_min.tolist() == [True, False]
     assert float(d[0]) == pytest.approx(0.9333333, abs=1e-6)
     assert float(d[1]) == pytest.approx(0.2 * math.log(1 / 3) + 0.5 * math.log(5), abs=1e-6)
@@ -548,7 +549,8 @@ def test_plain_train_refuses_a_supernet_config_and_ctc_attention_is_not_elastic(
 def test_pareto_front_and_choice() -> None:
     from asrq.supernet.search import Candidate, choose, pareto_front
 
-    # (cost, error): (1, 9) and (2, 5) and (4, 4) are optimal; (3, 6) is beaten by (2, 5); (4, 5) by (4, 4)
+    # (cost, error): (1, 9) and (2, 5) and (4, 4) are optimal; (3, 6) is beaten by (2, 5); (4, 5) by
+    # (4, 4)
     assert pareto_front([(1, 9), (2, 5), (3, 6), (4, 4), (4, 5)]) == [
         True,
         True,

@@ -51,12 +51,14 @@ MARKER = ".asrq_synth.json"
 SYNTH_VERSION = 1
 
 # espeak-ng's English voices of the gmw family (the mbrola ones need extra packages).
+# fmt: skip below: a table, not one name per line
 VOICES = (
     "en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan",
     "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
 )  # fmt: skip
 # espeak-ng voice variants (``espeak-ng --voices=variant``) that sound like a person talking;
 # whisper, croak, robot and effect variants are left out. Value: sex for SPEAKERS.TXT.
+# fmt: skip below: a table, not one name per line
 VARIANTS = {
     "m1": "M", "m2": "M", "m3": "M", "m4": "M", "m5": "M", "m6": "M", "m7": "M", "m8": "M",
     "f1": "F", "f2": "F", "f3": "F", "f4": "F", "f5": "F",
@@ -242,7 +244,8 @@ def synthesize_utterance(
         err = wav.stderr.decode().strip() or f"exit code {wav.returncode}"
         raise AsrqError(f"espeak-ng failed for {utt.id} ({' '.join(cmd[1:7])}): {err}")
     with atomic_path(out_path) as tmp:
-        sox = [tools["sox"], "-R", "-V1", "-v", str(s.level), "-t", "wav", "-", "-D", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(tmp)]  # fmt: skip
+        sox = [tools["sox"], "-R", "-V1", "-v", str(s.level), "-t", "wav", "-", "-D"]
+        sox += ["-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(tmp)]
         res = subprocess.run(sox, input=wav.stdout, capture_output=True, check=False)
         if res.returncode != 0:
             raise AsrqError(f"sox failed for {utt.id}: {res.stderr.decode().strip()}")
@@ -284,7 +287,8 @@ def synthesize_corpus(
             )
         elif old is None:
             raise AsrqError(
-                f"{corpus}: holds files not made by `asrq data synth`; not deleting them, pick another --out"
+                f"{corpus}: holds files not made by `asrq data synth`; not deleting them, pick "
+                "another --out"
             )
         else:
             log.warning("%s: replacing a corpus made with another config", corpus)

@@ -89,7 +89,8 @@ def load_eval_cuts(cuts: Any, max_utts: int | None = None) -> list[Any]:
         path = Path(cuts)
         if not path.is_file():
             raise AsrqError(
-                f"{path}: cuts manifest not found; make it with `asrq data prepare librispeech` or pass --cuts"
+                f"{path}: cuts manifest not found; make it with `asrq data prepare librispeech` or "
+                "pass --cuts"
             )
         try:
             cuts = CutSet.from_file(path)
@@ -167,7 +168,8 @@ def evaluate_model(
     """Decode ``cuts`` (CutSet or manifest path) with ``model`` and score against the
     supervision texts (upper-cased; WER over whitespace-split words of ``sp.decode(tokens)``).
 
-    ``method`` must suit the model's head (:data:`asrq.config.HEAD_METHODS`); ``ctc_weight`` weighs the CTC
+    ``method`` must suit the model's head (:data:`asrq.config.HEAD_METHODS`); ``ctc_weight`` weighs
+    the CTC
     score in ``attention_rescoring``.
 
     The model runs in eval mode on its own device and its train/eval mode is restored after.
@@ -182,7 +184,8 @@ def evaluate_model(
     head = DECODERS[model.head]
     if method not in head.methods:
         raise AsrqError(
-            f"method {method}: not for a {model.head} model; choose one of {', '.join(head.methods)}"
+            f"method {method}: not for a {model.head} model; choose one of "
+            f"{', '.join(head.methods)}"
         )
     if method == "ctc_greedy" and model.ctc is None:
         raise AsrqError(

@@ -84,7 +84,8 @@ class TorchRnnt(EagerComponents):
     def encode_chunk(
         self, x: Tensor, x_lens: Tensor, states: list[Tensor]
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """x (N, 4C + 3, F), x_lens (N,) valid fbank frames -> (N, C, J), valid frames (N,), states."""
+        """x (N, 4C + 3, F), x_lens (N,) valid fbank frames -> (N, C, J), valid frames (N,),
+        states."""
         enc, lens, states = self.run_encoder_chunk(x, x_lens, states)
         return self.model.joiner.encoder_proj(enc), lens, states
 
@@ -111,6 +112,7 @@ class TorchRnnt(EagerComponents):
     def ctc_log_probs_chunk(
         self, x: Tensor, x_lens: Tensor, states: list[Tensor]
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """Streaming step for the CTC head: like :meth:`encode_chunk`, returning (N, C, V) log-probs."""
+        """Streaming step for the CTC head: like :meth:`encode_chunk`, returning (N, C, V)
+        log-probs."""
         enc, lens, states = self.run_encoder_chunk(x, x_lens, states)
         return self.model.ctc_log_probs(enc), lens, states

@@ -113,7 +113,8 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 # modules
 # --------------------------------------------------------------------------------------------
 def fold_tokens(x: Tensor, fold: int) -> Tensor:
-    """(N, T, D) -> (N, T * fold, D / fold): token ``t`` becomes sub-tokens ``t*fold .. t*fold + fold - 1``."""
+    """(N, T, D) -> (N, T * fold, D / fold): token ``t`` becomes sub-tokens
+    ``t*fold .. t*fold + fold - 1``."""
     if fold == 1:
         return x
     n, t, d = x.shape
@@ -234,7 +235,8 @@ class RotarySelfAttention(nn.Module):
         return unfold_tokens(self.attend(xs, self.kv(xs), 0, mask), self.fold)
 
     def streaming_forward(self, x: Tensor, mask: Tensor, cache: Tensor) -> tuple[Tensor, Tensor]:
-        """One chunk. x: (N, C, D) normalized; mask (N, 1, C, L + C); cache (N, f * L, 2W): keys|values
+        """One chunk. x: (N, C, D) normalized; mask (N, 1, C, L + C); cache (N, f * L, 2W):
+        keys|values
         of the sub-tokens of the last L frames. Returns (N, C, D) and the new cache."""
         xs = fold_tokens(x, self.fold)
         left = cache.shape[1]
@@ -321,7 +323,8 @@ class ConformerLayer(nn.Module):
     def streaming_forward(
         self, x: Tensor, mask: Tensor, attn_cache: Tensor, conv_cache: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """x: (N, C, D); mask: (N, 1, C, L + C); attn_cache: (N, f * L, 2D / f); conv_cache: (N, D, K-1)."""
+        """x: (N, C, D); mask: (N, 1, C, L + C); attn_cache: (N, f * L, 2D / f); conv_cache: (N, D,
+        K-1)."""
         x = x + 0.5 * self.ff1(x)
         a, new_attn = self.attn.streaming_forward(self.attn_norm(x), mask, attn_cache)
         x = x + a
@@ -405,7 +408,8 @@ class ConformerEncoder(EncoderStack):
 
     # ---- streaming --------------------------------------------------------------------------
     def state_specs(self, batch_size: int, left_frames: int) -> list[StateSpec]:
-        """[attn_cache (L, N, f * left, 2D / f), conv_cache (L, N, D, K-1), processed (N,) int64]."""
+        """[attn_cache (L, N, f * left, 2D / f), conv_cache (L, N, D, K-1), processed (N,)
+        int64]."""
         return [
             self.attn_cache_spec(batch_size, left_frames),
             self.conv_cache_spec(batch_size),

@@ -237,7 +237,8 @@ class CtcAttentionModel(EncoderCtcModel):
         """Summed label-smoothed cross-entropy of the teacher-forced decoder.
 
         Smoothing is torch's ``cross_entropy(label_smoothing=s)``: mass ``s / V`` on every
-        class (WeNet spreads ``s / (V - 1)`` over the non-targets; the gradients differ by a hair)."""
+        class (WeNet spreads ``s / (V - 1)`` over the non-targets; the gradients differ by a
+        hair)."""
         ys_in, ys_out, ys_lens = add_sos_eos(targets, target_lens, self.sos_id)
         logits = self.decoder(enc, enc_lens, ys_in, ys_lens)  # (N, S + 1, V)
         return F.cross_entropy(

@@ -23,7 +23,8 @@ Per head the state is ``S`` complex numbers, so a layer's streaming state is
 ``(N, H, S, 2)`` (real, imaginary), whatever the sequence length.
 
 **Two forms, one result.** The recurrence above unrolls into the causal convolution
-``y[t] = sum_k K[k] u[t - k] + Dskip u[t]`` with ``K[k] = Re(C Abar^k Bbar)`` (:meth:`MultiHeadSSM.kernel`).
+``y[t] = sum_k K[k] u[t - k] + Dskip u[t]`` with ``K[k] = Re(C Abar^k Bbar)``
+(:meth:`MultiHeadSSM.kernel`).
 We evaluate that convolution on the states (``x = sum_k Abar^k Bbar u[t - k]``, one scalar
 kernel ``Abar_s^k`` per state) blockwise (:func:`ssm_scan`): inside blocks of ``Q`` frames a
 ``(Q, Q)`` lower-triangular Toeplitz matmul, across blocks a ``(T/Q, T/Q)`` one on the block-end
@@ -77,7 +78,8 @@ Complex = tuple[Tensor, Tensor]  # (real, imaginary) of the same shape
 # the diagonal SSM, in real arithmetic
 # --------------------------------------------------------------------------------------------
 def abar_pow(la: Complex, m: Tensor) -> Complex:
-    """``Abar^m = exp(m * log Abar)`` for exponents ``m >= 0`` of any shape: la (H, S) -> (H, S, *m.shape)."""
+    """``Abar^m = exp(m * log Abar)`` for exponents ``m >= 0`` of any shape: la (H, S) -> (H, S,
+    *m.shape)."""
     shape = tuple(la[0].shape) + (1,) * m.dim()
     m = m.to(la[0].dtype)
     r = torch.exp(la[0].reshape(shape) * m)
@@ -127,7 +129,8 @@ def ssm_scan(
 
 
 def ssm_recurrence(v: Complex, la: Complex, x0: Complex | None = None) -> tuple[Complex, Complex]:
-    """The same as :func:`ssm_scan`, frame by frame: ``x[t] = Abar x[t-1] + v[t]`` (the reference)."""
+    """The same as :func:`ssm_scan`, frame by frame: ``x[t] = Abar x[t-1] + v[t]`` (the
+    reference)."""
     n, h, s, t = v[0].shape
     ar, ai = abar_pow(la, torch.ones((), device=v[0].device))
     xr, xi = x0 if x0 is not None else (v[0].new_zeros(n, h, s), v[0].new_zeros(n, h, s))
@@ -161,7 +164,8 @@ class MultiHeadSSM(nn.Module):
         h, s, p = num_heads, state_dim, d_model // num_heads
         self.h, self.s, self.p, self.block = h, s, p, block
         self.in_proj = nn.Linear(d_model, 2 * d_model)  # u | gate
-        # A = -exp(a_log) + i * pi * S * a_freq; a_freq in [0, 1) keeps the parameter O(1) for ScaledAdam
+        # A = -exp(a_log) + i * pi * S * a_freq; a_freq in [0, 1) keeps the parameter O(1) for
+        # ScaledAdam
         self.a_log = nn.Parameter(torch.full((h, s), math.log(0.5)))
         self.a_freq = nn.Parameter((torch.arange(s, dtype=torch.float32) / s).repeat(h, 1))
         self.log_dt = nn.Parameter(torch.linspace(math.log(dt_max), math.log(dt_min), h))
@@ -264,7 +268,8 @@ class StateformerLayer(nn.Module):
         conv_cache: Tensor,
         attn_cache: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """x: (N, C, D); ssm_state (N, H, S, 2); conv_cache (N, D, K-1); attn_cache (N, f * L, 2D / f)
+        """x: (N, C, D); ssm_state (N, H, S, 2); conv_cache (N, D, K-1); attn_cache (N, f * L, 2D /
+        f)
         or None. Returns (N, C, D) and the new ssm_state, conv_cache, attn_cache."""
         x = x + 0.5 * self.ff1(x)
         y, new_ssm = self.ssm(self.ssm_norm(x), ssm_state)

@@ -88,9 +88,14 @@ def slice_checkpoint(
     cfg.supernet = None
     out = Path(out_dir) / "model.pt"
     payload = model_payload(
-        plain, cfg, sup.bpe_model_bytes, **sup.meta,
-        subnet=resolved.short(), subnet_spec=resolved.to_dict(), sliced_from=str(path),
-    )  # fmt: skip
+        plain,
+        cfg,
+        sup.bpe_model_bytes,
+        **sup.meta,
+        subnet=resolved.short(),
+        subnet_spec=resolved.to_dict(),
+        sliced_from=str(path),
+    )
     save_checkpoint(out, payload)
     atomic_write_text(Path(out_dir) / "spec.yaml", resolved.dump_yaml())
     params = sum(p.numel() for p in plain.parameters())

@@ -89,7 +89,8 @@ def resolve_supernet_config(cfg: ExperimentConfig) -> SearchSpace:
 
 
 class SupernetTrainer(Trainer):
-    """Trains a supernet for an :class:`ExperimentConfig` with a ``supernet:`` section (module doc)."""
+    """Trains a supernet for an :class:`ExperimentConfig` with a ``supernet:`` section (module
+    doc)."""
 
     log_keys = (*Trainer.log_keys, "kd_ctc", "kd_rnnt", "kd_weight", "loss_smallest", "loss_random")
 
@@ -121,7 +122,8 @@ class SupernetTrainer(Trainer):
             stored = load_checkpoint(path).get("config", {}).get("supernet")
             if stored is None:
                 raise AsrqError(
-                    f"{path}: not a supernet checkpoint (no supernet: section); cannot resume a supernet from it"
+                    f"{path}: not a supernet checkpoint (no supernet: section); cannot resume a "
+                    "supernet from it"
                 )
             if to_dict(from_dict(SupernetConfig, stored).search_space) != to_dict(
                 self.cfg.supernet.search_space

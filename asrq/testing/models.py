@@ -51,7 +51,8 @@ def tiny_config(
     chunk: int = 4,
     encoder: dict[str, Any] | None = None,
 ) -> ExperimentConfig:
-    """The tiny preset; ``encoder``: overrides of its EncoderConfig (e.g. ``{"type": "stateformer"}``)."""
+    """The tiny preset; ``encoder``: overrides of its EncoderConfig (e.g. ``{"type":
+    "stateformer"}``)."""
     cfg = ExperimentConfig()
     cfg.model = preset_config("tiny", vocab_size, cfg.model)
     cfg.model.streaming.chunk_frames = chunk
@@ -113,7 +114,8 @@ def tiny_supernet_config(
     vocab_size: int = 48, encoder: dict[str, Any] | None = None, **supernet: Any
 ) -> ExperimentConfig:
     """:func:`tiny_config` with a ``supernet:`` section over :data:`TINY_SEARCH_SPACE` (a
-    Stateformer encoder gets ``ssm_heads`` [2, 4] and, without ``ssm_attention``, no ``num_heads``)."""
+    Stateformer encoder gets ``ssm_heads`` [2, 4] and, without ``ssm_attention``, no
+    ``num_heads``)."""
     from asrq.config import SearchSpaceConfig, SupernetConfig
 
     cfg = tiny_config(vocab_size, encoder=encoder)

@@ -101,7 +101,8 @@ class LoadedModel:
 
 
 def load_model(path: str | Path) -> LoadedModel:
-    """Rebuild the model (eval mode) a checkpoint describes; uses ``model_avg`` weights when present."""
+    """Rebuild the model (eval mode) a checkpoint describes; uses ``model_avg`` weights when
+    present."""
     from asrq.models import build_model
 
     ckpt = load_checkpoint(path)

@@ -125,7 +125,8 @@ class Trainer:
     Subclasses (asrq.supernet.train) override :meth:`train_step` and the hooks
     :meth:`_wrap_ddp` and :attr:`log_keys`."""
 
-    #: per-step outputs of :meth:`train_step` averaged into the ``train`` log lines (besides ``loss``)
+    #: per-step outputs of :meth:`train_step` averaged into the ``train`` log lines (besides
+    #: ``loss``)
     log_keys: tuple[str, ...] = ("simple", "pruned", "ctc", "att")
 
     def __init__(
@@ -493,5 +494,6 @@ class Trainer:
 def train(
     cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Train the model ``cfg`` describes; returns the summary (also in ``exp_dir/train_summary.json``)."""
+    """Train the model ``cfg`` describes; returns the summary (also in
+    ``exp_dir/train_summary.json``)."""
     return Trainer(cfg, resume=resume, progress=progress).run()

@@ -105,3 +105,12 @@ def test_librispeech_recipe_model_size_is_what_the_readme_says():
     model = build_model(resolve_model_config(cfg.model, cfg.data.vocab_size))
     assert count_parameters(model) == 30_437_712  # README: "a 30.4M-parameter ... Conformer"
     assert "30.4M-parameter" in (ROOT / "README.md").read_text()
+
+
+def test_the_head_tables_agree():
+    from asrq.decode.heads import DECODERS
+    from asrq.models import HEADS
+
+    assert set(HEADS) == set(HEAD_METHODS) == set(DECODERS)
+    for head, dec in DECODERS.items():
+        assert dec.methods == HEAD_METHODS[head]

@@ -1,7 +1,7 @@
 """RNN-T model: encoder + stateless predictor + joiner, with an auxiliary CTC head.
 
 Follows icefall's ``zipformer/model.py`` layout: the submodules are injected and each head has
-its own method (:meth:`Transducer.forward_transducer`, :meth:`Transducer.forward_ctc`).
+its own method (:meth:`Transducer.transducer_lattice`, :meth:`Transducer.forward_ctc`).
 
 Shapes: N batch, T encoder frames, S target tokens, V vocab, D encoder width,
 P predictor width, J joiner width.
@@ -123,30 +123,14 @@ class Transducer(EncoderCtcModel):
     ) -> dict[str, Tensor]:
         """``simple``, ``pruned`` (RNN-T) and ``ctc`` (zero when the model has no CTC head or its
         weight is 0), each summed over the batch."""
-        simple, pruned = self.forward_transducer(enc, enc_lens, targets, target_lens, loss_cfg)
+        lat = self.transducer_lattice(enc, enc_lens, targets, target_lens, loss_cfg)
         if self.ctc is not None and loss_cfg.ctc_weight > 0:
             ctc = self.forward_ctc(enc, enc_lens, targets, target_lens)
         else:
             ctc = torch.zeros((), device=enc.device)
-        return {"simple": simple, "pruned": pruned, "ctc": ctc}
+        return {"simple": lat.simple, "pruned": lat.pruned, "ctc": ctc}
 
     # ---- heads ------------------------------------------------------------------------------
-    def forward_transducer(
-        self,
-        enc: Tensor,
-        enc_lens: Tensor,
-        targets: Tensor,
-        target_lens: Tensor,
-        loss_cfg: LossConfig,
-    ) -> tuple[Tensor, Tensor]:
-        """RNN-T losses (summed over the batch).
-
-        ``pruned``: (simple_loss, pruned_loss), k2's pruned RNN-T (asrq.losses.rnnt).
-        ``full``: (zeros, full torchaudio rnnt_loss) over the whole (T, S+1) lattice.
-        """
-        lat = self.transducer_lattice(enc, enc_lens, targets, target_lens, loss_cfg)
-        return lat.simple, lat.pruned
-
     def transducer_lattice(
         self,
         enc: Tensor,
@@ -156,8 +140,10 @@ class Transducer(EncoderCtcModel):
         loss_cfg: LossConfig,
         ranges: Tensor | None = None,
     ) -> TransducerLattice:
-        """The RNN-T losses of :meth:`forward_transducer` with the joiner logits on the lattice
-        they were taken over. enc: (N, T, D); targets: (N, S) padded. ``ranges`` (N, T, R):
+        """The RNN-T losses (summed over the batch) with the joiner logits on the lattice they
+        were taken over: ``pruned`` loss type: the simple loss and k2's pruned RNN-T loss
+        (asrq.losses.rnnt); ``full``: zero and the full torchaudio rnnt_loss over the whole
+        (T, S + 1) lattice. enc: (N, T, D); targets: (N, S) padded. ``ranges`` (N, T, R):
         prune with these instead of the model's own (pruned loss only; the simple loss is then
         computed without the gradients that would give the ranges)."""
         from asrq.losses import rnnt as L

@@ -141,7 +141,7 @@ class PredictorConfig:
     context_size: int = 2
 
     def __post_init__(self) -> None:
-        _check(self.context_size >= 1, "predictor.context_size must be >= 1")
+        _check(self.context_size >= 1, "model.rnnt.predictor.context_size must be >= 1")
 
 
 @dataclass
@@ -161,11 +161,14 @@ class AttentionDecoderConfig:
     sos_eos_id: int = 1
 
     def __post_init__(self) -> None:
-        _check(self.num_layers >= 1, "decoder.num_layers must be >= 1")
-        _check(self.num_heads >= 1, "decoder.num_heads must be >= 1")
-        _check(self.ffn_dim >= 0, "decoder.ffn_dim must be >= 0 (0: 4 x the encoder width)")
-        _check(0.0 <= self.dropout < 1.0, "decoder.dropout must be in [0, 1)")
-        _check(self.sos_eos_id >= 0, "decoder.sos_eos_id must be >= 0")
+        _check(self.num_layers >= 1, "model.ctc_attention.decoder.num_layers must be >= 1")
+        _check(self.num_heads >= 1, "model.ctc_attention.decoder.num_heads must be >= 1")
+        _check(
+            self.ffn_dim >= 0,
+            "model.ctc_attention.decoder.ffn_dim must be >= 0 (0: 4 x the encoder width)",
+        )
+        _check(0.0 <= self.dropout < 1.0, "model.ctc_attention.decoder.dropout must be in [0, 1)")
+        _check(self.sos_eos_id >= 0, "model.ctc_attention.decoder.sos_eos_id must be >= 0")
 
 
 @dataclass

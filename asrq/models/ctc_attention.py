@@ -13,7 +13,7 @@ them; the loop combines them in ``asrq.train.loop.combine_losses``)::
 
 ``att`` is the label-smoothed cross-entropy of the decoder fed ``<sos> y1 .. yS`` and predicting
 ``y1 .. yS <eos>`` (teacher forcing). ``<sos>`` and ``<eos>`` are one id,
-``model.decoder.sos_eos_id`` (the tokenizer's ``<sos/eos>``, 1).
+``model.ctc_attention.decoder.sos_eos_id`` (the tokenizer's ``<sos/eos>``, 1).
 
 Shapes: N batch, T encoder frames, S target tokens, U = S + 1 decoder steps, V vocab,
 D encoder / decoder width.
@@ -119,7 +119,8 @@ class AttentionDecoder(nn.Module):
         super().__init__()
         if d_model % cfg.num_heads:
             raise ValueError(
-                f"decoder.num_heads={cfg.num_heads} must divide the encoder width {d_model}"
+                f"model.ctc_attention.decoder.num_heads={cfg.num_heads} must divide the encoder "
+                f"width {d_model}"
             )
         ffn = cfg.ffn_dim or 4 * d_model
         self.d_model = d_model
@@ -200,7 +201,7 @@ class CtcAttentionModel(EncoderCtcModel):
     ) -> None:
         if not 0 <= sos_eos_id < vocab_size or sos_eos_id == blank_id:
             raise ValueError(
-                f"decoder.sos_eos_id={sos_eos_id} must be a non-blank id below "
+                f"model.ctc_attention.decoder.sos_eos_id={sos_eos_id} must be a non-blank id below "
                 f"vocab_size={vocab_size}"
             )
         super().__init__(encoder, vocab_size, blank_id)

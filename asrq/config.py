@@ -274,10 +274,17 @@ def upgrade_model_dict(data: dict[str, Any]) -> dict[str, Any]:
 
 def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
     """A stored experiment config dict (checkpoint, export metadata) in the current layout
-    (see :func:`upgrade_model_dict`). Returns a new dict."""
+    (see :func:`upgrade_model_dict`; a stored ``decode.method`` of the other head becomes
+    ``greedy``). Returns a new dict."""
     out = dict(data)
     if isinstance(out.get("model"), dict):
         out["model"] = upgrade_model_dict(out["model"])
+    # before decode.method was checked against the head at load, a file could store a method
+    # of the other head (it failed only when decoding): such a file reads as `greedy`
+    head = (out.get("model") or {}).get("head", "rnnt")
+    decode = out.get("decode")
+    if isinstance(decode, dict) and decode.get("method") not in HEAD_METHODS.get(head, (None,)):
+        out["decode"] = {**decode, "method": "greedy"}
     return out
 
 

@@ -78,6 +78,8 @@ def test_old_flat_model_layout_is_upgraded():
     assert upgrade_model_dict(to_dict(m)) == to_dict(m)
     exp = stored_experiment_config({"model": flat}, "ckpt.pt:config")
     assert to_dict(exp.model) == to_dict(m)
+    old = {"model": {**flat, "head": "ctc_attention"}, "decode": {"method": "modified_beam_search"}}
+    assert stored_experiment_config(old, "ckpt.pt:config").decode.method == "greedy"
     with pytest.raises(AsrqError, match="ckpt.pt:config: unknown key model.joinr_dim"):
         stored_experiment_config({"model": {"joinr_dim": 3}}, "ckpt.pt:config")
 

@@ -41,7 +41,8 @@ def cli() -> None:
     Train once, deploy many:
       asrq supernet train recipes/mini/supernet.yaml
       asrq search exp/mini_supernet/model.pt --budget-ms 5 --out exp/mini_supernet/search
-      asrq slice exp/mini_supernet/model.pt --spec exp/mini_supernet/search/best_spec.yaml --out exp/mini_supernet/best
+      asrq slice exp/mini_supernet/model.pt --spec exp/mini_supernet/search/best_spec.yaml \\
+        --out exp/mini_supernet/best
     """
 
 

@@ -69,7 +69,8 @@ def train(
     res: str | bool = True if resume == "latest" else (resume or False)
     summary = train_supernet(cfg, resume=res, progress=not no_progress)
     click.echo(
-        f"trained {summary['steps']} steps in {summary['train_minutes']:.1f} min -> {summary['model']}"
+        f"trained {summary['steps']} steps in {summary['train_minutes']:.1f} min -> "
+        f"{summary['model']}"
     )
 
 
@@ -138,13 +139,15 @@ def slice_(checkpoint: str, spec: str, out_dir: str) -> None:
     type=click.IntRange(min=2),
     default=32,
     show_default=True,
-    help="Candidates: every spec if the space has at most this many, else largest, smallest and random ones.",
+    help="Candidates: every spec if the space has at most this many, "
+    "else largest, smallest and random ones.",
 )
 @click.option(
     "--budget-ms",
     type=click.FloatRange(min=0),
     default=None,
-    help="Latency budget: predicted compute ms per streaming chunk (timed here or from --latency-table).",
+    help="Latency budget: predicted compute ms per streaming chunk "
+    "(timed here or from --latency-table).",
 )
 @click.option(
     "--max-mb", type=click.FloatRange(min=0), default=None, help="Size budget: fp32 megabytes."
@@ -223,6 +226,7 @@ def search(
     )
     b = res.best
     click.echo(
-        f"best {b.spec.short()}: WER {b.wer:.2f}%, {b.latency_ms:.3f} ms per chunk, {b.size_mb:.3f} MB "
+        f"best {b.spec.short()}: WER {b.wer:.2f}%, {b.latency_ms:.3f} ms per chunk, "
+        f"{b.size_mb:.3f} MB "
         f"({b.params:,} parameters) -> {res.out_dir / 'best_spec.yaml'}"
     )

@@ -118,7 +118,8 @@ class LatencyTable:
         p = Path(path)
         if not p.is_file():
             raise AsrqError(
-                f"{p}: latency table not found (build one: asrq bench SUPERNET_CKPT --layer-table --out {p})"
+                f"{p}: latency table not found (build one: asrq bench SUPERNET_CKPT --layer-table "
+                f"--out {p})"
             )
         try:
             d = json.loads(p.read_text())
@@ -143,8 +144,10 @@ class LatencyTable:
         """An error unless the table was timed with this chunk and left context."""
         if (self.chunk_frames, self.left_frames) != (chunk_frames, left_frames):
             raise AsrqError(
-                f"{self.source or 'latency table'}: timed with chunk_frames {self.chunk_frames} / left_frames "
-                f"{self.left_frames}, the supernet streams {chunk_frames} / {left_frames}; rebuild it"
+                f"{self.source or 'latency table'}: timed with chunk_frames {self.chunk_frames} / "
+                "left_frames "
+                f"{self.left_frames}, the supernet streams {chunk_frames} / {left_frames}; rebuild "
+                "it"
             )
 
     def measure(
@@ -282,7 +285,8 @@ def choose(cands: list[Candidate], budget_ms: float | None, max_mb: float | None
 
 
 def candidate_specs(space: SearchSpace, num: int, seed: int) -> list[SubnetSpec]:
-    """Every spec when there are at most ``num``; else largest, smallest and random distinct ones."""
+    """Every spec when there are at most ``num``; else largest, smallest and random distinct
+    ones."""
     if space.size() <= num:
         return space.all_specs()
     out = [space.largest(), space.smallest()]
@@ -403,7 +407,8 @@ def search(
         cands.append(c)
         if log_fn:
             log_fn(
-                f"[{i + 1}/{len(specs)}] {spec.short()}: WER {c.wer:.2f}%  {c.latency_ms:.3f} ms/chunk  {c.size_mb:.3f} MB"
+                f"[{i + 1}/{len(specs)}] {spec.short()}: WER {c.wer:.2f}%  {c.latency_ms:.3f} "
+                f"ms/chunk  {c.size_mb:.3f} MB"
             )
     for flag, cost in (("pareto_latency", "latency_ms"), ("pareto_size", "size_mb")):
         for c, on in zip(

@@ -341,8 +341,14 @@ class AugmentConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("speed_prob", "reverb_prob", "noise_prob", "babble_share",
-                     "telephone_prob", "gain_prob"):  # fmt: skip
+        for name in (
+            "speed_prob",
+            "reverb_prob",
+            "noise_prob",
+            "babble_share",
+            "telephone_prob",
+            "gain_prob",
+        ):
             _check(0.0 <= getattr(self, name) <= 1.0, f"data.augment.{name} must be in [0, 1]")
         for name in ("snr_range", "gain_db_range"):
             r = getattr(self, name)
@@ -362,7 +368,7 @@ class AugmentConfig:
                 self.noise_prob,
                 self.telephone_prob,
                 self.gain_prob,
-            )  # fmt: skip
+            )
         )
 
 

@@ -143,9 +143,14 @@ def test_draws_reproducible_and_off_by_default(tiny_data):
 def test_train_loader_applies_augmentation(tiny_data):
     def first_batch(augment):
         loader = make_train_loader(
-            tiny_data.train_cuts, max_duration=10, num_buckets=2, seed=0, num_workers=0,
-            spec_augment=False, augment=augment,
-        )  # fmt: skip
+            tiny_data.train_cuts,
+            max_duration=10,
+            num_buckets=2,
+            seed=0,
+            num_workers=0,
+            spec_augment=False,
+            augment=augment,
+        )
         loader.sampler.set_epoch(0)
         return next(iter(loader))
 

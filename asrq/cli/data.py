@@ -102,7 +102,8 @@ def data() -> None:
 @click.option(
     "--everyday-share",
     type=float,
-    help=f"Share of sentences from everyday English (WordNet examples) [default: {_S.everyday_share}].",
+    help="Share of sentences from everyday English (WordNet examples) "
+    f"[default: {_S.everyday_share}].",
 )
 @click.option(
     "--num-jobs",

@@ -1,8 +1,8 @@
 """A tiny synthetic corpus with manifests, fbank features and a BPE model, made once per test
 session (``tests/conftest.py`` fixture ``tiny_data``) for every test that needs real data.
 
-15 utterances (3 train speakers x 3, 1 dev x 2, 1 test-clean x 2, 1 test-other x 2), about 45 s of audio; making it
-takes a few seconds on 2 cores.
+15 utterances (3 train speakers x 3, 1 dev x 2, 1 test-clean x 2, 1 test-other x 2), about
+45 s of audio; making it takes a few seconds on 2 cores.
 """
 
 from __future__ import annotations

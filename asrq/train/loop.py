@@ -325,6 +325,7 @@ class Trainer:
             rank=self.dist.rank,
             num_workers=d.num_workers,
             spec_augment=False,  # applied in-process, see asrq.train.augment
+            augment=d.augment,  # waveform augmentation (asrq.data.augment); off by default
         )
         # worker seeds must not consume the global RNG (exact resume)
         loader.generator = torch.Generator().manual_seed(self.cfg.train.seed)

@@ -20,12 +20,12 @@ import pytest
 from click.testing import CliRunner
 
 from asrq.cli.device import device as device_cmd
+from asrq.decode.streaming import stream_decode
 from asrq.device.build import MODEL_FILES, RUNNER_LIBS, RunnerBuild, build_runner
 from asrq.device.harness import bench_device, cpu_mask, pick_cores, probe
 from asrq.device.transport import AdbTransport, LocalTransport, SshTransport, parse_target
 from asrq.runtime.audio import load_features
-from asrq.runtime.backends import load_rnnt
-from asrq.runtime.transcribe import decode_features
+from asrq.runtime.heads import load_exported
 from asrq.utils.io import AsrqError
 
 REAL = Path("/work/shared/data/real")
@@ -174,8 +174,8 @@ def audio() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def reference_tokens(exported: Path, audio: list[Path]) -> list[list[int]]:
-    comp = load_rnnt(exported, "executorch")
-    return [decode_features(comp, load_features(p), streaming=True) for p in audio]
+    comp = load_exported(exported, "executorch")
+    return [stream_decode(comp, load_features(p)) for p in audio]
 
 
 def _check_result(res: dict, out_dir: Path, threads: list[int], ref: list[list[int]]) -> None:

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asrq.decode.streaming import num_chunks
+from asrq.decode.streaming import num_chunks, stream_decode
 from asrq.device.build import RunnerBuild, build_runner
 from asrq.runtime.audio import compute_fbank, load_audio, load_features
-from asrq.runtime.backends import load_rnnt
-from asrq.runtime.transcribe import decode_features, transcribe
+from asrq.runtime.heads import load_exported
+from asrq.runtime.transcribe import transcribe
 
 REAL = Path("/work/shared/data/real")
 SPEECH = sorted((REAL / "LibriSpeech" / "test-clean").rglob("*.flac"))
@@ -105,11 +105,11 @@ def test_runner_matches_python_executorch_streaming(
     ref = transcribe(exported, wavs, backend="executorch", streaming=True)
     assert [f["text"] for f in report["files"]] == [t for _, t in ref]
     assert res.stdout.splitlines() == [f"{p}\t{t}" for p, t in ref]
-    comp = load_rnnt(exported, "executorch")
+    comp = load_exported(exported, "executorch")
     chunk = report["chunk_frames"]
     for w, f in zip(wavs, report["files"], strict=True):
         feats = load_features(w)
-        assert f["tokens"] == decode_features(comp, feats, streaming=True)
+        assert f["tokens"] == stream_decode(comp, feats)
         assert f["tokens"], "random weights still emit tokens on speech"
         assert (
             f["chunks"] == num_chunks(feats.shape[0], chunk) and f["fbank_frames"] == feats.shape[0]

@@ -42,6 +42,7 @@ class ModuleOverride:
     weight_dtype: WeightDtype | None = None
     weight_qmax: int | None = None
     activations: bool | None = None
+    outputs: bool | None = None
 
     def __post_init__(self) -> None:
         _check(bool(self.pattern), "quant.overrides[].pattern must not be empty")
@@ -51,8 +52,11 @@ class ModuleOverride:
 
 def _default_overrides() -> list[ModuleOverride]:
     return [
-        # the first subsampling conv has one input channel: tiny, and int8 gains nothing there
-        ModuleOverride(pattern="encoder.embed.conv.0", skip=True),
+        # the subsampling convs stay float: the first has one input channel (int8 gains nothing),
+        # and XNNPACK leaves the second's static int8 form undelegated (its output has a second
+        # user, the shape read of the reshape that follows), which would leave int8 weights on
+        # portable kernels
+        ModuleOverride(pattern="encoder.embed.conv.*", skip=True),
         # the pruned-RNN-T "simple" projections exist only in the training loss
         ModuleOverride(pattern="simple_am_proj", skip=True),
         ModuleOverride(pattern="simple_lm_proj", skip=True),
@@ -69,6 +73,7 @@ class ModuleQuantSettings:
     weight_qmax: int
     group_size: int  # 0: per output channel
     activations: bool
+    outputs: bool
 
 
 @dataclass
@@ -87,6 +92,10 @@ class QuantConfig:
     onnxruntime's QDQ ``MatMulIntegerToFloat`` both take asymmetric int8 inputs; most inputs here
     follow SiLU / GLU / ReLU / tanh and are one-sided, so a zero point keeps twice the levels of a
     symmetric grid). The step size is learned; the zero point is set at calibration and fixed.
+    ``outputs: true`` also fake-quantizes each layer's output the same way: XNNPACK's static int8
+    GEMM / conv kernels take int8 in and out (its partitioner delegates a static-quant linear only
+    when a quantize node follows it), so a ``.pte`` with learned scales needs them; onnxruntime's
+    ``MatMulIntegerToFloat`` does not (``outputs: false`` for ONNX-only models).
 
     ``estimator``: the gradient through the quantizers (asrq.quant.fake_quant, asrq.quant.squat):
     ``ste`` (LSQ), ``noise`` (error-aware noise tempering: amplitude ``noise_init *
@@ -102,6 +111,7 @@ class QuantConfig:
     group_size: int = 32
     weight_init: Literal["max", "mse"] = "mse"
     activations: bool = True
+    outputs: bool = True
     estimator: Estimator = "ste"
     noise_init: float = 1.0
     noise_decay_steps: float = 200.0
@@ -143,6 +153,7 @@ class QuantConfig:
         if not any(fnmatch.fnmatchcase(name, p) for p in self.include):
             return None
         dtype, qmax, acts = self.weight_dtype, self.weight_qmax, self.activations
+        outs = self.outputs
         for o in self.overrides:
             if fnmatch.fnmatchcase(name, o.pattern):
                 if o.skip:
@@ -151,9 +162,12 @@ class QuantConfig:
                     dtype, qmax = o.weight_dtype, 0
                 qmax = o.weight_qmax if o.weight_qmax is not None else qmax
                 acts = o.activations if o.activations is not None else acts
+                outs = o.outputs if o.outputs is not None else outs
                 break
         qmax = qmax or DEFAULT_QMAX[dtype]
-        return ModuleQuantSettings(dtype, qmax, self.group_size if dtype == "int4" else 0, acts)
+        return ModuleQuantSettings(
+            dtype, qmax, self.group_size if dtype == "int4" else 0, acts, outs and acts
+        )
 
 
 @dataclass

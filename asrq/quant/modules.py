@@ -29,31 +29,39 @@ from asrq.utils.io import AsrqError
 class _QuantMixin:
     weight_fq: WeightFakeQuant
     input_fq: ActFakeQuant | None
+    output_fq: ActFakeQuant | None
     quant_settings: ModuleQuantSettings
 
     def _q_input(self, x: Tensor) -> Tensor:
         return self.input_fq(x) if self.input_fq is not None else x
+
+    def _q_output(self, y: Tensor) -> Tensor:
+        return self.output_fq(y) if self.output_fq is not None else y
 
 
 class QuantLinear(nn.Linear, _QuantMixin):
     """``nn.Linear`` with fake-quantized input activation and weight."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self._q_input(x), self.weight_fq(self.weight), self.bias)
+        return self._q_output(F.linear(self._q_input(x), self.weight_fq(self.weight), self.bias))
 
 
 class QuantConv1d(nn.Conv1d, _QuantMixin):
     """``nn.Conv1d`` (depthwise and grouped included) with fake-quantized input and weight."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self._q_input(x), self.weight_fq(self.weight), self.bias)
+        return self._q_output(
+            self._conv_forward(self._q_input(x), self.weight_fq(self.weight), self.bias)
+        )
 
 
 class QuantConv2d(nn.Conv2d, _QuantMixin):
     """``nn.Conv2d`` with fake-quantized input and weight."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self._q_input(x), self.weight_fq(self.weight), self.bias)
+        return self._q_output(
+            self._conv_forward(self._q_input(x), self.weight_fq(self.weight), self.bias)
+        )
 
 
 _SWAP: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d}
@@ -80,7 +88,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         if settings.group_size:
             if not isinstance(mod, nn.Linear):
                 settings = ModuleQuantSettings(
-                    "int8", 127, 0, settings.activations
+                    "int8", 127, 0, settings.activations, settings.outputs
                 )  # 8da4w covers linear layers only: convolutions keep 8-bit weights
             elif mod.in_features % settings.group_size:
                 raise AsrqError(
@@ -106,6 +114,11 @@ def quantize_(model: nn.Module, cfg: QuantConfig) -> nn.Module:
             if settings.activations
             else None
         )
+        mod.output_fq = (
+            ActFakeQuant(est, cfg.noise_init, cfg.noise_decay_steps).to(mod.weight.device)
+            if settings.outputs
+            else None
+        )
         mod.quant_settings = settings
         done += 1
     if done == 0:
@@ -125,7 +138,7 @@ def float_layers(model: nn.Module) -> list[str]:
 
 def is_quant_param(name: str) -> bool:
     """Whether a parameter name belongs to a fake quantizer (step sizes, noise gradient scales)."""
-    return ".weight_fq." in f".{name}" or ".input_fq." in f".{name}"
+    return any(f".{k}." in f".{name}" for k in ("weight_fq", "input_fq", "output_fq"))
 
 
 def split_parameters(
@@ -176,17 +189,20 @@ class LayerQParams:
     group_size: int  # 0: per channel
     act_scale: float | None  # None: input not quantized
     act_zero_point: int | None
+    out_scale: float | None = None  # None: output not quantized
+    out_zero_point: int | None = None
 
 
 def layer_qparams(layer: nn.Module) -> LayerQParams:
-    wfq = layer.weight_fq
-    a = layer.input_fq
+    wfq, a, o = layer.weight_fq, layer.input_fq, layer.output_fq
     return LayerQParams(
         wfq.effective_scale().clone(),
         wfq.qmax,
         wfq.group_size,
         None if a is None else float(a.effective_scale()),
         None if a is None else int(a.zero_point.item()),
+        None if o is None else float(o.effective_scale()),
+        None if o is None else int(o.zero_point.item()),
     )
 
 
@@ -200,6 +216,7 @@ def strip_fake_quant(model: nn.Module) -> tuple[nn.Module, dict[str, LayerQParam
             table[name] = layer_qparams(mod)
             del mod.weight_fq
             del mod.input_fq
+            del mod.output_fq
             del mod.quant_settings
             mod.__class__ = _FLOAT[type(mod)]
     return model, table

@@ -58,6 +58,7 @@ def test_fake_quant_linear_equals_explicit_quantize_dequantize(dtype: str, qmax:
     expect = F.linear(
         _explicit_act(x, lin.input_fq), _explicit_weight(lin.weight, lin.weight_fq), lin.bias
     )
+    expect = _explicit_act(expect, lin.output_fq)
     torch.testing.assert_close(lin(x), expect, rtol=0, atol=1e-6)
     # levels really are the grid: weight / scale are integers within +-qmax
     w_hat = lin.weight_fq(lin.weight)
@@ -79,6 +80,7 @@ def test_fake_quant_depthwise_conv_equals_explicit() -> None:
     expect = F.conv1d(
         _explicit_act(x, c.input_fq), _explicit_weight(c.weight, c.weight_fq), c.bias, groups=16
     )
+    expect = _explicit_act(expect, c.output_fq)
     torch.testing.assert_close(c(x), expect, rtol=0, atol=1e-6)
 
 
@@ -155,6 +157,8 @@ def test_squat_alternates_weights_and_step_sizes() -> None:
         "0.input_fq.scale",
         "2.weight_fq.scale",
         "2.input_fq.scale",
+        "0.output_fq.scale",
+        "2.output_fq.scale",
     }
     opt = torch.optim.SGD(
         [{"params": [p for _, p in net]}, {"params": [p for _, p in qp]}], lr=0.05

@@ -122,7 +122,9 @@ def test_onnx_int8_learned_scales_and_fused_integer_kernels(tmp_path: Path) -> N
     x = torch.randn(1, 50, 64)
     art, table = export_onnx_int8(m, (x,), DYN, ["x"], ["y"], tmp_path / "toy.onnx")
     assert art.ort_ops.get("MatMulIntegerToFloat", 0) == 3, art.ort_ops
-    assert art.ort_ops.get("QLinearConv", 0) == 1, art.ort_ops  # needs the output Q (see QuantConfig.outputs)
+    assert art.ort_ops.get("QLinearConv", 0) == 1, (
+        art.ort_ops
+    )  # needs the output Q (see QuantConfig.outputs)
     scales = [np.asarray(a) for v in onnx_initializer_scales(art.path).values() for a in v]
     for q in table.values():
         assert any(a.size == 1 and float(a.reshape(())) == np.float32(q.act_scale) for a in scales)

@@ -69,11 +69,12 @@ _FLOAT: dict[type, type] = {v: k for k, v in _SWAP.items()}
 QUANT_TYPES = tuple(_FLOAT)
 
 
-def quantize_(model: nn.Module, cfg: QuantConfig) -> nn.Module:
+def quantize_(model: nn.Module, cfg: QuantConfig, init_scales: bool = True) -> nn.Module:
     """Make ``model``'s matching layers fake-quantized, in place; returns ``model``.
 
-    Weight step sizes are initialised from the weights now (``cfg.weight_init``); activation
-    step sizes by :func:`calibrate` (or, failing that, from the first training batch).
+    Weight step sizes are initialised from the weights now (``cfg.weight_init``; skipped with
+    ``init_scales=False`` when a state dict with learned ones is loaded next); activation step
+    sizes by :func:`calibrate` (or, failing that, from the first training batch).
 
     Raises AsrqError when an ``int4`` layer's ``in_features`` is not a multiple of
     ``cfg.group_size`` (naming the layer: give it an 8-bit override or choose such widths).
@@ -106,7 +107,8 @@ def quantize_(model: nn.Module, cfg: QuantConfig) -> nn.Module:
             cfg.noise_init,
             cfg.noise_decay_steps,
         ).to(mod.weight.device)
-        wfq.init_scale(mod.weight, cfg.weight_init)
+        if init_scales:
+            wfq.init_scale(mod.weight, cfg.weight_init)
         mod.__class__ = _SWAP[type(mod)]
         mod.weight_fq = wfq
         mod.input_fq = (

@@ -232,3 +232,51 @@ def test_real_tiny_conformer_encoder_exports_match_fake_quant(tmp_path: Path) ->
     x, lens = torch.randn(2, 131, 80) * 3, torch.tensor([131, 120])
     y = torch.from_numpy(sess.run(None, {"x": x.numpy(), "x_lens": lens.numpy()})[0])
     assert sqnr_db(so.module(x, lens)[0], y) >= 30.0
+
+
+def test_rnnt_predictor_and_joiner_programs_int8_both_targets(tmp_path: Path) -> None:
+    """asrq.quant.programs on the tiny RNN-T: the predictor (grouped conv + projection) and the
+    joiner export int8 to both runtimes with their layers in integer kernels and match eager."""
+    import onnxruntime as ort
+    from executorch.runtime import Runtime
+
+    from asrq.export.onnx_export import read_onnx_metadata
+    from asrq.export.wrappers import program_specs
+    from asrq.models import build_model
+    from asrq.quant.programs import export_quantized_programs
+    from asrq.testing.models import tiny_config
+
+    torch.manual_seed(0)
+    cfg = tiny_config(vocab_size=32)
+    model = build_model(cfg.model)
+    qc = QuantConfig(weight_qmax=63)
+    quantize_(model, qc)
+    cfg.train.loss.rnnt_type = "full"
+    feats, lens = torch.randn(2, 83, 80), torch.tensor([83, 71])
+    ys, ylens = torch.tensor([[3, 5, 7, 9], [4, 6, 8, -1]]), torch.tensor([4, 3])
+    with calibrating(model):
+        model(feats, lens, ys, ylens, cfg.train.loss, -1, -1)
+    model.eval()
+    res = export_quantized_programs(model, qc, tmp_path, 4, 16, programs=("predictor", "joiner"))
+    assert res["onnx"]["joiner"]["ort_ops"].get("QGemm") == 1
+    assert res["onnx"]["predictor"]["ort_ops"].get("QLinearConv") == 1
+    ex = res["executorch"]
+    assert ex["joiner"]["delegate_nodes"]["XNNFullyConnected qint8 x qcint8 -> qint8"] == 1
+    assert ex["predictor"]["delegate_nodes"]["XNNConv2d qint8 x qcint8 -> qint8"] == 1
+    meta = read_onnx_metadata(tmp_path / "onnx" / "joiner.int8.onnx")
+    assert (
+        meta["quant_scheme"] == "int8-learned"
+        and "encoder.embed.conv.0" in meta["quant_float_layers"]
+    )
+    joiner = program_specs(model, 4, 16, "onnx")["joiner"].module
+    enc, pred = torch.randn(5, 64) * 0.5, torch.randn(5, 64) * 0.5
+    ref = joiner(enc, pred)
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "joiner.int8.onnx"))
+    y = sess.run(None, {"encoder_out": enc.numpy(), "predictor_out": pred.numpy()})[0]
+    assert sqnr_db(ref, torch.from_numpy(y)) >= 30.0
+    method = (
+        Runtime.get()
+        .load_program(str(tmp_path / "executorch" / "joiner.int8.pte"))
+        .load_method("forward")
+    )
+    assert sqnr_db(ref, method.execute([enc, pred])[0]) >= 30.0

@@ -34,6 +34,7 @@ import copy
 import io
 import json
 import os
+import re
 import tempfile
 import warnings
 from collections import Counter
@@ -68,6 +69,21 @@ class QuantArtifact:
     qparams: dict[str, list[Any]] = field(default_factory=dict)
 
 
+def positional_dynamic_shapes(dynamic_shapes: Any, num_inputs: int) -> Any:
+    """A ``{arg name: shapes}`` dict as a tuple, one entry per flat input (varargs such as the
+    streaming encoder's ``states`` expanded): a converted PT2E graph names its inputs
+    ``states_0, states_1, ...``, so the names of the original ``forward`` no longer match."""
+    if not isinstance(dynamic_shapes, dict):
+        return dynamic_shapes
+    flat: list[Any] = []
+    for v in dynamic_shapes.values():
+        if isinstance(v, tuple) and all(e is None or isinstance(e, dict) for e in v):
+            flat.extend(v)
+        else:
+            flat.append(v)
+    return tuple(flat) if len(flat) == num_inputs else dynamic_shapes
+
+
 # --------------------------------------------------------------------------------------------
 # ExecuTorch
 # --------------------------------------------------------------------------------------------
@@ -86,6 +102,7 @@ def lower_to_pte(
 
     from asrq.export.executorch_export import delegation_summary
 
+    dynamic_shapes = positional_dynamic_shapes(dynamic_shapes, len(example_inputs))
     with torch.no_grad():
         ep = torch.export.export(gm, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
     edge = to_edge_transform_and_lower(
@@ -124,7 +141,13 @@ def xnnpack_delegate_graphs(edge: Any) -> list[dict[str, Any]]:
             Path(d, "schema.fbs").write_bytes(_get_schema_bytes())
             Path(d, "g.bin").write_bytes(fb)
             _flatc_decompile(d, os.path.join(d, "schema.fbs"), os.path.join(d, "g.bin"))
-            graph = json.loads(Path(d, "g.json").read_text())
+            # flatc writes non-finite floats (e.g. clamp bounds) as bare inf / nan
+            text = re.sub(
+                r"(?<=[\s:\[,])(-?)(inf|nan)\b",
+                lambda m: {"inf": m.group(1) + "Infinity", "nan": "NaN"}[m.group(2)],
+                Path(d, "g.json").read_text(),
+            )
+            graph = json.loads(text)
         # constants (weights, per-channel scales) live in the program's named data, by key
         store = getattr(mod, "_named_data_store_output", None)
         named = {}
@@ -318,6 +341,7 @@ def onnx_from_graph(
 
     from asrq.export.onnx_export import cast_bool_where, save_onnx_program
 
+    dynamic_shapes = positional_dynamic_shapes(dynamic_shapes, len(example_inputs))
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

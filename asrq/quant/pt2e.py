@@ -152,10 +152,12 @@ class LearnedScalesQuantizer(Quantizer):
         return model
 
     def validate(self, model: torch.fx.GraphModule) -> None:
-        missing = sorted(set(self.table) - set(self.annotated))
-        if missing:
+        # a program may hold layers it never calls (the joiner program skips the joiner's input
+        # projections), but a table none of whose layers was found means the paths are wrong
+        if self.table and not self.annotated:
             raise RuntimeError(
-                f"quantized layers with no linear/conv node in the exported graph: {missing[:5]}"
+                "no quantized layer of the table matched a linear/conv node of the exported "
+                f"graph (module paths like {sorted(self.table)[:3]})"
             )
 
 
@@ -165,8 +167,8 @@ def convert_learned(
     dynamic_shapes: Any = None,
 ) -> tuple[torch.fx.GraphModule, dict[str, LayerQParams]]:
     """A fake-quantized module (eval) -> (converted PT2E GraphModule with the learned q/dq
-    parameters and int8 weights folded in, the table of learned parameters). ``module`` is not
-    changed (a deep copy is stripped)."""
+    parameters and int8 weights folded in, the learned parameters of the layers the graph
+    uses). ``module`` is not changed (a deep copy is stripped)."""
     float_module, table = strip_fake_quant(copy.deepcopy(module).eval())
     with torch.no_grad():
         ep = torch.export.export(
@@ -175,7 +177,7 @@ def convert_learned(
         quantizer = LearnedScalesQuantizer(table)
         prepared = prepare_pt2e(ep.module(), quantizer)
         converted = convert_pt2e(prepared, fold_quantize=True)
-    return converted, table
+    return converted, {k: v for k, v in table.items() if k in quantizer.annotated}
 
 
 def graph_qparams(gm: torch.fx.GraphModule) -> dict[str, list[dict[str, Any]]]:

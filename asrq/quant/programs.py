@@ -52,9 +52,12 @@ def export_quantized_programs(
     programs: tuple[str, ...] = ("encoder", "encoder_streaming", "predictor", "joiner"),
     meta: dict[str, Any] | None = None,
     max_encoder_steps: int = DEFAULT_MAX_ENCODER_STEPS,
+    constant_methods: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Export ``programs`` of fake-quantized RNN-T ``model`` (eval) to int8 for ``targets``
-    with the learned scales. Returns ``{target: {program: artifact summary}}``."""
+    with the learned scales. ``meta`` goes into every ONNX file's metadata (with the
+    quantization's, :func:`quant_metadata`), ``constant_methods`` into every ``.pte`` (as the
+    fp32 pipeline's). Returns ``{target: {program: artifact summary}}``."""
     model.eval()
     out = Path(out_dir)
     qmeta = {**(meta or {}), **quant_metadata(model, cfg)}
@@ -81,6 +84,7 @@ def export_quantized_programs(
                     spec.example_inputs,
                     spec.dynamic_shapes,
                     out / target / f"{name}.int8.pte",
+                    constant_methods,
                 )
             result[target][name] = _summary(art)
     return result

@@ -183,6 +183,11 @@ def test_pte_8da4w_with_learned_group_scales(tmp_path: Path) -> None:
     assert art.delegate_nodes.get("XNNFullyConnected qdint8 x qbint4 -> fp32", 0) == 3, (
         art.delegate_nodes
     )
+    # the delegate holds the learned group scales (XNNPACK keeps them in bf16)
+    stored = [torch.tensor(q["scale"]) for q in art.qparams["per_group"]]
+    for layer in (m.ff[0], m.ff[2], m.out):
+        want = layer.weight_fq.effective_scale().reshape(-1).to(torch.bfloat16).float()
+        assert any(t.shape == want.shape and torch.equal(t, want) for t in stored)
     method = Runtime.get().load_program(str(art.path)).load_method("forward")
     xx = torch.randn(1, 40, 64)
     # eager: float activations x learned int4 weights; the .pte adds dynamic int8 activations

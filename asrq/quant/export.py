@@ -194,7 +194,8 @@ def xnnpack_quant_params(graphs: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """The quantization parameters stored in decoded XNNPACK graphs: ``per_tensor`` (scale,
     zero point) pairs of qint8 values (scales as ``flatc`` prints them: 6 decimals)
     and ``per_channel`` fp32 scale lists of qcint8 weights (exact: read from the named constant
-    data ``scale_buffer_idx`` points to); ``per_group``: the raw params of blockwise weights."""
+    data ``scale_buffer_idx`` points to); ``per_group``: the params of blockwise (int4) weights
+    with their ``scale`` list read the same way (stored as bf16 or fp32)."""
     import numpy as np
 
     out: dict[str, list[Any]] = {"per_tensor": [], "per_channel": [], "per_group": []}
@@ -214,8 +215,17 @@ def xnnpack_quant_params(graphs: list[dict[str, Any]]) -> dict[str, list[Any]]:
                     raw = named[consts[idx]["named_key"]]
                     scales = np.frombuffer(raw, dtype=np.float32)[: q["num_scales"]].tolist()
                 out["per_channel"].append(scales)
-            elif kind == "PerChannelGroupQuant":
-                out["per_group"].append(q)
+            elif kind == "PerChannelGroupQuant":  # scales in named data: bf16 or fp32
+                idx, n = q.get("scale_buffer_idx", 0), q["num_scales"]
+                scales = q.get("scale") or []
+                if not scales and idx and consts[idx]["named_key"] in named:
+                    raw = named[consts[idx]["named_key"]]
+                    if len(raw) >= 4 * n:
+                        scales = np.frombuffer(raw, dtype=np.float32)[:n].tolist()
+                    else:  # bfloat16: the high half of a float32
+                        bits = np.frombuffer(raw, dtype=np.uint16)[:n].astype(np.uint32) << 16
+                        scales = bits.view(np.float32).tolist()
+                out["per_group"].append({**q, "scale": scales})
     return out
 
 

@@ -47,7 +47,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from asrq.cli import bench, data, decode, export, supernet, train, transcribe
+    from asrq.cli import bench, data, decode, device, export, qat, supernet, train, transcribe
 
     cli.add_command(data.data)
     cli.add_command(train.train)
@@ -58,7 +58,8 @@ def _register() -> None:
     cli.add_command(supernet.supernet)
     cli.add_command(supernet.slice_)
     cli.add_command(supernet.search)
-    cli.add_command(__import__("asrq.cli.device", fromlist=["device"]).device)
+    cli.add_command(device.device)  # asrq device build / bench (asrq.device)
+    cli.add_command(qat.qat)  # asrq qat train (asrq.quant)
 
 
 _register()

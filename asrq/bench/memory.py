@@ -105,4 +105,3 @@ class MemoryProbe:
             "torch_imported": "torch" in sys.modules,
             "memory_method": METHOD_HWM_RESET if self.reset else METHOD_MAXRSS,
         }
-

@@ -41,9 +41,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asrq.bench.lean import HEADS as LEAN_HEADS
 from asrq.bench.lean import Inputs, load_inputs, save_inputs
 from asrq.bench.memory import MemoryProbe
+from asrq.bench.runtimes import EXTRA_RUNTIMES
+from asrq.bench.sherpa import TAIL_PADDING_S
 from asrq.bench.steps import streaming_step
 from asrq.runtime.backends import BACKENDS, get_backend
 from asrq.runtime.model_dir import ModelDir, read_model_dir
@@ -271,6 +272,7 @@ def finish_run(settings: RunSettings, md: ModelDir, raw: dict[str, Any]) -> dict
         "memory_method": raw["memory_method"]
         + ("" if settings.isolated else "; IN-PROCESS run: the harness shares the process"),
         "child": raw.get("child", "torch"),
+        **({"flush_ms": round(raw["flush_s"] * 1000, 3)} if "flush_s" in raw else {}),
         "torch_imported": raw["torch_imported"],
         "file_bytes": file_bytes,
         "total_file_bytes": sum(file_bytes.values()),
@@ -282,14 +284,36 @@ def finish_run(settings: RunSettings, md: ModelDir, raw: dict[str, Any]) -> dict
 def run_once(settings: RunSettings, md: ModelDir | None = None) -> dict[str, Any]:
     """Measure one (backend, threads) run in this process (the harness shares its memory)."""
     md = md or read_model_dir(settings.model_dir)
+    if settings.backend in EXTRA_RUNTIMES:
+        import importlib
+
+        child = importlib.import_module(EXTRA_RUNTIMES[settings.backend].child)
+        raw = child.run_child(asdict(settings))
+        return finish_run(settings, md, {**raw, "child": "in-process"})
     return finish_run(settings, md, measure_torch_child(settings, md))
 
 
+def check_runtime(md: ModelDir, name: str) -> None:
+    """A clear error unless ``name`` is a backend this export has or an extra runtime it
+    supports."""
+    if name in EXTRA_RUNTIMES:
+        rt = EXTRA_RUNTIMES[name]
+        if rt.meta_key not in md.meta:
+            raise AsrqError(f"{md.path}: no {name} files in this export; {rt.export_hint}")
+        return
+    get_backend(name)
+    md.check_backend(name)
+
+
 def child_module(md: ModelDir, backend: str) -> tuple[str, str]:
-    """(the module a run's child executes, what the child holds): onnxruntime on an RNN-T
-    export runs numpy-only (:mod:`asrq.bench.lean`); the rest through the shared runtime."""
-    if backend == "onnx" and md.head in LEAN_HEADS:
-        return "asrq.bench.lean", "numpy+onnxruntime"
+    """(the module a run's child executes, what the child holds): onnxruntime runs numpy-only
+    where the head's streaming step has an ``onnx_child`` (RNN-T: :mod:`asrq.bench.lean`); the
+    extra runtimes in their own children; the rest through the shared runtime."""
+    if backend in EXTRA_RUNTIMES:
+        return EXTRA_RUNTIMES[backend].child, EXTRA_RUNTIMES[backend].holds
+    onnx_child = streaming_step(md).onnx_child
+    if backend == "onnx" and onnx_child:
+        return onnx_child, "numpy+onnxruntime"
     return "asrq.bench.runner", f"torch+{backend}"
 
 
@@ -339,10 +363,12 @@ def run_bench(
 
     md = read_model_dir(model_dir)
     model_dir, meta = md.path, md.meta
-    backends = list(backends) if backends else [b for b in BACKENDS if b in md.backends]
+    if not backends:
+        backends = [b for b in BACKENDS if b in md.backends]
+        backends += [n for n, rt in EXTRA_RUNTIMES.items() if rt.meta_key in md.meta]
+    backends = list(backends)
     for b in backends:
-        get_backend(b)
-        md.check_backend(b)
+        check_runtime(md, b)
     if not threads or any(int(t) < 1 for t in threads):
         raise AsrqError(f"--threads must be positive integers (got {list(threads)})")
     chunk_ms = check_chunk_ms(meta, chunk_ms, model_dir)
@@ -382,6 +408,7 @@ def run_bench(
         },
         "settings": {
             "search": streaming_step(md).search,
+            "sherpa_tail_padding_s": TAIL_PADDING_S if "sherpa-onnx" in backends else None,
             "inputs": [u.label for u in utts],
             "num_utterances": len(utts),
             "audio_seconds": round(sum(u.seconds for u in utts), 3),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from asrq.bench.runtimes import EXTRA_RUNTIMES
 from asrq.runtime.backends import BACKENDS
 from asrq.utils.io import AsrqError
 
@@ -31,9 +32,10 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option(
     "--backend",
     "backends",
-    type=click.Choice(list(BACKENDS)),
+    type=click.Choice([*BACKENDS, *EXTRA_RUNTIMES]),
     multiple=True,
-    help="Backend to measure; repeat for several. [default: every backend in the export]",
+    help="Runtime to measure; repeat for several. sherpa-onnx needs an export made with "
+    "--sherpa. [default: every backend in the export, and sherpa-onnx when it has the layout]",
 )
 @click.option(
     "--threads",

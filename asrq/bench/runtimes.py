@@ -1,8 +1,9 @@
 """The runtimes ``asrq bench`` measures beside the program runners of
 :data:`asrq.runtime.backends.BACKENDS`: :data:`EXTRA_RUNTIMES`, keyed by the name ``--backend``
-takes. Each runs in its own child module that writes the same raw figures as the backends'
-children (timings in seconds, :class:`asrq.bench.memory.MemoryProbe` figures, ``programs``,
-``file_bytes``).
+takes. Each runs in its own child module (``python -m <child> SETTINGS.json RESULT.json``;
+``run_child(settings: dict) -> dict`` for ``--in-process``) that returns the same raw figures as
+the backends' children: ``import_s``, ``load_s``, ``chunk_s`` / ``enc_s`` (lists of seconds),
+``programs``, ``file_bytes`` and :meth:`asrq.bench.memory.MemoryProbe.finish`'s figures.
 
 The native runner (``export/runner``, issue 13) plugs in here: an entry whose child module runs
 the runner binary on the inputs' audio and converts its JSON to those raw figures.

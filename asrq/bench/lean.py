@@ -60,14 +60,16 @@ def save_inputs(path: str | Path, inputs: Inputs) -> Path:
     return path
 
 
-def load_inputs(path: str | Path) -> Inputs:
-    """The inputs :func:`save_inputs` wrote."""
+def load_inputs(path: str | Path, features: bool = True, samples: bool = False) -> Inputs:
+    """The inputs :func:`save_inputs` wrote: the fbank and/or the samples (a child reads only
+    what its runtime takes; the other list holds empty arrays / None)."""
     with np.load(path) as z:
         header = json.loads(bytes(z["header"]).decode())
         n = len(header["labels"])
-        feats = [z[f"feats_{i}"] for i in range(n)]
-        samples = [z[f"samples_{i}"] if f"samples_{i}" in z else None for i in range(n)]
-    return Inputs(header["labels"], feats, [float(s) for s in header["seconds"]], samples)
+        empty = np.zeros((0, 0), np.float32)
+        feats = [z[f"feats_{i}"] if features else empty for i in range(n)]
+        wavs = [z[f"samples_{i}"] if samples and f"samples_{i}" in z else None for i in range(n)]
+    return Inputs(header["labels"], feats, [float(s) for s in header["seconds"]], wavs)
 
 
 # --------------------------------------------------------------------------------------------

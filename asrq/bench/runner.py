@@ -247,7 +247,7 @@ def measure_torch_child(settings: RunSettings, md: ModelDir | None = None) -> di
 def finish_run(settings: RunSettings, md: ModelDir, raw: dict[str, Any]) -> dict[str, Any]:
     """A run's report entry from a child's raw figures (timings in s, memory in bytes) and the
     export's file sizes."""
-    inputs = load_inputs(settings.features_path)
+    inputs = load_inputs(settings.features_path, features=False)
     audio_s = sum(inputs.seconds)
     chunk_s, enc_s = raw["chunk_s"], raw["enc_s"]
     files = md.meta["programs"].get(settings.backend, {})

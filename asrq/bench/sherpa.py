@@ -122,7 +122,7 @@ def transcribe_ids(
 def run_child(settings: dict[str, Any]) -> dict[str, Any]:
     """One sherpa-onnx run (settings of :class:`asrq.bench.runner.RunSettings`) in this process:
     the raw timings and memory figures of the other children."""
-    inputs = load_inputs(settings["features_path"])
+    inputs = load_inputs(settings["features_path"], features=False, samples=True)
     if any(s is None for s in inputs.samples):
         raise AsrqError("sherpa-onnx computes its own features: give inputs with audio")
     meta = json.loads((Path(settings["model_dir"]) / "metadata.json").read_text())

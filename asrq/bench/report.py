@@ -141,7 +141,7 @@ def plot_runs(report: dict[str, Any], path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     for ax, (title, values) in zip(axes, panels, strict=True):
         ax.bar(range(len(values)), values, color=colors)
-        ax.set_xticks(range(len(values)), labels, fontsize=8)
+        ax.set_xticks(range(len(values)), labels, fontsize=7, rotation=30, ha="right")
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     m = report["model"]

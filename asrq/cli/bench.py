@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from asrq.bench.runtimes import EXTRA_RUNTIMES
 from asrq.runtime.backends import BACKENDS
 from asrq.utils.io import AsrqError
 
@@ -31,9 +32,10 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option(
     "--backend",
     "backends",
-    type=click.Choice(list(BACKENDS)),
+    type=click.Choice([*BACKENDS, *EXTRA_RUNTIMES]),
     multiple=True,
-    help="Backend to measure; repeat for several. [default: every backend in the export]",
+    help="Runtime to measure; repeat for several. sherpa-onnx needs an export made with "
+    "--sherpa. [default: every backend in the export, and sherpa-onnx when it has the layout]",
 )
 @click.option(
     "--threads",
@@ -104,6 +106,15 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     show_default=True,
     help="Timings per latency-table entry, median (--layer-table only).",
 )
+@click.option(
+    "--memory-from",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --layer-table: `asrq bench` reports (bench.json) of exports measured on the same "
+    "device; their model_peak_bytes per backend, fitted linear in the weight bytes, go into "
+    "the table so `asrq search --max-mb` budgets measured memory. Repeat (two or more sizes "
+    "give a fixed + per-byte fit).",
+)
 def bench(
     model_dir: Path,
     backends: tuple[str, ...],
@@ -118,6 +129,7 @@ def bench(
     isolate: bool,
     layer_table: bool,
     repeats: int,
+    memory_from: tuple[Path, ...],
 ) -> None:
     """Benchmark streaming recognition with the model exported to MODEL_DIR.
 
@@ -135,7 +147,7 @@ def bench(
       asrq bench exp/mini_supernet/model.pt --layer-table --threads 1 --out tables/host-1t.json
     """
     if layer_table:
-        _layer_table(model_dir, out, (threads or [1])[0], repeats)
+        _layer_table(model_dir, out, (threads or [1])[0], repeats, list(memory_from))
         return
     from asrq.bench.report import format_table
     from asrq.bench.runner import run_bench
@@ -165,13 +177,20 @@ def bench(
     click.echo(f"wrote {report['json']}" + (f" and {report['chart']}" if "chart" in report else ""))
 
 
-def _layer_table(checkpoint: Path, out: Path | None, threads: int, repeats: int) -> None:
+def _layer_table(
+    checkpoint: Path, out: Path | None, threads: int, repeats: int, memory_from: list[Path]
+) -> None:
     from asrq.supernet.search import build_latency_table
 
     out = out or checkpoint.parent / "latency_table.json"
     try:
         table = build_latency_table(
-            checkpoint, out, threads=threads, repeats=repeats, log_fn=click.echo
+            checkpoint,
+            out,
+            threads=threads,
+            repeats=repeats,
+            log_fn=click.echo,
+            memory_from=memory_from,
         )
     except AsrqError as e:
         click.echo(f"error: {e}", err=True)

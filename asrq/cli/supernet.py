@@ -150,7 +150,20 @@ def slice_(checkpoint: str, spec: str, out_dir: str) -> None:
     "(timed here or from --latency-table).",
 )
 @click.option(
-    "--max-mb", type=click.FloatRange(min=0), default=None, help="Size budget: fp32 megabytes."
+    "--max-mb",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Memory budget in MiB. What it budgets: with a --latency-table that carries measured "
+    "memory (`asrq bench SUPERNET --layer-table --memory-from BENCH.json ...`), the predicted "
+    "model-attributable peak resident memory on that device's runtime (asrq bench's "
+    "model_peak_bytes, fitted linear in the weight bytes); otherwise the file size of the "
+    "fp32 weights (4 x parameters / 2^20). search.json's max_mb_budgets says which.",
+)
+@click.option(
+    "--memory-backend",
+    default=None,
+    help="Runtime whose measured memory --max-mb budgets (onnx, executorch...; a backend of "
+    "the table's memory fit). [default: the table's only or first one]",
 )
 @click.option(
     "--streaming/--full-context",
@@ -195,6 +208,7 @@ def search(
     repeats: int,
     seed: int,
     latency_table: str | None,
+    memory_backend: str | None,
 ) -> None:
     """Find the subnets of a supernet worth deploying: dev WER vs latency vs size.
 
@@ -223,6 +237,7 @@ def search(
         seed=seed,
         log_fn=click.echo,
         latency_table=latency_table,
+        memory_backend=memory_backend,
     )
     b = res.best
     click.echo(

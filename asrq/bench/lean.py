@@ -2,7 +2,8 @@
 
 A device runs the programs with onnxruntime and nothing else, so the benchmark's ONNX child
 (``python -m asrq.bench.lean SETTINGS RESULT``; the RNN-T entry of
-:data:`asrq.bench.steps.STREAMING_STEPS` names it as its ``onnx_child``) holds only numpy and onnxruntime: the inputs
+:data:`asrq.bench.steps.STREAMING_STEPS` names it as its ``onnx_child``) holds only numpy and
+onnxruntime: the inputs
 come as ``.npz`` (:func:`save_inputs`), the sessions are those of
 :class:`asrq.runtime.backends.OnnxPrograms` (same options), and the RNN-T streaming step (the
 streaming encoder on windows of ``4C + 3`` fbank frames, then greedy search with one symbol per

@@ -169,8 +169,8 @@ def export_model(
 ) -> ExportResult:
     """Export a checkpoint (see the module doc): :func:`export_loaded` on the loaded model, with
     its keyword ``options`` (``onnx``, ``executorch``, ``chunk_frames``, ``left_frames``,
-    ``max_seconds``, ``opset``, ``tol``, ``programs``, ``sherpa``, ``log_fn``). ``name`` defaults to the
-    checkpoint's file stem. Raises :class:`~asrq.export.parity.ParityError` when a program
+    ``max_seconds``, ``opset``, ``tol``, ``programs``, ``sherpa``, ``log_fn``). ``name`` defaults to
+    the checkpoint's file stem. Raises :class:`~asrq.export.parity.ParityError` when a program
     misses ``tol``."""
     from asrq.train.checkpoint import load_model
 

@@ -3,7 +3,8 @@ with dotted overrides (``train.optim.lr=0.03``), and stored resolved in every ch
 exported file (STYLE.md points 3 and 4).
 
 Families:
-    ModelConfig (EncoderConfig, PredictorConfig, StreamingConfig, AttentionDecoderConfig)
+    ModelConfig (EncoderConfig, StreamingConfig, one section per head: RnntConfig with
+        PredictorConfig, CtcAttentionConfig with AttentionDecoderConfig; HEAD_METHODS)
     DataConfig (SynthConfig)
     TrainConfig (OptimConfig, LossConfig)
     DecodeConfig, ExportConfig, BenchConfig
@@ -88,20 +89,22 @@ class EncoderConfig:
         _check(self.residual_init_scale > 0, "encoder.residual_init_scale must be > 0")
         _check(
             self.d_model % self.fold == 0 and self.ffn_dim % self.fold == 0,
-            f"encoder.d_model ({self.d_model}) and encoder.ffn_dim ({self.ffn_dim}) must divide by encoder.fold ({self.fold})",
+            f"encoder.d_model ({self.d_model}) and encoder.ffn_dim ({self.ffn_dim}) must divide by "
+            f"encoder.fold ({self.fold})",
         )
         if self.type == "conformer" or self.ssm_attention:
             width = self.d_model // self.fold
             _check(
                 width % self.num_heads == 0 and (width // self.num_heads) % 2 == 0,
-                f"encoder.fold {self.fold}: the sub-token width d_model / fold = {width} must divide by "
-                f"encoder.num_heads ({self.num_heads}) into an even head dim (rotary)",
+                f"encoder.fold {self.fold}: the sub-token width d_model / fold = {width} must "
+                f"divide by encoder.num_heads ({self.num_heads}) into an even head dim (rotary)",
             )
         if self.type == "stateformer":
             _check(self.ssm_heads >= 1, "encoder.ssm_heads must be >= 1")
             _check(
                 self.d_model % self.ssm_heads == 0,
-                f"encoder.d_model ({self.d_model}) must divide by encoder.ssm_heads ({self.ssm_heads})",
+                f"encoder.d_model ({self.d_model}) must divide by encoder.ssm_heads "
+                f"({self.ssm_heads})",
             )
             _check(self.ssm_state_dim >= 1, "encoder.ssm_state_dim must be >= 1")
 
@@ -138,7 +141,7 @@ class PredictorConfig:
     context_size: int = 2
 
     def __post_init__(self) -> None:
-        _check(self.context_size >= 1, "predictor.context_size must be >= 1")
+        _check(self.context_size >= 1, "model.rnnt.predictor.context_size must be >= 1")
 
 
 @dataclass
@@ -158,38 +161,131 @@ class AttentionDecoderConfig:
     sos_eos_id: int = 1
 
     def __post_init__(self) -> None:
-        _check(self.num_layers >= 1, "decoder.num_layers must be >= 1")
-        _check(self.num_heads >= 1, "decoder.num_heads must be >= 1")
-        _check(self.ffn_dim >= 0, "decoder.ffn_dim must be >= 0 (0: 4 x the encoder width)")
-        _check(0.0 <= self.dropout < 1.0, "decoder.dropout must be in [0, 1)")
-        _check(self.sos_eos_id >= 0, "decoder.sos_eos_id must be >= 0")
+        _check(self.num_layers >= 1, "model.ctc_attention.decoder.num_layers must be >= 1")
+        _check(self.num_heads >= 1, "model.ctc_attention.decoder.num_heads must be >= 1")
+        _check(
+            self.ffn_dim >= 0,
+            "model.ctc_attention.decoder.ffn_dim must be >= 0 (0: 4 x the encoder width)",
+        )
+        _check(0.0 <= self.dropout < 1.0, "model.ctc_attention.decoder.dropout must be in [0, 1)")
+        _check(self.sos_eos_id >= 0, "model.ctc_attention.decoder.sos_eos_id must be >= 0")
+
+
+@dataclass
+class RnntConfig:
+    """The ``rnnt`` head (``model.rnnt``): stateless predictor, joiner of width ``joiner_dim``
+    and, with ``ctc_head``, an auxiliary CTC projection on the encoder output."""
+
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    joiner_dim: int = 256
+    ctc_head: bool = True  # auxiliary CTC head
+
+    def __post_init__(self) -> None:
+        _check(self.joiner_dim >= 1, "model.rnnt.joiner_dim must be >= 1")
+
+
+@dataclass
+class CtcAttentionConfig:
+    """The ``ctc_attention`` head (``model.ctc_attention``): CTC projection + attention
+    ``decoder`` (WeNet U2++ style)."""
+
+    decoder: AttentionDecoderConfig = field(default_factory=AttentionDecoderConfig)
+
+
+#: The model heads; each has a section of the same name in :class:`ModelConfig`.
+Head = Literal["rnnt", "ctc_attention"]
+
+#: Decoding methods per model head (``decode.method`` is checked against it at load). On a
+#: ``ctc_attention`` model ``greedy`` means ``ctc_greedy`` (its greedy search).
+HEAD_METHODS: dict[str, tuple[str, ...]] = {
+    "rnnt": ("greedy", "modified_beam_search", "ctc_greedy"),
+    "ctc_attention": ("greedy", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring"),
+}
 
 
 @dataclass
 class ModelConfig:
-    """``head``: ``rnnt`` (transducer + auxiliary CTC) or ``ctc_attention`` (hybrid CTC /
-    attention, WeNet U2++ style: CTC head + attention ``decoder``; ``predictor`` and
-    ``joiner_dim`` are unused)."""
+    """``head``: ``rnnt`` (transducer + auxiliary CTC; its settings in ``rnnt``) or
+    ``ctc_attention`` (hybrid CTC / attention, WeNet U2++ style; its settings in
+    ``ctc_attention``). The other head's section is unused.
 
-    head: Literal["rnnt", "ctc_attention"] = "rnnt"
-    vocab_size: int = 0  # 0: filled from the BPE model at training time
+    ``vocab_size`` 0 means "the tokenizer's": :func:`resolve_model_config` returns the config
+    with it filled in (training does this from the BPE model)."""
+
+    head: Head = "rnnt"
+    vocab_size: int = 0
     blank_id: int = 0
-    joiner_dim: int = 256
-    ctc_head: bool = True
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    predictor: PredictorConfig = field(default_factory=PredictorConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
-    decoder: AttentionDecoderConfig = field(default_factory=AttentionDecoderConfig)
+    rnnt: RnntConfig = field(default_factory=RnntConfig)
+    ctc_attention: CtcAttentionConfig = field(default_factory=CtcAttentionConfig)
 
     def __post_init__(self) -> None:
         _check(self.vocab_size >= 0, "model.vocab_size must be >= 0")
-        _check(self.joiner_dim >= 1, "model.joiner_dim must be >= 1")
+        _check(self.head in HEAD_METHODS, f"model.head {self.head!r}: one of {list(HEAD_METHODS)}")
         if self.head == "ctc_attention":
-            _check(self.ctc_head, "model.ctc_head must be true with model.head ctc_attention")
+            heads = self.ctc_attention.decoder.num_heads
             _check(
-                self.encoder.d_model % self.decoder.num_heads == 0,
-                f"model.decoder.num_heads ({self.decoder.num_heads}) must divide encoder.d_model ({self.encoder.d_model})",
+                self.encoder.d_model % heads == 0,
+                f"model.ctc_attention.decoder.num_heads ({heads}) must divide "
+                f"model.encoder.d_model ({self.encoder.d_model})",
             )
+
+    @property
+    def has_ctc(self) -> bool:
+        """Whether the model has a CTC projection (always for ``ctc_attention``)."""
+        return self.head != "rnnt" or self.rnnt.ctc_head
+
+
+def resolve_model_config(cfg: ModelConfig, vocab_size: int, where: str = "") -> ModelConfig:
+    """``cfg`` with the tokenizer-dependent fields filled in: ``vocab_size`` (0 in ``cfg``:
+    take the tokenizer's; otherwise it must equal it). Returns a new config (``cfg`` is not
+    changed). ``where`` names the tokenizer in the error."""
+    if cfg.vocab_size not in (0, vocab_size):
+        raise AsrqError(
+            f"model.vocab_size={cfg.vocab_size} but {where or 'the tokenizer'} has "
+            f"{vocab_size} tokens"
+        )
+    return dataclasses.replace(cfg, vocab_size=vocab_size)
+
+
+#: Keys of the old flat ``model`` layout and where they live now.
+_FLAT_MODEL_KEYS = {
+    "predictor": ("rnnt", "predictor"),
+    "joiner_dim": ("rnnt", "joiner_dim"),
+    "ctc_head": ("rnnt", "ctc_head"),
+    "decoder": ("ctc_attention", "decoder"),
+}
+
+
+def upgrade_model_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored ``model`` config dict in the current layout: the flat layout of older
+    checkpoints and exports (``predictor``, ``joiner_dim``, ``ctc_head`` and ``decoder`` at
+    the model level) moves into ``rnnt`` / ``ctc_attention``. Returns a new dict; a dict
+    already in the current layout comes back equal."""
+    out = dict(data)
+    for old, (section, key) in _FLAT_MODEL_KEYS.items():
+        if old in out:
+            sub = dict(out.get(section) or {})
+            sub.setdefault(key, out.pop(old))
+            out[section] = sub
+    return out
+
+
+def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored experiment config dict (checkpoint, export metadata) in the current layout
+    (see :func:`upgrade_model_dict`; a stored ``decode.method`` of the other head becomes
+    ``greedy``). Returns a new dict."""
+    out = dict(data)
+    if isinstance(out.get("model"), dict):
+        out["model"] = upgrade_model_dict(out["model"])
+    # before decode.method was checked against the head at load, a file could store a method
+    # of the other head (it failed only when decoding): such a file reads as `greedy`
+    head = (out.get("model") or {}).get("head", "rnnt")
+    decode = out.get("decode")
+    if isinstance(decode, dict) and decode.get("method") not in HEAD_METHODS.get(head, (None,)):
+        out["decode"] = {**decode, "method": "greedy"}
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,8 +341,14 @@ class AugmentConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("speed_prob", "reverb_prob", "noise_prob", "babble_share",
-                     "telephone_prob", "gain_prob"):  # fmt: skip
+        for name in (
+            "speed_prob",
+            "reverb_prob",
+            "noise_prob",
+            "babble_share",
+            "telephone_prob",
+            "gain_prob",
+        ):
             _check(0.0 <= getattr(self, name) <= 1.0, f"data.augment.{name} must be in [0, 1]")
         for name in ("snr_range", "gain_db_range"):
             r = getattr(self, name)
@@ -266,7 +368,7 @@ class AugmentConfig:
                 self.noise_prob,
                 self.telephone_prob,
                 self.gain_prob,
-            )  # fmt: skip
+            )
         )
 
 
@@ -512,6 +614,14 @@ class ExperimentConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
     supernet: SupernetConfig | None = None
 
+    def __post_init__(self) -> None:
+        methods = HEAD_METHODS[self.model.head]
+        _check(
+            self.decode.method in methods,
+            f"decode.method {self.decode.method!r} is not for model.head {self.model.head!r}; "
+            f"choose one of {list(methods)}",
+        )
+
 
 # --------------------------------------------------------------------------------------------
 # (de)serialisation
@@ -520,45 +630,60 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
-    """Build dataclass ``cls`` from a (possibly partial) nested dict; unknown keys are errors."""
+def from_dict(
+    cls: type[T], data: dict[str, Any] | None, where: str = "config", prefix: str = ""
+) -> T:
+    """Build dataclass ``cls`` from a (possibly partial) nested dict; unknown keys are errors.
+
+    ``where`` names the source (a file) and ``prefix`` the dotted path of ``data`` in it
+    (``model.rnnt``); errors name both, e.g. ``cfg.yaml: unknown key model.rnnt.joinr_dim``."""
     data = data or {}
     if not isinstance(data, dict):
-        raise AsrqError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise AsrqError(f"{where}: {prefix or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise AsrqError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+        keys = ", ".join(f"{prefix}{k}" for k in unknown)
+        section = f" in {prefix.rstrip('.')}" if prefix else ""
+        raise AsrqError(f"{where}: unknown key {keys}; known{section}: {sorted(names)}")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+        kwargs[name] = _coerce(hints[name], value, where, f"{prefix}{name}")
     return cls(**kwargs)
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
+def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
+        return from_dict(tp, value, where, f"{key}.")
     if origin is Literal:
         if value not in get_args(tp):
-            raise AsrqError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
+            raise AsrqError(f"{where}: {key}: {value!r} is not one of {list(get_args(tp))}")
         return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(args[0], value, where)
+        return _coerce(args[0], value, where, key)
     if origin is list:
         (item_tp,) = get_args(tp)
         if not isinstance(value, list | tuple):
-            raise AsrqError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+            raise AsrqError(f"{where}: {key}: expected a list, got {value!r}")
+        return [_coerce(item_tp, v, where, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if tp in (int, str, bool) and not isinstance(value, tp):
-        raise AsrqError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise AsrqError(f"{where}: {key}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def stored_experiment_config(data: dict[str, Any], where: str) -> ExperimentConfig:
+    """The :class:`ExperimentConfig` a checkpoint or export stored as a dict (older flat model
+    layouts upgraded: :func:`upgrade_config_dict`)."""
+    if not isinstance(data, dict):
+        raise AsrqError(f"{where}: the stored config is not a mapping")
+    return from_dict(ExperimentConfig, upgrade_config_dict(data), where)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:

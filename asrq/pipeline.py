@@ -209,13 +209,13 @@ def run_pipeline(
 
 
 def _finished(model_path: Path, cfg: ExperimentConfig) -> bool:
-    from asrq.config import to_dict
+    from asrq.config import to_dict, upgrade_model_dict
     from asrq.train.checkpoint import load_checkpoint
 
     stored = load_checkpoint(model_path)["config"]
     want = to_dict(cfg)
     # vocab_size is filled in at training time; compare everything else
-    stored_model = {**stored["model"], "vocab_size": 0}
+    stored_model = {**upgrade_model_dict(stored["model"]), "vocab_size": 0}
     return stored_model == {**want["model"], "vocab_size": 0} and stored["train"] == want["train"]
 
 
@@ -254,7 +254,8 @@ def _train_ddp(cfg: ExperimentConfig, resume: bool) -> dict[str, Any]:
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
         raise AsrqError(
-            f"training failed (torchrun exit code {proc.returncode}); see {exp_dir / 'train_log.jsonl'}"
+            f"training failed (torchrun exit code {proc.returncode}); see "
+            f"{exp_dir / 'train_log.jsonl'}"
         )
     return _train_summary(exp_dir)
 

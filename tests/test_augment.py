@@ -107,9 +107,14 @@ def test_reverb_spreads_an_impulse_with_lhotse_rir(tmp_path):
     assert min(shares) > 0.05 and len({round(s, 4) for s in shares}) == 4
     bank = A.rir_bank(5)
     assert len(bank) == A.RIR_BANK and bank[0].shape[0] == 1
-    for a, b in zip(bank[:3], A.rir_bank(5, SR, 3), strict=True):  # made anew: the same rooms
-        np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(A.rir_bank(6, SR, 1)[0], bank[0])
+    # made anew: the same rooms (lhotse's generator sums in float32 with torch's intra-op threads,
+    # so the last bits depend on the thread count: compare the responses, not their bits)
+    for a, b in zip(bank[:3], A.rir_bank(5, SR, 3), strict=True):
+        assert a.shape == b.shape
+        assert np.corrcoef(a[0], b[0])[0, 1] > 0.99
+    other = A.rir_bank(6, SR, 1)[0]
+    n = min(other.shape[1], bank[0].shape[1])
+    assert other.shape != bank[0].shape or np.corrcoef(other[0, :n], bank[0][0, :n])[0, 1] < 0.9
 
 
 def test_speed_perturbation_changes_duration(tiny_data):
@@ -143,9 +148,14 @@ def test_draws_reproducible_and_off_by_default(tiny_data):
 def test_train_loader_applies_augmentation(tiny_data):
     def first_batch(augment):
         loader = make_train_loader(
-            tiny_data.train_cuts, max_duration=10, num_buckets=2, seed=0, num_workers=0,
-            spec_augment=False, augment=augment,
-        )  # fmt: skip
+            tiny_data.train_cuts,
+            max_duration=10,
+            num_buckets=2,
+            seed=0,
+            num_workers=0,
+            spec_augment=False,
+            augment=augment,
+        )
         loader.sampler.set_epoch(0)
         return next(iter(loader))
 

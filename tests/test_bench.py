@@ -57,6 +57,9 @@ FAKE_RUN = {
     "audio_seconds": 2.0,
     "peak_rss_bytes": 2**28,
     "baseline_rss_bytes": 2**27,
+    "model_peak_bytes": 2**24,
+    "model_rss_bytes": 2**23,
+    "memory_method": "test",
     "file_bytes": {"encoder_streaming": 1000},
     "total_file_bytes": 1000,
     "streaming_file_bytes": 1000,
@@ -168,6 +171,10 @@ def test_bench_runs_and_writes_json(tmp_path_factory: pytest.TempPathFactory, tm
             <= r["chunk_latency_ms"]["p99"]
         )
         assert r["peak_rss_bytes"] > 10 * 2**20 and r["load_ms"] > 0
+        assert 0 < r["model_peak_bytes"] < r["peak_rss_bytes"]
+        assert r["memory_method"].startswith("linux /proc")
+        # the onnxruntime child runs numpy-only: a device needs no torch
+        assert r["torch_imported"] == (r["backend"] == "executorch")
         assert set(r["file_bytes"]) == {"encoder", "encoder_streaming", "predictor", "joiner"}
         assert r["total_file_bytes"] == sum(r["file_bytes"].values())
     assert len(report["metrics"]) == 4 * len({m["metric"] for m in report["metrics"]})
@@ -198,3 +205,64 @@ def test_bench_streams_a_cuts_manifest(
     assert report["settings"]["num_utterances"] == 2 and report["settings"]["audio_seconds"] > 1
     assert len(report["runs"]) == 1 and report["runs"][0]["num_chunks"] > 2
     assert not out.with_suffix(".png").exists()  # one run: no chart
+
+
+@pytest.mark.slow
+def test_numpy_onnx_stream_matches_the_torch_path(tmp_path_factory: pytest.TempPathFactory):
+    """The benchmark's torch-free onnxruntime loop emits the token ids of ``stream_decode``."""
+    from asrq.bench.lean import decode
+    from asrq.decode.streaming import stream_decode
+    from asrq.runtime.audio import compute_fbank
+    from asrq.runtime.rnnt import ExportedRnnt
+
+    exported = shared_tiny_export(tmp_path_factory)
+    comp = ExportedRnnt.open(exported, "onnx")
+    for seed, seconds in ((0, 1.3), (1, 2.1)):
+        feats = compute_fbank(synthetic_audio(seconds, seed=seed))
+        want = [int(t) for t in stream_decode(comp, feats, method="greedy")]
+        assert want, "the tiny model emits tokens on this input (else the check is empty)"
+        assert decode(exported, feats.numpy()) == want
+
+
+def _wide_export(factory: pytest.TempPathFactory) -> Path:
+    """A tiny model 4x as wide (d_model 256), exported once per session."""
+    from asrq.export.pipeline import export_model
+    from asrq.testing.models import make_tiny_checkpoint
+
+    base = factory.getbasetemp() / "asrq_wide_export"
+    out = base / "model"
+    if not (out / "metadata.json").is_file():
+        wide = {"d_model": 256, "ffn_dim": 1024, "num_heads": 4}
+        export_model(make_tiny_checkpoint(base / "wide.pt", encoder=wide), out)
+    return out
+
+
+@pytest.mark.slow
+def test_bench_memory_is_per_runtime_and_grows_with_the_model(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+):
+    from asrq.bench.runner import run_bench
+
+    peaks = {}
+    for name, model in (
+        ("tiny", shared_tiny_export(tmp_path_factory)),
+        ("wide", _wide_export(tmp_path_factory)),
+    ):
+        report = run_bench(
+            model,
+            ["onnx", "executorch"],
+            [1],
+            synthetic_seconds=2.0,
+            out=tmp_path / f"{name}.json",
+            plot=False,
+        )
+        runs = {r["backend"]: r for r in report["runs"]}
+        peaks[name] = {b: r["model_peak_bytes"] for b, r in runs.items()}
+        assert peaks[name]["onnx"] != peaks[name]["executorch"]
+        for r in runs.values():
+            assert r["baseline_rss_bytes"] < r["peak_rss_bytes"]
+            assert r["model_peak_bytes"] > r["streaming_file_bytes"] / 2  # the weights are in it
+            if name == "wide":
+                assert r["model_peak_bytes"] < 10 * r["streaming_file_bytes"], r
+    for b in ("onnx", "executorch"):
+        assert peaks["wide"][b] > peaks["tiny"][b] + 2**20, peaks

@@ -28,7 +28,7 @@ from asrq.decode.ctc_attention import (
 )
 from asrq.models import build_model
 from asrq.models.ctc_attention import CtcAttentionModel, add_sos_eos
-from asrq.testing.data import TinyData
+from asrq.testing.data import TinyData, tiny_train_config
 from asrq.testing.models import make_tiny_ctc_attention_checkpoint, tiny_ctc_attention_config
 from asrq.train.loop import combine_losses
 from asrq.utils.io import AsrqError
@@ -238,12 +238,15 @@ def test_online_ctc_greedy_equals_greedy_over_the_whole_utterance():
 def test_config_round_trip_and_validation():
     cfg = tiny_ctc_attention_config()
     again = from_dict(ExperimentConfig, to_dict(cfg))
-    assert again.model.head == "ctc_attention" and again.model.decoder.num_layers == 2
-    with pytest.raises(AsrqError, match="ctc_head"):
-        from_dict(ExperimentConfig, {"model": {"head": "ctc_attention", "ctc_head": False}})
+    assert again.model.head == "ctc_attention" and again.model.ctc_attention.decoder.num_layers == 2
+    with pytest.raises(AsrqError, match=r"model.ctc_attention.decoder.num_heads \(5\)"):
+        from_dict(
+            ExperimentConfig,
+            {"model": {"head": "ctc_attention", "ctc_attention": {"decoder": {"num_heads": 5}}}},
+        )
     with pytest.raises(AsrqError, match="label_smoothing"):
         from_dict(ExperimentConfig, {"train": {"loss": {"label_smoothing": 1.0}}})
-    cfg.model.decoder.sos_eos_id = 0  # the blank
+    cfg.model.ctc_attention.decoder.sos_eos_id = 0  # the blank
     with pytest.raises(ValueError, match="sos_eos_id"):
         build_model(cfg.model)
 
@@ -265,16 +268,9 @@ def test_tiny_ctc_attention_loss_falls_over_20_steps(tiny_data: TinyData, tmp_pa
     from asrq.train.loop import Trainer
 
     cfg = tiny_ctc_attention_config(vocab_size=0)
-    cfg.data.fbank_dir = str(tiny_data.fbank_dir)
-    cfg.data.lang_dir = str(tiny_data.lang_dir)
-    cfg.data.max_duration = 12.0
-    cfg.data.num_buckets = 2
-    cfg.data.num_workers = 0
-    cfg.train.exp_dir = str(tmp_path / "exp")
-    cfg.train.log_every = 1
-    cfg.train.save_every = 0
-    cfg.train.max_steps = 20
-    cfg.train.optim.warmup_batches = 5
+    warm_steps = cfg.train.loss.warm_steps  # the RNN-T loss warm-up; unused by this head
+    cfg = tiny_train_config(cfg, tiny_data, tmp_path / "exp", max_steps=20)
+    cfg.train.loss.warm_steps = warm_steps
     summary = Trainer(cfg, progress=False).run()
     recs = [json.loads(x) for x in (tmp_path / "exp" / "train_log.jsonl").read_text().splitlines()]
     train = {r["step"]: r for r in recs if r.get("event") == "train"}
@@ -295,8 +291,19 @@ def test_decode_cli_on_a_ctc_attention_checkpoint(tiny_data: TinyData, tmp_path:
     outs = {}
     for method in (*METHODS, "greedy"):
         for streaming in ([] if method == "greedy" else ["--streaming"]), []:
-            args = [str(ckpt), "--cuts", str(tiny_data.test_cuts), "--out-dir", str(tmp_path), "--no-progress",
-                    "--method", method, "--beam", "3", *streaming]  # fmt: skip
+            args = [
+                str(ckpt),
+                "--cuts",
+                str(tiny_data.test_cuts),
+                "--out-dir",
+                str(tmp_path),
+                "--no-progress",
+                "--method",
+                method,
+                "--beam",
+                "3",
+                *streaming,
+            ]
             r = runner.invoke(decode, args)
             assert r.exit_code == 0, r.output
             name = f"test-clean-{method}" + ("-streaming" if streaming else "")

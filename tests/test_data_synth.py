@@ -164,11 +164,17 @@ def test_plan_catches_leaks(monkeypatch):
 def test_deterministic_bytes_via_cli(tiny_data, tmp_path):
     """The CLI with the tiny config reproduces the fixture's corpus byte for byte."""
     c = TINY_SYNTH
-    args = ["synth", "--out", str(tmp_path), "--train-speakers", str(c.train_speakers),
-            "--train-utts-per-speaker", str(c.train_utts_per_speaker), "--dev-speakers",
-            str(c.dev_speakers), "--test-speakers", str(c.test_speakers),
-            "--eval-utts-per-speaker", str(c.eval_utts_per_speaker), "--seed", str(c.seed),
-            "--test-other-speakers", str(c.test_other_speakers)]  # fmt: skip
+    args = ["synth", "--out", str(tmp_path)]
+    for opt, value in [
+        ("--train-speakers", c.train_speakers),
+        ("--train-utts-per-speaker", c.train_utts_per_speaker),
+        ("--dev-speakers", c.dev_speakers),
+        ("--test-speakers", c.test_speakers),
+        ("--eval-utts-per-speaker", c.eval_utts_per_speaker),
+        ("--seed", c.seed),
+        ("--test-other-speakers", c.test_other_speakers),
+    ]:
+        args += [opt, str(value)]
     res = CliRunner().invoke(data, args)
     assert res.exit_code == 0, res.output
     assert "train-clean-100" in res.output and "total" in res.output

@@ -150,15 +150,23 @@ def test_torch_rnnt_implements_interface(tiny, batch):
     assert isinstance(comp, RnntComponents)
     x, lens = batch
     enc, enc_lens = comp.encode(x, lens)
-    assert enc.shape == (4, 50, tiny.config.model.joiner_dim)
+    assert enc.shape == (4, 50, tiny.config.model.rnnt.joiner_dim)
     assert enc_lens.tolist() == [50, 36, 18, 9]
     states = comp.init_states(4)
     out, valid, states = comp.encode_chunk(
         x[:, : 4 * CHUNK + 3], torch.tensor([19, 19, 19, 10]), states
     )
-    assert out.shape == (4, CHUNK, tiny.config.model.joiner_dim) and valid.tolist() == [4, 4, 4, 1]
+    assert out.shape == (4, CHUNK, tiny.config.model.rnnt.joiner_dim) and valid.tolist() == [
+        4,
+        4,
+        4,
+        1,
+    ]
     assert states[2].tolist() == [CHUNK] * 4
-    assert comp.predict(torch.tensor([[-1, 0], [5, 6]])).shape == (2, tiny.config.model.joiner_dim)
+    assert comp.predict(torch.tensor([[-1, 0], [5, 6]])).shape == (
+        2,
+        tiny.config.model.rnnt.joiner_dim,
+    )
 
 
 @pytest.mark.parametrize("max_sym", [1, 3])
@@ -349,9 +357,12 @@ def tiny_cuts(tmp_path_factory):
         RecordingSet.from_recordings(recs), SupervisionSet.from_segments(sups)
     )
     cuts = cuts.compute_and_store_features(
-        Fbank(FbankConfig(num_mel_bins=80)), d / "feats", num_jobs=1, storage_type=LilcomChunkyWriter,
+        Fbank(FbankConfig(num_mel_bins=80)),
+        d / "feats",
+        num_jobs=1,
+        storage_type=LilcomChunkyWriter,
         progress_bar=False,
-    )  # fmt: skip
+    )
     path = d / "librispeech_cuts_test-clean.jsonl.gz"
     cuts.to_file(path)
     return path

@@ -20,12 +20,12 @@ import pytest
 from click.testing import CliRunner
 
 from asrq.cli.device import device as device_cmd
+from asrq.decode.streaming import stream_decode
 from asrq.device.build import MODEL_FILES, RUNNER_LIBS, RunnerBuild, build_runner
 from asrq.device.harness import bench_device, cpu_mask, pick_cores, probe
 from asrq.device.transport import AdbTransport, LocalTransport, SshTransport, parse_target
 from asrq.runtime.audio import load_features
-from asrq.runtime.backends import load_rnnt
-from asrq.runtime.transcribe import decode_features
+from asrq.runtime.heads import load_exported
 from asrq.utils.io import AsrqError
 
 REAL = Path("/work/shared/data/real")
@@ -55,27 +55,78 @@ def test_adb_command_construction():
     line = "mkdir -p /data/local/tmp/asrq && cd /data/local/tmp/asrq && ls"
     assert a.run_argv("ls") == ["adb", "-s", "R58M123", "shell", line]
     assert a.push_argv(Path("/x/asrq-runner"), "asrq-runner") == [
-        "adb", "-s", "R58M123", "push", "/x/asrq-runner", "/data/local/tmp/asrq/asrq-runner"]  # fmt: skip
+        "adb",
+        "-s",
+        "R58M123",
+        "push",
+        "/x/asrq-runner",
+        "/data/local/tmp/asrq/asrq-runner",
+    ]
     assert a.pull_argv("result_t1.json", Path("/o/r.json")) == [
-        "adb", "-s", "R58M123", "pull", "/data/local/tmp/asrq/result_t1.json", "/o/r.json"]  # fmt: skip
+        "adb",
+        "-s",
+        "R58M123",
+        "pull",
+        "/data/local/tmp/asrq/result_t1.json",
+        "/o/r.json",
+    ]
     assert a.pull_argv("/sdcard/x", Path("y"))[4] == "/sdcard/x"  # absolute paths stay
 
 
 def test_ssh_command_construction():
-    s = SshTransport(destination="pi@board", port=2222, identity="/k", workdir="/tmp/w dir",
-                     options=["StrictHostKeyChecking=no"])  # fmt: skip
-    opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "ControlMaster=auto",
-            "-o", f"ControlPath={tempfile.gettempdir()}/asrq-ssh-%C", "-o", "ControlPersist=20",
-            "-o", "StrictHostKeyChecking=no", "-i", "/k"]  # fmt: skip
-    assert s.run_argv("ls") == ["ssh", *opts, "-p", "2222", "pi@board",
-                                "mkdir -p '/tmp/w dir' && cd '/tmp/w dir' && ls"]  # fmt: skip
+    s = SshTransport(
+        destination="pi@board",
+        port=2222,
+        identity="/k",
+        workdir="/tmp/w dir",
+        options=["StrictHostKeyChecking=no"],
+    )
+    opts = [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=15",
+        "-o",
+        "ControlMaster=auto",
+        "-o",
+        f"ControlPath={tempfile.gettempdir()}/asrq-ssh-%C",
+        "-o",
+        "ControlPersist=20",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-i",
+        "/k",
+    ]
+    assert s.run_argv("ls") == [
+        "ssh",
+        *opts,
+        "-p",
+        "2222",
+        "pi@board",
+        "mkdir -p '/tmp/w dir' && cd '/tmp/w dir' && ls",
+    ]
     assert s.push_argv(Path("a.wav"), "wavs/a.wav") == [
-        "scp", "-q", *opts, "-P", "2222", "a.wav", "pi@board:/tmp/w dir/wavs/a.wav"]  # fmt: skip
+        "scp",
+        "-q",
+        *opts,
+        "-P",
+        "2222",
+        "a.wav",
+        "pi@board:/tmp/w dir/wavs/a.wav",
+    ]
 
 
 def test_pick_cores_prefers_the_fastest():
-    big_little = {0: 1800000, 1: 1800000, 2: 1800000, 3: 1800000, 4: 2400000, 5: 2400000,
-                  6: 2400000, 7: 3000000}  # fmt: skip
+    big_little = {
+        0: 1800000,
+        1: 1800000,
+        2: 1800000,
+        3: 1800000,
+        4: 2400000,
+        5: 2400000,
+        6: 2400000,
+        7: 3000000,
+    }
     assert pick_cores(big_little, 1) == [7]
     assert pick_cores(big_little, 2) == [4, 7]
     assert pick_cores(big_little, 4) == [4, 5, 6, 7]
@@ -123,8 +174,8 @@ def audio() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def reference_tokens(exported: Path, audio: list[Path]) -> list[list[int]]:
-    comp = load_rnnt(exported, "executorch")
-    return [decode_features(comp, load_features(p), streaming=True) for p in audio]
+    comp = load_exported(exported, "executorch")
+    return [stream_decode(comp, load_features(p)) for p in audio]
 
 
 def _check_result(res: dict, out_dir: Path, threads: list[int], ref: list[list[int]]) -> None:
@@ -146,8 +197,17 @@ def _check_result(res: dict, out_dir: Path, threads: list[int], ref: list[list[i
 def test_device_bench_local_cli(
     exported: Path, audio: list[Path], reference_tokens, tmp_path: Path
 ):
-    args = [str(exported), "--target", "local", "--threads", "1,2", "--out", str(tmp_path),
-            "--name", "host"] + [a for p in audio for a in ("--wavs", str(p))]  # fmt: skip
+    args = [
+        str(exported),
+        "--target",
+        "local",
+        "--threads",
+        "1,2",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "host",
+    ] + [a for p in audio for a in ("--wavs", str(p))]
     res = CliRunner().invoke(device_cmd, ["bench", *args])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout[res.stdout.index("{") :])
@@ -226,8 +286,9 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.slow
-def test_device_bench_over_ssh(sshd, exported: Path, runner: RunnerBuild, audio: list[Path],
-                               reference_tokens, tmp_path: Path):  # fmt: skip
+def test_device_bench_over_ssh(
+    sshd, exported: Path, runner: RunnerBuild, audio: list[Path], reference_tokens, tmp_path: Path
+):
     dest, key, opts = sshd
     t = parse_target(
         f"ssh:{dest}", workdir=str(tmp_path / "remote"), identity=key, ssh_options=opts
@@ -258,8 +319,9 @@ esac
 
 
 @pytest.mark.slow
-def test_device_bench_adb_code_path(exported: Path, runner: RunnerBuild, audio: list[Path],
-                                    reference_tokens, tmp_path: Path):  # fmt: skip
+def test_device_bench_adb_code_path(
+    exported: Path, runner: RunnerBuild, audio: list[Path], reference_tokens, tmp_path: Path
+):
     adb = tmp_path / "adb"
     adb.write_text(FAKE_ADB)
     adb.chmod(0o755)

@@ -125,7 +125,7 @@ def test_metadata_travels_in_the_files(exported: Path):
         props = read_onnx_metadata(exported / f"{name}.onnx")
         assert props["program"] == name and props["head"] == "ctc_attention"
         assert (props["vocab_size"], props["sos_id"], props["blank_id"]) == ("48", "1", "0")
-        assert json.loads(props["config"])["model"]["decoder"]["num_layers"] == 2
+        assert json.loads(props["config"])["model"]["ctc_attention"]["decoder"]["num_layers"] == 2
     ext = executorch_extension()
     prog = ext._load_program(
         str(exported / "decoder.pte"),

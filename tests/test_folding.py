@@ -4,6 +4,7 @@ both encoders, and export parity."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -93,26 +94,62 @@ def test_folded_ffn_is_a_block_diagonal_ffn() -> None:
     torch.testing.assert_close(folded(x), plain(x), atol=1e-6, rtol=1e-6)
 
 
-def test_folded_attention_uses_fractional_positions() -> None:
-    """Sub-token k of token t sits at t + k / f: attention over one token's f sub-tokens equals
-    the same unfolded computation at positions (0, 1/f, ...)."""
+def _reference_folded_attention(
+    attn: RotarySelfAttention, x: torch.Tensor, fold: int, base: float
+) -> torch.Tensor:
+    """Folding attention written out element by element, from the paper's definition and not
+    from the module's helpers: token t of x (T, D) is f sub-tokens of width W = D / f at
+    positions t + k / f; per head (width Dh) the query and key get the rotary rotation of each
+    channel pair (i, i + Dh/2) by angle pos * base^(-2i / Dh), scores get the ALiBi bias
+    -2^(-8 (h + 1) / H) * |pos_i - pos_j|; every sub-token sees every sub-token."""
+    t_len, d = x.shape
+    w = d // fold
+    heads = attn.h
+    dh = w // heads
+    subs = [(t + k / fold, x[t, k * w : (k + 1) * w]) for t in range(t_len) for k in range(fold)]
+
+    def rotate(v: torch.Tensor, p: float) -> torch.Tensor:
+        out = v.clone()
+        for i in range(dh // 2):
+            ang = p * base ** (-2.0 * i / dh)
+            a, b = v[i], v[i + dh // 2]
+            out[i] = a * math.cos(ang) - b * math.sin(ang)
+            out[i + dh // 2] = b * math.cos(ang) + a * math.sin(ang)
+        return out
+
+    q_w, q_b = attn.q.weight, attn.q.bias
+    k_w, k_b = attn.kv.weight[:w], attn.kv.bias[:w]
+    v_w, v_b = attn.kv.weight[w:], attn.kv.bias[w:]
+    outs = []
+    for p_i, s_i in subs:
+        per_head = []
+        for h in range(heads):
+            sl = slice(h * dh, (h + 1) * dh)
+            q = rotate((q_w @ s_i + q_b)[sl], p_i)
+            slope = 2.0 ** (-8.0 * (h + 1) / heads)
+            scores, values = [], []
+            for p_j, s_j in subs:
+                k = rotate((k_w @ s_j + k_b)[sl], p_j)
+                scores.append(float(q @ k) / math.sqrt(dh) - slope * abs(p_i - p_j))
+                values.append((v_w @ s_j + v_b)[sl])
+            weights = torch.softmax(torch.tensor(scores), dim=0)
+            per_head.append(sum(wt * v for wt, v in zip(weights, values, strict=True)))
+        outs.append(attn.out.weight @ torch.cat(per_head) + attn.out.bias)
+    return torch.stack(outs).reshape(t_len, d)
+
+
+@pytest.mark.parametrize("fold", [1, 2])
+def test_folded_attention_matches_an_element_by_element_reference(fold: int) -> None:
+    """Sub-token k of token t sits at t + k / f; the module equals the written-out definition."""
     torch.manual_seed(0)
-    attn = RotarySelfAttention(8, 2, 0.0, 10000.0, fold=2).eval()
+    base = 10000.0
+    attn = RotarySelfAttention(8, 2, 0.0, base, fold=fold).eval()
     x = torch.randn(1, 3, 8)
     mask = torch.ones(1, 1, 3, 3, dtype=torch.bool)
     with torch.no_grad():
         y = attn(x, mask)
-        xs = fold_tokens(x, 2)  # (1, 6, 4)
-        q, k, v = attn._heads(attn.q(xs)), *[attn._heads(t) for t in attn.kv(xs).split(4, dim=-1)]
-        pos = torch.arange(6) / 2
-        from asrq.models.conformer import apply_rotary, rotary_cos_sin
-
-        cos, sin = rotary_cos_sin(pos, attn.dh, attn.rotary_base)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        bias = -attn.slopes[:, None, None] * (pos[:, None] - pos[None, :]).abs()
-        w = torch.softmax(q @ k.transpose(-1, -2) * attn.dh**-0.5 + bias, dim=-1)
-        ref = unfold_tokens(attn.out((w @ v).transpose(1, 2).reshape(1, 6, 4)), 2)
-    torch.testing.assert_close(y, ref, atol=1e-6, rtol=1e-6)
+        ref = _reference_folded_attention(attn, x[0], fold, base)
+    torch.testing.assert_close(y[0], ref, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("encoder_type", ["conformer", "stateformer"])

@@ -119,3 +119,52 @@ def test_bad_latency_tables_are_clear_errors(
             partial.predict(spec)
     with pytest.raises(AsrqError, match=r"timed with chunk_frames .* rebuild it"):
         partial.check_streaming(partial.chunk_frames + 1, partial.left_frames)
+
+
+def _bench_report(path: Path, params: int, peaks: dict[str, int]) -> Path:
+    """An `asrq bench` report as a device writes it (only the fields the memory fit reads)."""
+    runs = [{"backend": b, "threads": 1, "model_peak_bytes": v} for b, v in peaks.items()]
+    path.write_text(json.dumps({"model": {"num_parameters": params}, "runs": runs}))
+    return path
+
+
+def test_search_max_mb_budgets_measured_memory_from_a_device_table(
+    table_setup: tuple[Path, Path], tiny_data: TinyData, tmp_path: Path
+) -> None:
+    from asrq.supernet.search import MemoryFit
+
+    sup, path = table_setup
+    mib = 2**20
+    # two exports measured on a device: 12 MiB of runtime buffers + 1.5x the fp32 weights
+    a = _bench_report(tmp_path / "a.json", 250_000, {"onnx": 12 * mib + 1_500_000})
+    b = _bench_report(tmp_path / "b.json", 1_000_000, {"onnx": 12 * mib + 6_000_000})
+    fit = MemoryFit.from_bench([a, b], "onnx")
+    assert fit.fixed_bytes == pytest.approx(12 * mib) and fit.per_weight_byte == pytest.approx(1.5)
+    table = tmp_path / "mem_table.json"
+    res = CliRunner().invoke(
+        cli,
+        [
+            *("bench", str(sup), "--layer-table", "--repeats", "1", "--out", str(table)),
+            *("--memory-from", str(a), "--memory-from", str(b)),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert LatencyTable.load(table).memory["onnx"].points == fit.points
+    args = [
+        *("search", str(sup), "--cuts", str(tiny_data.dev_cuts), "--max-utts", "1"),
+        *("--num-candidates", "3", "--latency-table", str(table)),
+    ]
+    out = tmp_path / "s1"
+    res = CliRunner().invoke(cli, [*args, "--out", str(out), "--max-mb", "100"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "search.json").read_text())
+    assert report["max_mb_budgets"].startswith("measured memory")
+    for c in report["candidates"]:
+        assert c["memory_mb"] == pytest.approx(fit.predict_bytes(c["params"]) / mib, abs=1e-3)
+        assert c["memory_mb"] > 12 > c["size_mb"]  # the tiny subnets' weights are < 12 MB
+    # 12 MiB budgets the measured memory (runtime buffers included), not the weights' size
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "s2"), "--max-mb", "12"])
+    assert res.exit_code == 2 and "MiB of measured memory" in res.output
+    res = CliRunner().invoke(cli, ["search", "--help"])
+    text = " ".join(res.output.split())
+    assert "peak resident memory" in text and "fp32 weights" in text

@@ -171,7 +171,7 @@ def test_non_finite_gradient_skips_the_step(bad: float, caplog: pytest.LogCaptur
     assert any("non-finite gradient" in m and "2.weight" in m for m in messages)
     for p, p0 in zip(model.parameters(), params_before, strict=True):
         assert torch.equal(p, p0)
-    saved = torch.load(io.BytesIO(buf.getvalue()))
+    saved = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
     now = opt.state_dict()
     for k, st in saved["state"].items():
         for key, v in st.items():
@@ -220,7 +220,7 @@ def test_state_dict_round_trip_reproduces_next_steps_exactly() -> None:
     torch.save(ckpt, buf)
     expected = run(model, opt, sched, 25, 20)  # covers the step-40 estimate
 
-    ckpt = torch.load(io.BytesIO(buf.getvalue()))
+    ckpt = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)  # plain data only
     model2 = _mlp(seed=7)
     model2.register_parameter("gain", nn.Parameter(torch.tensor([0.0])))
     model2.load_state_dict(ckpt["model"])

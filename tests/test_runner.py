@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asrq.decode.streaming import num_chunks
+from asrq.decode.streaming import num_chunks, stream_decode
 from asrq.device.build import RunnerBuild, build_runner
 from asrq.runtime.audio import compute_fbank, load_audio, load_features
-from asrq.runtime.backends import load_rnnt
-from asrq.runtime.transcribe import decode_features, transcribe
+from asrq.runtime.heads import load_exported
+from asrq.runtime.transcribe import transcribe
 
 REAL = Path("/work/shared/data/real")
 SPEECH = sorted((REAL / "LibriSpeech" / "test-clean").rglob("*.flac"))
@@ -91,8 +91,9 @@ def test_fbank_matches_lhotse(runner: RunnerBuild, wavs: list[Path], tmp_path: P
     assert worst < 5e-3, worst  # measured: ~1e-3 max (float32 vs double), ~4e-6 mean
 
 
-def test_runner_matches_python_executorch_streaming(runner: RunnerBuild, exported: Path,
-                                                    wavs: list[Path], tmp_path: Path):  # fmt: skip
+def test_runner_matches_python_executorch_streaming(
+    runner: RunnerBuild, exported: Path, wavs: list[Path], tmp_path: Path
+):
     out = tmp_path / "out.json"
     args = [a for w in wavs for a in ("--wav", str(w))]
     res = run_runner(
@@ -104,11 +105,11 @@ def test_runner_matches_python_executorch_streaming(runner: RunnerBuild, exporte
     ref = transcribe(exported, wavs, backend="executorch", streaming=True)
     assert [f["text"] for f in report["files"]] == [t for _, t in ref]
     assert res.stdout.splitlines() == [f"{p}\t{t}" for p, t in ref]
-    comp = load_rnnt(exported, "executorch")
+    comp = load_exported(exported, "executorch")
     chunk = report["chunk_frames"]
     for w, f in zip(wavs, report["files"], strict=True):
         feats = load_features(w)
-        assert f["tokens"] == decode_features(comp, feats, streaming=True)
+        assert f["tokens"] == stream_decode(comp, feats)
         assert f["tokens"], "random weights still emit tokens on speech"
         assert (
             f["chunks"] == num_chunks(feats.shape[0], chunk) and f["fbank_frames"] == feats.shape[0]
@@ -120,13 +121,23 @@ def test_runner_matches_python_executorch_streaming(runner: RunnerBuild, exporte
     assert report["threads"] == 1 and report["arch"] == "x86_64"
 
 
-def test_runner_threads_do_not_change_tokens(runner: RunnerBuild, exported: Path, wavs: list[Path],
-                                             tmp_path: Path):  # fmt: skip
+def test_runner_threads_do_not_change_tokens(
+    runner: RunnerBuild, exported: Path, wavs: list[Path], tmp_path: Path
+):
     toks = []
     for n in (1, 2):
         out = tmp_path / f"t{n}.json"
-        res = run_runner(runner, "--model-dir", str(exported), "--wav", str(wavs[0]), "--threads",
-                         str(n), "--json", str(out))  # fmt: skip
+        res = run_runner(
+            runner,
+            "--model-dir",
+            str(exported),
+            "--wav",
+            str(wavs[0]),
+            "--threads",
+            str(n),
+            "--json",
+            str(out),
+        )
         assert res.returncode == 0, res.stderr
         report = json.loads(out.read_text())
         assert report["threads"] == n
@@ -144,8 +155,20 @@ def test_text_is_sentencepiece_decode(runner: RunnerBuild, exported: Path):
         i for i in range(n) if sp.id_to_piece(i).startswith("▁") and len(sp.id_to_piece(i)) > 1
     )
     rng = np.random.default_rng(0)
-    cases = [[3, 4], [3, 3, 4], [2, 4], [1, 4], [word, 4], [4, word], [2, word], [3, word], [4, 2],
-             [word, 3], [3], [1]] + [rng.integers(1, n, size=int(rng.integers(1, 12))).tolist() for _ in range(20)]  # fmt: skip
+    cases = [
+        [3, 4],
+        [3, 3, 4],
+        [2, 4],
+        [1, 4],
+        [word, 4],
+        [4, word],
+        [2, word],
+        [3, word],
+        [4, 2],
+        [word, 3],
+        [3],
+        [1],
+    ] + [rng.integers(1, n, size=int(rng.integers(1, 12))).tolist() for _ in range(20)]
     for ids in cases:
         res = run_runner(
             runner, "--model-dir", str(exported), "--decode-ids", ",".join(map(str, ids))
@@ -154,8 +177,9 @@ def test_text_is_sentencepiece_decode(runner: RunnerBuild, exported: Path):
         assert res.stdout[:-1] == sp.decode(ids), ids
 
 
-def test_runner_errors_name_the_file(runner: RunnerBuild, exported: Path, wavs: list[Path],
-                                     tmp_path: Path):  # fmt: skip
+def test_runner_errors_name_the_file(
+    runner: RunnerBuild, exported: Path, wavs: list[Path], tmp_path: Path
+):
     missing = tmp_path / "nope.wav"
     res = run_runner(runner, "--model-dir", str(exported), "--wav", str(missing))
     assert res.returncode == 2 and f"{missing}: cannot open" in res.stderr
@@ -171,8 +195,9 @@ def test_runner_errors_name_the_file(runner: RunnerBuild, exported: Path, wavs: 
     assert res.returncode == 2 and "no metadata.json" in res.stderr
 
 
-def test_aarch64_build_under_qemu_gives_identical_tokens(runner: RunnerBuild, exported: Path,
-                                                         wavs: list[Path], tmp_path: Path):  # fmt: skip
+def test_aarch64_build_under_qemu_gives_identical_tokens(
+    runner: RunnerBuild, exported: Path, wavs: list[Path], tmp_path: Path
+):
     for tool, pkg in (
         ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
         ("qemu-aarch64", "qemu-user"),

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from asrq.config import EncoderConfig
 from asrq.models import build_model
 from asrq.models.stateformer import MultiHeadSSM, StateformerEncoder
-from asrq.testing.data import TinyData
+from asrq.testing.data import TinyData, tiny_train_config
 from asrq.testing.models import tiny_config
 from asrq.utils.io import AsrqError
 
@@ -176,17 +176,7 @@ def test_tiny_stateformer_loss_falls_over_20_steps(tiny_data: TinyData, tmp_path
 
     torch.set_num_threads(1)
     cfg = tiny_config(vocab_size=0, encoder={"type": "stateformer"})
-    cfg.data.fbank_dir = str(tiny_data.fbank_dir)
-    cfg.data.lang_dir = str(tiny_data.lang_dir)
-    cfg.data.max_duration = 12.0
-    cfg.data.num_buckets = 2
-    cfg.data.num_workers = 0
-    cfg.train.exp_dir = str(tmp_path / "exp")
-    cfg.train.log_every = 1
-    cfg.train.save_every = 0
-    cfg.train.max_steps = 20
-    cfg.train.optim.warmup_batches = 5
-    cfg.train.loss.warm_steps = 5
+    tiny_train_config(cfg, tiny_data, tmp_path / "exp", max_steps=20)
     Trainer(cfg, progress=False).run()
     losses = {}
     for line in (tmp_path / "exp" / "train_log.jsonl").read_text().splitlines():

@@ -50,10 +50,14 @@ def test_deploy_many_experiment_writes_todm_json(tiny_data: TinyData, tmp_path: 
     assert [s["name"] for s in saved["sizes"]] == ["big", "mid", "small"]
     params = [s["params"] for s in saved["sizes"]]
     assert params == sorted(params, reverse=True) and len(set(params)) == 3
+    from asrq.decode.evaluate import evaluate
+
     for s in saved["sizes"]:
-        assert 0 <= s["wer_supernet"] and 0 <= s["wer_individual"]
         ind = load_model(tmp_path / "out" / "todm" / "individual" / s["name"] / "model.pt")
         assert ind.config.supernet is None and ind.meta["step"] == 2  # trained alone, from scratch
+        # the reported WER is that of the saved individual model on the test cuts
+        wer = evaluate(ind, tiny_data.test_cuts, method="greedy", progress=False).wer
+        assert s["wer_individual"] == round(wer, 2), (s, wer)
     # the random subnet of each step came from the middle size (largest and smallest train anyway)
     assert saved["supernet"]["sample_pool"] == [
         {

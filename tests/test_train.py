@@ -13,27 +13,14 @@ import pytest
 import torch
 
 from asrq.config import ExperimentConfig
-from asrq.testing.data import TinyData
+from asrq.testing.data import TinyData, tiny_train_config
 from asrq.testing.models import tiny_config
 from asrq.train.checkpoint import load_checkpoint, load_model
 from asrq.train.loop import Trainer, sample_chunk
 
 
 def _cfg(tiny: TinyData, exp_dir: Path, **train) -> ExperimentConfig:
-    cfg = tiny_config(vocab_size=0)
-    cfg.data.fbank_dir = str(tiny.fbank_dir)
-    cfg.data.lang_dir = str(tiny.lang_dir)
-    cfg.data.max_duration = 12.0
-    cfg.data.num_buckets = 2
-    cfg.data.num_workers = 0
-    cfg.train.exp_dir = str(exp_dir)
-    cfg.train.log_every = 1
-    cfg.train.save_every = 0
-    cfg.train.optim.warmup_batches = 5
-    cfg.train.loss.warm_steps = 5
-    for k, v in train.items():
-        setattr(cfg.train, k, v)
-    return cfg
+    return tiny_train_config(tiny_config(vocab_size=0), tiny, exp_dir, **train)
 
 
 def _losses(exp_dir: Path) -> dict[int, float]:

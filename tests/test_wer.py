@@ -60,9 +60,8 @@ def test_errors_file(tmp_path):
     lines = text.splitlines()
     assert lines[0] == "# model.pt test greedy"
     assert lines[1] == "%WER = 62.50"  # 5 errors / 8 words
-    assert (
-        lines[2]
-        == "Errors: 1 insertions, 3 deletions, 1 substitutions, over 8 reference words in 2 utterances"
+    assert lines[2] == (
+        "Errors: 1 insertions, 3 deletions, 1 substitutions, over 8 reference words in 2 utterances"
     )
     assert "u1:\tins=1 del=1 sub=1 words=6" in lines
     assert "u1:\tREF: THE CAT SAT ON THE MAT" in lines

@@ -29,7 +29,10 @@ METRICS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("chunk_latency_p99_ms", ("chunk_latency_ms", "p99"), "ms"),
     ("encoder_latency_p50_ms", ("encoder_latency_ms", "p50"), "ms"),
     ("load_ms", ("load_ms",), "ms"),
+    ("model_peak_bytes", ("model_peak_bytes",), "bytes"),
+    ("model_rss_bytes", ("model_rss_bytes",), "bytes"),
     ("peak_rss_bytes", ("peak_rss_bytes",), "bytes"),
+    ("baseline_rss_bytes", ("baseline_rss_bytes",), "bytes"),
     ("total_file_bytes", ("total_file_bytes",), "bytes"),
 )
 
@@ -80,21 +83,30 @@ def metric_records(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _mib(v: Any) -> str:
+    return "-" if v is None else f"{v / 2**20:.1f}"
+
+
 def format_table(report: dict[str, Any]) -> str:
     """A plain-text table of the runs."""
     head = (
         f"{'backend':<11}{'thr':>4}{'RTF':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
-        f"{'enc p50':>9}{'load ms':>9}{'peak RSS MB':>13}{'files MB':>10}"
+        f"{'enc p50':>9}{'load ms':>9}{'model MiB':>11}{'peak MiB':>10}{'files MB':>10}"
     )
     lines = [head, "-" * len(head)]
     for r in report["runs"]:
         c, e = r["chunk_latency_ms"], r["encoder_latency_ms"]
         lines.append(
-            f"{r['backend']:<11}{r['threads']:>4}{r['rtf']:>9.4f}{c['p50']:>9.2f}{c['p90']:>9.2f}{c['p99']:>9.2f}"
-            f"{e['p50']:>9.2f}{r['load_ms']:>9.1f}{r['peak_rss_bytes'] / 2**20:>13.1f}"
-            f"{r['total_file_bytes'] / 1e6:>10.2f}"
+            f"{r['backend']:<11}{r['threads']:>4}{r['rtf']:>9.4f}{c['p50']:>9.2f}"
+            f"{c['p90']:>9.2f}{c['p99']:>9.2f}{e['p50']:>9.2f}{r['load_ms']:>9.1f}"
+            f"{_mib(r.get('model_peak_bytes')):>11}{_mib(r.get('peak_rss_bytes')):>10}"
+            f"{r['streaming_file_bytes'] / 1e6:>10.2f}"
         )
     m, s = report["model"], report["settings"]
+    lines.append(
+        "model MiB: resident peak the programs add while loading + streaming (above the "
+        "child's baseline); peak MiB: the child's whole peak; files MB: the streaming programs"
+    )
     lines.append(
         f"model {m.get('name')} ({m.get('num_parameters')} params), chunk {m['chunk_ms']} ms, "
         f"{s['num_utterances']} utterance(s), {s['audio_seconds']:.1f} s of audio; "
@@ -104,7 +116,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def plot_runs(report: dict[str, Any], path: str | Path) -> Path:
-    """Bar charts (RTF, p90 chunk latency, peak RSS) over the runs (backend x threads) -> PNG."""
+    """Bar charts (RTF, p90 chunk latency, model-attributable peak memory) over the runs
+    (backend x threads) -> PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,16 +126,22 @@ def plot_runs(report: dict[str, Any], path: str | Path) -> Path:
     runs = report["runs"]
     labels = [f"{r['backend']}\n{r['threads']} thr" for r in runs]
     order = list(BACKENDS)
-    colors = [_COLORS[order.index(r["backend"]) % len(_COLORS)] for r in runs]
+    colors = [
+        _COLORS[(order.index(r["backend"]) if r["backend"] in order else len(order)) % len(_COLORS)]
+        for r in runs
+    ]
     panels = [
         ("RTF (lower is better)", [r["rtf"] for r in runs]),
         ("p90 chunk latency (ms)", [r["chunk_latency_ms"]["p90"] for r in runs]),
-        ("peak RSS (MB)", [r["peak_rss_bytes"] / 2**20 for r in runs]),
+        (
+            "model peak memory (MiB above baseline)",
+            [(r.get("model_peak_bytes") or 0) / 2**20 for r in runs],
+        ),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     for ax, (title, values) in zip(axes, panels, strict=True):
         ax.bar(range(len(values)), values, color=colors)
-        ax.set_xticks(range(len(values)), labels, fontsize=8)
+        ax.set_xticks(range(len(values)), labels, fontsize=7, rotation=30, ha="right")
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     m = report["model"]

@@ -10,10 +10,13 @@ in chunks of ``C`` encoder frames (``C * 40`` ms):
 - **RTF**: sum of chunk latencies / audio duration.
 - **load time**: creating the runtime sessions / loading the programs (streaming encoder,
   predictor, joiner); importing the runtime library is reported apart (``import_ms``).
-- **peak RSS**: ``getrusage(RUSAGE_SELF).ru_maxrss`` at the end of the run. Each run executes in
-  a fresh Python subprocess (``python -m asrq.bench.runner``) so runs do not share memory; the
-  figure includes the Python interpreter and torch (the tensor container), so
-  ``baseline_rss_bytes`` (resident set right before the model loads) is reported beside it.
+- **memory** (:mod:`asrq.bench.memory`): each run executes in a fresh child process that holds
+  only what its runtime needs -- the onnxruntime child imports numpy and onnxruntime, not torch
+  (:mod:`asrq.bench.lean`); the ExecuTorch child needs torch (its extension links libtorch).
+  ``model_peak_bytes``: the resident high-water mark during loading + streaming above the
+  baseline taken once the inputs are prepared and the runtime library is imported (the figure
+  the chart plots and ``asrq search --max-mb`` can budget); ``peak_rss_bytes``: the child's
+  absolute peak; ``memory_method`` says how they were measured.
 - **file sizes**: bytes per program and in total, from the export.
 
 Inputs: ``--audio`` files, or the cuts of a lhotse manifest (``--cuts``; precomputed features
@@ -26,8 +29,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from asrq.bench.lean import Inputs, load_inputs, save_inputs
+from asrq.bench.memory import MemoryProbe
+from asrq.bench.runtimes import EXTRA_RUNTIMES
+from asrq.bench.sherpa import TAIL_PADDING_S
 from asrq.bench.steps import streaming_step
 from asrq.runtime.backends import BACKENDS, get_backend
 from asrq.runtime.model_dir import ModelDir, read_model_dir
@@ -54,6 +59,7 @@ class Utterance:
     label: str
     feats: Tensor  # (T, F) fbank
     seconds: float
+    samples: Tensor | None = None  # (S,) 16 kHz, where known (runtimes with their own fbank)
 
 
 @dataclass
@@ -63,8 +69,9 @@ class RunSettings:
     model_dir: str
     backend: str
     threads: int
-    features_path: str  # torch.save'd list of {"label", "feats", "seconds"}
+    features_path: str  # .npz written by asrq.bench.lean.save_inputs
     warmup_chunks: int = 3
+    isolated: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -94,39 +101,61 @@ def load_utterances(
     synthetic_seconds: float = DEFAULT_SYNTHETIC_SECONDS,
 ) -> list[Utterance]:
     """Benchmark inputs as fbank: audio files, a cuts manifest, or synthetic audio (default)."""
-    from asrq.runtime.audio import SAMPLE_RATE, compute_fbank, load_features
+    from asrq.runtime.audio import SAMPLE_RATE, compute_fbank, load_audio
 
     if audio and cuts:
         raise AsrqError("give --audio or --cuts, not both")
     utts: list[Utterance] = []
     if audio:
         for p in list(audio)[:max_files]:
-            feats = load_features(p)
-            utts.append(Utterance(str(p), feats, feats.shape[0] / 100.0))
+            wav = load_audio(p)
+            feats = compute_fbank(wav)
+            utts.append(Utterance(str(p), feats, feats.shape[0] / 100.0, wav))
     elif cuts:
         from asrq.data.loader import load_cuts
 
         for cut in list(load_cuts(cuts))[:max_files]:
-            if cut.has_features:
-                feats = torch.from_numpy(cut.load_features()).float()
-            else:
+            samples = None
+            if cut.has_recording:
                 samples = torch.from_numpy(cut.load_audio()).float().mean(dim=0)
                 if cut.sampling_rate != SAMPLE_RATE:
                     import torchaudio.functional as AF
 
                     samples = AF.resample(samples, cut.sampling_rate, SAMPLE_RATE)
+            if cut.has_features:
+                feats = torch.from_numpy(cut.load_features()).float()
+            elif samples is not None:
                 feats = compute_fbank(samples)
-            utts.append(Utterance(cut.id, feats, float(cut.duration)))
+            else:
+                raise AsrqError(f"{cuts}: cut {cut.id} has neither features nor a recording")
+            utts.append(Utterance(cut.id, feats, float(cut.duration), samples))
     else:
         wav = synthetic_audio(synthetic_seconds)
         utts.append(
             Utterance(
-                f"synthetic-{synthetic_seconds:g}s", compute_fbank(wav), wav.numel() / SAMPLE_RATE
+                f"synthetic-{synthetic_seconds:g}s",
+                compute_fbank(wav),
+                wav.numel() / SAMPLE_RATE,
+                wav,
             )
         )
     if not utts:
         raise AsrqError(f"{cuts}: no cuts to benchmark")
     return utts
+
+
+def save_utterances(path: str | Path, utts: Sequence[Utterance]) -> Path:
+    """The inputs as one ``.npz`` every benchmark child reads (:func:`asrq.bench.lean.load_inputs`;
+    the onnxruntime child has no torch)."""
+    return save_inputs(
+        path,
+        Inputs(
+            [u.label for u in utts],
+            [u.feats.numpy() for u in utts],
+            [float(u.seconds) for u in utts],
+            [u.samples.numpy() if u.samples is not None else None for u in utts],
+        ),
+    )
 
 
 def check_chunk_ms(meta: dict[str, Any], chunk_ms: int | None, model_dir: str | Path) -> int:
@@ -144,54 +173,51 @@ def check_chunk_ms(meta: dict[str, Any], chunk_ms: int | None, model_dir: str | 
 
 
 # --------------------------------------------------------------------------------------------
-# one run (in this process)
+# one run
 # --------------------------------------------------------------------------------------------
-def _current_rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _percentiles(values_s: list[float]) -> dict[str, float]:
+    import numpy as np
+
     if not values_s:
         return {"p10": 0.0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "mean": 0.0, "max": 0.0}
-    v = torch.tensor(values_s, dtype=torch.float64) * 1000.0
-    q = torch.quantile(v, torch.tensor([0.5, 0.9, 0.99, 0.1], dtype=torch.float64)).tolist()
+    v = np.asarray(values_s, dtype=np.float64) * 1000.0
+    q = np.quantile(v, [0.5, 0.9, 0.99, 0.1]).tolist()
     return {
         "p10": round(q[3], 4),  # least disturbed chunks (a shared machine preempts some)
         "p50": round(q[0], 4),
         "p90": round(q[1], 4),
         "p99": round(q[2], 4),
-        "mean": round(v.mean().item(), 4),
-        "max": round(v.max().item(), 4),
+        "mean": round(float(v.mean()), 4),
+        "max": round(float(v.max()), 4),
     }
 
 
-def run_once(settings: RunSettings, md: ModelDir | None = None) -> dict[str, Any]:
-    """Measure one (backend, threads) run in this process; returns the run's metrics. ``md``:
-    the model directory already read (else ``settings.model_dir`` is read)."""
+def measure_torch_child(settings: RunSettings, md: ModelDir | None = None) -> dict[str, Any]:
+    """One (backend, threads) run in this process through the shared runtime (torch tensors):
+    the raw timings and memory figures (see :func:`finish_run`). ``md``: the model directory
+    already read (else ``settings.model_dir`` is read)."""
     from asrq.decode.streaming import iter_windows
 
     torch.set_num_threads(1)  # torch only moves small tensors here; keep it off the runtime's cores
-    utts = [Utterance(**u) for u in torch.load(settings.features_path, weights_only=True)]
+    inputs = load_inputs(settings.features_path)
+    feats = [torch.from_numpy(f) for f in inputs.feats]
     t0 = time.perf_counter()
     get_backend(settings.backend).import_library()
     import_s = time.perf_counter() - t0
     md = md or read_model_dir(settings.model_dir)
     step = streaming_step(md)
-    baseline_rss = _current_rss_bytes()
+    probe = MemoryProbe()
+    probe.baseline_now()
     t0 = time.perf_counter()
     comp, new_search, advance = step.open(md, settings.backend, settings.threads)
     load_s = time.perf_counter() - t0
 
-    def windows(u: Utterance):
-        return iter_windows(u.feats[None], torch.tensor([u.feats.shape[0]]), comp.chunk_frames)
+    def windows(f: Tensor):
+        return iter_windows(f[None], torch.tensor([f.shape[0]]), comp.chunk_frames)
 
     # warm-up: a few chunks, not timed (first calls allocate and pack weights)
     states, search = comp.init_states(1), new_search()
-    for k, (x, x_lens) in enumerate(windows(utts[0])):
+    for k, (x, x_lens) in enumerate(windows(feats[0])):
         if k >= settings.warmup_chunks:
             break
         enc, valid, states = comp.encode_chunk(x, x_lens, states)
@@ -199,10 +225,9 @@ def run_once(settings: RunSettings, md: ModelDir | None = None) -> dict[str, Any
 
     chunk_s: list[float] = []
     enc_s: list[float] = []
-    audio_s = 0.0
-    for u in utts:
+    for f in feats:
         states, search = comp.init_states(1), new_search()
-        for x, x_lens in windows(u):
+        for x, x_lens in windows(f):
             t = time.perf_counter()
             enc, valid, states = comp.encode_chunk(x, x_lens, states)
             t_enc = time.perf_counter()
@@ -210,43 +235,108 @@ def run_once(settings: RunSettings, md: ModelDir | None = None) -> dict[str, Any
             done = time.perf_counter()
             chunk_s.append(done - t)
             enc_s.append(t_enc - t)
-        audio_s += u.seconds
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    files = md.meta["programs"][settings.backend]
+    return {
+        "import_s": import_s,
+        "load_s": load_s,
+        "chunk_s": chunk_s,
+        "enc_s": enc_s,
+        "programs": list(step.programs),
+        **probe.finish(),
+    }
+
+
+def finish_run(settings: RunSettings, md: ModelDir, raw: dict[str, Any]) -> dict[str, Any]:
+    """A run's report entry from a child's raw figures (timings in s, memory in bytes) and the
+    export's file sizes."""
+    inputs = load_inputs(settings.features_path, features=False)
+    audio_s = sum(inputs.seconds)
+    chunk_s, enc_s = raw["chunk_s"], raw["enc_s"]
+    files = md.meta["programs"].get(settings.backend, {})
     file_bytes = {name: int(files[name]["bytes"]) for name in files}
+    file_bytes.update(raw.get("file_bytes", {}))
+    programs = raw["programs"]
     return {
         "backend": settings.backend,
         "threads": settings.threads,
-        "import_ms": round(import_s * 1000, 3),
-        "load_ms": round(load_s * 1000, 3),
+        "import_ms": round(raw["import_s"] * 1000, 3),
+        "load_ms": round(raw["load_s"] * 1000, 3),
         "rtf": round(sum(chunk_s) / audio_s, 6) if audio_s else None,
         "chunk_latency_ms": _percentiles(chunk_s),
         "encoder_latency_ms": _percentiles(enc_s),
         "num_chunks": len(chunk_s),
         "audio_seconds": round(audio_s, 3),
         "processing_seconds": round(sum(chunk_s), 4),
-        "peak_rss_bytes": int(peak_rss),
-        "baseline_rss_bytes": baseline_rss,
+        "model_peak_bytes": raw["model_peak_bytes"],
+        "model_rss_bytes": raw["model_rss_bytes"],
+        "peak_rss_bytes": raw["peak_rss_bytes"],
+        "baseline_rss_bytes": raw["baseline_rss_bytes"],
+        "memory_method": raw["memory_method"]
+        + ("" if settings.isolated else "; IN-PROCESS run: the harness shares the process"),
+        "child": raw.get("child", "torch"),
+        **({"flush_ms": round(raw["flush_s"] * 1000, 3)} if "flush_s" in raw else {}),
+        "torch_imported": raw["torch_imported"],
         "file_bytes": file_bytes,
         "total_file_bytes": sum(file_bytes.values()),
-        "streaming_file_bytes": sum(file_bytes.get(n, 0) for n in step.programs),
+        "streaming_file_bytes": sum(file_bytes.get(n, 0) for n in programs),
         **settings.extra,
     }
 
 
-def run_isolated(settings: RunSettings, timeout: float = 3600.0) -> dict[str, Any]:
-    """:func:`run_once` in a fresh Python subprocess (its own peak RSS); raises on failure."""
+def run_once(settings: RunSettings, md: ModelDir | None = None) -> dict[str, Any]:
+    """Measure one (backend, threads) run in this process (the harness shares its memory)."""
+    md = md or read_model_dir(settings.model_dir)
+    if settings.backend in EXTRA_RUNTIMES:
+        import importlib
+
+        child = importlib.import_module(EXTRA_RUNTIMES[settings.backend].child)
+        raw = child.run_child(asdict(settings))
+        return finish_run(settings, md, {**raw, "child": "in-process"})
+    return finish_run(settings, md, measure_torch_child(settings, md))
+
+
+def check_runtime(md: ModelDir, name: str) -> None:
+    """A clear error unless ``name`` is a backend this export has or an extra runtime it
+    supports."""
+    if name in EXTRA_RUNTIMES:
+        rt = EXTRA_RUNTIMES[name]
+        if rt.meta_key not in md.meta:
+            raise AsrqError(f"{md.path}: no {name} files in this export; {rt.export_hint}")
+        return
+    get_backend(name)
+    md.check_backend(name)
+
+
+def child_module(md: ModelDir, backend: str) -> tuple[str, str]:
+    """(the module a run's child executes, what the child holds): onnxruntime runs numpy-only
+    where the head's streaming step has an ``onnx_child`` (RNN-T: :mod:`asrq.bench.lean`); the
+    extra runtimes in their own children; the rest through the shared runtime."""
+    if backend in EXTRA_RUNTIMES:
+        return EXTRA_RUNTIMES[backend].child, EXTRA_RUNTIMES[backend].holds
+    onnx_child = streaming_step(md).onnx_child
+    if backend == "onnx" and onnx_child:
+        return onnx_child, "numpy+onnxruntime"
+    return "asrq.bench.runner", f"torch+{backend}"
+
+
+def run_isolated(
+    settings: RunSettings, md: ModelDir | None = None, timeout: float = 3600.0
+) -> dict[str, Any]:
+    """One run in a fresh child process that holds only what its runtime needs (its own memory
+    figures); raises on failure."""
+    md = md or read_model_dir(settings.model_dir)
+    module, holds = child_module(md, settings.backend)
     with tempfile.TemporaryDirectory(prefix="asrq-bench-") as tmp:
         spec, out = Path(tmp) / "settings.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps(asdict(settings)))
-        cmd = [sys.executable, "-m", "asrq.bench.runner", str(spec), str(out)]
+        cmd = [sys.executable, "-m", module, str(spec), str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not out.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
             raise AsrqError(
                 f"benchmark run {settings.backend} x{settings.threads} failed: " + " | ".join(tail)
             )
-        return json.loads(out.read_text())
+        raw = json.loads(out.read_text())
+    return finish_run(settings, md, {**raw, "child": holds})
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,27 +364,29 @@ def run_bench(
 
     md = read_model_dir(model_dir)
     model_dir, meta = md.path, md.meta
-    backends = list(backends) if backends else [b for b in BACKENDS if b in md.backends]
+    if not backends:
+        backends = [b for b in BACKENDS if b in md.backends]
+        backends += [n for n, rt in EXTRA_RUNTIMES.items() if rt.meta_key in md.meta]
+    backends = list(backends)
     for b in backends:
-        get_backend(b)
-        md.check_backend(b)
+        check_runtime(md, b)
     if not threads or any(int(t) < 1 for t in threads):
         raise AsrqError(f"--threads must be positive integers (got {list(threads)})")
     chunk_ms = check_chunk_ms(meta, chunk_ms, model_dir)
     utts = load_utterances(audio, cuts, max_files, synthetic_seconds)
     runs = []
     with tempfile.TemporaryDirectory(prefix="asrq-bench-feats-") as tmp:
-        feats_path = Path(tmp) / "features.pt"
-        torch.save([asdict(u) for u in utts], feats_path)
+        feats_path = save_utterances(Path(tmp) / "inputs.npz", utts)
         for b in backends:
             for t in threads:
-                s = RunSettings(str(model_dir), b, int(t), str(feats_path), warmup_chunks)
-                r = run_isolated(s) if isolate else run_once(s, md)
+                s = RunSettings(str(model_dir), b, int(t), str(feats_path), warmup_chunks, isolate)
+                r = run_isolated(s, md) if isolate else run_once(s, md)
                 runs.append(r)
                 if log_fn:
                     log_fn(
                         f"{b:<10} threads={t}: RTF {r['rtf']:.4f}, "
-                        f"chunk p90 {r['chunk_latency_ms']['p90']:.2f} ms"
+                        f"chunk p90 {r['chunk_latency_ms']['p90']:.2f} ms, "
+                        f"model peak {r['model_peak_bytes'] / 2**20:.1f} MiB"
                     )
     m = meta["model"]
     device = host_info()
@@ -317,6 +409,7 @@ def run_bench(
         },
         "settings": {
             "search": streaming_step(md).search,
+            "sherpa_tail_padding_s": TAIL_PADDING_S if "sherpa-onnx" in backends else None,
             "inputs": [u.label for u in utts],
             "num_utterances": len(utts),
             "audio_seconds": round(sum(u.seconds for u in utts), 3),
@@ -339,7 +432,7 @@ def run_bench(
 def _main(argv: list[str]) -> int:
     """Subprocess entry: ``python -m asrq.bench.runner SETTINGS.json RESULT.json``."""
     settings = RunSettings(**json.loads(Path(argv[0]).read_text()))
-    atomic_write_json(argv[1], run_once(settings))
+    atomic_write_json(argv[1], measure_torch_child(settings))
     return 0
 
 

@@ -31,6 +31,8 @@ class StreamingStep(Protocol):
     search: str
     #: the programs the step loads (their bytes are the report's ``streaming_file_bytes``)
     programs: tuple[str, ...]
+    #: a module running this step on onnxruntime without torch (``python -m``), or None
+    onnx_child: str | None
 
     def open(self, md: ModelDir, backend: str, threads: int) -> Step:
         """Load the programs -> (components, new-search factory, ``advance``)."""
@@ -43,6 +45,7 @@ class RnntGreedyStep:
 
     search = "greedy"
     programs = ("encoder_streaming", "predictor", "joiner")
+    onnx_child = "asrq.bench.lean"
 
     def open(self, md: ModelDir, backend: str, threads: int) -> Step:
         comp = ExportedRnnt.open(md, backend, threads, preload=self.programs)
@@ -77,6 +80,7 @@ class CtcGreedyStep:
 
     search = "ctc_greedy"
     programs = ("encoder_streaming",)
+    onnx_child = None
 
     def open(self, md: ModelDir, backend: str, threads: int) -> Step:
         comp = _StreamingCtc(ExportedCtcAttention.open(md, backend, threads, preload=self.programs))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from asrq.bench.runtimes import EXTRA_RUNTIMES
 from asrq.runtime.backends import BACKENDS
 from asrq.utils.io import AsrqError
 
@@ -31,9 +32,10 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option(
     "--backend",
     "backends",
-    type=click.Choice(list(BACKENDS)),
+    type=click.Choice([*BACKENDS, *EXTRA_RUNTIMES]),
     multiple=True,
-    help="Backend to measure; repeat for several. [default: every backend in the export]",
+    help="Runtime to measure; repeat for several. sherpa-onnx needs an export made with "
+    "--sherpa. [default: every backend in the export, and sherpa-onnx when it has the layout]",
 )
 @click.option(
     "--threads",
@@ -127,6 +129,15 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     help="--layer-table --runtime onnx|executorch: where exported part programs are cached. "
     "[default: beside --out, <out>.parts/]",
 )
+@click.option(
+    "--memory-from",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --layer-table: `asrq bench` reports (bench.json) of exports measured on the same "
+    "device; their model_peak_bytes per backend, fitted linear in the weight bytes, go into "
+    "the table so `asrq search --max-mb` budgets measured memory. Repeat (two or more sizes "
+    "give a fixed + per-byte fit).",
+)
 def bench(
     model_dir: Path,
     backends: tuple[str, ...],
@@ -141,6 +152,7 @@ def bench(
     isolate: bool,
     layer_table: bool,
     repeats: int,
+    memory_from: tuple[Path, ...],
     runtime: str,
     symbols_per_frame: float,
     cache_dir: Path | None,
@@ -163,7 +175,14 @@ def bench(
     """
     if layer_table:
         _layer_table(
-            model_dir, out, (threads or [1])[0], repeats, runtime, symbols_per_frame, cache_dir
+            model_dir,
+            out,
+            (threads or [1])[0],
+            repeats,
+            list(memory_from),
+            runtime,
+            symbols_per_frame,
+            cache_dir,
         )
         return
     from asrq.bench.report import format_table
@@ -199,6 +218,7 @@ def _layer_table(
     out: Path | None,
     threads: int,
     repeats: int,
+    memory_from: list[Path],
     runtime: str = "eager",
     symbols_per_frame: float = 1.0,
     cache_dir: Path | None = None,
@@ -220,7 +240,13 @@ def _layer_table(
                 click.echo,
             )
         table = build_latency_table(
-            checkpoint, out, threads=threads, repeats=repeats, log_fn=click.echo, timer=timer
+            checkpoint,
+            out,
+            threads=threads,
+            repeats=repeats,
+            log_fn=click.echo,
+            memory_from=memory_from,
+            timer=timer,
         )
     except AsrqError as e:
         click.echo(f"error: {e}", err=True)

@@ -102,7 +102,8 @@ def data() -> None:
 @click.option(
     "--everyday-share",
     type=float,
-    help=f"Share of sentences from everyday English (WordNet examples) [default: {_S.everyday_share}].",
+    help="Share of sentences from everyday English (WordNet examples) "
+    f"[default: {_S.everyday_share}].",
 )
 @click.option(
     "--num-jobs",
@@ -134,7 +135,8 @@ def synth(
     click.echo(f"corpus: {corpus} (config {json.dumps(dataclasses.asdict(cfg))})")
     for split, s in info["summary"].items():
         click.echo(
-            f"  {split:<16} {s['speakers']:4d} speakers {s['utterances']:6d} utts {s['hours']:8.3f} h"
+            f"  {split:<16} {s['speakers']:4d} speakers {s['utterances']:6d} utts "
+            f"{s['hours']:8.3f} h"
         )
     click.echo(
         f"  total {info['total_hours']:.3f} h; synthesis {info['synth_seconds']} s "
@@ -200,7 +202,8 @@ def prepare_librispeech_cmd(
     for split, path in out.items():
         info = read_prepare_info(fbank_dir, split) or {}
         click.echo(
-            f"  {split:<16} {info.get('cuts', '?'):>6} cuts {info.get('hours', 0):8.3f} h  -> {path}"
+            f"  {split:<16} {info.get('cuts', '?'):>6} cuts {info.get('hours', 0):8.3f} h  -> "
+            f"{path}"
         )
     click.echo(f"done in {time.time() - t0:.1f} s")
 
@@ -248,7 +251,8 @@ def bpe(manifest_dir: Path, lang_dir: Path, vocab_size: int, splits: tuple[str, 
         files = sorted(manifest_dir.glob(f"{prefix}train-*.jsonl.gz"))
         if not files:
             raise AsrqError(
-                f"{manifest_dir}: no {prefix}train-*.jsonl.gz; run `asrq data prepare librispeech` first"
+                f"{manifest_dir}: no {prefix}train-*.jsonl.gz; run `asrq data prepare librispeech` "
+                "first"
             )
     texts = [t for f in files for t in read_transcripts(f)]
     model = train_bpe(texts, lang_dir, vocab_size)

@@ -26,8 +26,8 @@ def result_name(split: str, method: str, streaming: bool) -> str:
     "cuts_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="CutSet manifest with fbank features. [default: <data.fbank_dir>/librispeech_cuts_<split>.jsonl.gz "
-    "from the checkpoint's config]",
+    help="CutSet manifest with fbank features. "
+    "[default: <data.fbank_dir>/librispeech_cuts_<split>.jsonl.gz from the checkpoint's config]",
 )
 @click.option(
     "--split",
@@ -42,8 +42,9 @@ def result_name(split: str, method: str, streaming: bool) -> str:
     ),
     default="greedy",
     show_default=True,
-    help="RNN-T: greedy, modified_beam_search, ctc_greedy (CTC head). ctc_attention: greedy (= ctc_greedy), "
-    "ctc_prefix_beam, attention_rescoring (CTC prefix beam n-best rescored by the attention decoder).",
+    help="RNN-T: greedy, modified_beam_search, ctc_greedy (CTC head). "
+    "ctc_attention: greedy (= ctc_greedy), ctc_prefix_beam, attention_rescoring "
+    "(CTC prefix beam n-best rescored by the attention decoder).",
 )
 @click.option(
     "--beam",
@@ -70,8 +71,8 @@ def result_name(split: str, method: str, streaming: bool) -> str:
     "--streaming/--full-context",
     default=False,
     show_default=True,
-    help="Chunk-by-chunk streaming encoder (the checkpoint's model.streaming chunk_frames/left_frames) "
-    "or the full-context encoder.",
+    help="Chunk-by-chunk streaming encoder "
+    "(the checkpoint's model.streaming chunk_frames/left_frames) or the full-context encoder.",
 )
 @click.option(
     "--chunk-frames",
@@ -105,7 +106,8 @@ def result_name(split: str, method: str, streaming: bool) -> str:
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="torch intra-op threads while decoding (1 is often fastest on a busy CPU) [default: torch's].",
+    help="torch intra-op threads while decoding (1 is often fastest on a busy CPU) "
+    "[default: torch's].",
 )
 @click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
@@ -204,10 +206,21 @@ def _decode(
     chunk = chunk_frames or cfg.model.streaming.chunk_frames
     left = cfg.model.streaming.left_frames if left_frames is None else left_frames
     res = evaluate_model(
-        loaded.model, loaded.sp, cuts_path, method=method, streaming=streaming, chunk_frames=chunk,
-        left_frames=left, max_utts=max_utts, beam=beam, max_sym_per_frame=max_sym_per_frame,
-        max_duration=max_duration, progress=progress, threads=threads, ctc_weight=ctc_weight,
-    )  # fmt: skip
+        loaded.model,
+        loaded.sp,
+        cuts_path,
+        method=method,
+        streaming=streaming,
+        chunk_frames=chunk,
+        left_frames=left,
+        max_utts=max_utts,
+        beam=beam,
+        max_sym_per_frame=max_sym_per_frame,
+        max_duration=max_duration,
+        progress=progress,
+        threads=threads,
+        ctc_weight=ctc_weight,
+    )
     out_dir = out_dir or checkpoint.parent
     name = result_name(split, method, streaming)
     settings = {
@@ -234,7 +247,9 @@ def _decode(
     atomic_write_json(wer_path, {**res.summary(), "config": settings})
     write_errors(errs_path, res.results, title=f"{checkpoint} {name}")
     click.echo(
-        f"%WER {res.wer:.2f} [{res.errors} / {res.num_words}, {res.ins} ins, {res.dels} del, {res.subs} sub] "
-        f"{name}: {res.num_utts} utts, RTF {res.rtf:.4f} ({res.seconds:.1f} s for {res.audio_seconds:.1f} s of audio)"
+        f"%WER {res.wer:.2f} [{res.errors} / {res.num_words}, {res.ins} ins, {res.dels} del, "
+        f"{res.subs} sub] "
+        f"{name}: {res.num_utts} utts, RTF {res.rtf:.4f} ({res.seconds:.1f} s for "
+        f"{res.audio_seconds:.1f} s of audio)"
     )
     click.echo(f"wrote {wer_path} and {errs_path}")

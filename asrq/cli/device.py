@@ -41,13 +41,26 @@ def device() -> None:
 
 
 @device.command()
-@click.option("--arch", type=click.Choice(["host", "aarch64"]), default="host", show_default=True,
-              help="host: this machine's compiler and executorch install; aarch64: Debian's "
-                   "g++-aarch64-linux-gnu against the manylinux_2_28_aarch64 wheel.")  # fmt: skip
-@click.option("--build-dir", type=click.Path(path_type=Path), default=None,
-              help="CMake build dir. [default: build/runner-<arch>]")  # fmt: skip
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
-              help="Where the aarch64 wheel is downloaded and unpacked. [default: build/cache]")  # fmt: skip
+@click.option(
+    "--arch",
+    type=click.Choice(["host", "aarch64"]),
+    default="host",
+    show_default=True,
+    help="host: this machine's compiler and executorch install; aarch64: Debian's "
+    "g++-aarch64-linux-gnu against the manylinux_2_28_aarch64 wheel.",
+)
+@click.option(
+    "--build-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CMake build dir. [default: build/runner-<arch>]",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the aarch64 wheel is downloaded and unpacked. [default: build/cache]",
+)
 def build(arch: str, build_dir: Path | None, cache_dir: Path | None) -> None:
     """Build export/runner with CMake; prints the binary's path."""
     from asrq.device.build import build_runner
@@ -58,37 +71,90 @@ def build(arch: str, build_dir: Path | None, cache_dir: Path | None) -> None:
 
 @device.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--target", default="local", show_default=True,
-              help="local | ssh:USER@HOST[:PORT] | adb:SERIAL")  # fmt: skip
-@click.option("--threads", default="1", callback=_int_list, show_default=True,
-              help="Comma-separated thread counts; each run pins its threads to the fastest cores.")  # fmt: skip
-@click.option("--wavs", "wavs", multiple=True, type=click.Path(path_type=Path), required=True,
-              help="Test audio (any format asrq reads; sent as 16 kHz PCM wav); repeat for several.")  # fmt: skip
+@click.option(
+    "--target", default="local", show_default=True, help="local | ssh:USER@HOST[:PORT] | adb:SERIAL"
+)
+@click.option(
+    "--threads",
+    default="1",
+    callback=_int_list,
+    show_default=True,
+    help="Comma-separated thread counts; each run pins its threads to the fastest cores.",
+)
+@click.option(
+    "--wavs",
+    "wavs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Test audio (any format asrq reads; sent as 16 kHz PCM wav); repeat for several.",
+)
 @click.option(
     "--name", default=None, help="Result folder name. [default: local / the host / the serial]"
 )
-@click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("devices"),
-              show_default=True, help="Results go to OUT/<name>/bench.json + bench.png.")  # fmt: skip
-@click.option("--arch", type=click.Choice(["host", "aarch64"]), default=None,
-              help="Runner to build. [default: host for local, else asked with uname -m]")  # fmt: skip
-@click.option("--runner", "runner_bin", type=click.Path(path_type=Path), default=None,
-              help="A prebuilt runner binary (e.g. an Android NDK build) instead of building one.")  # fmt: skip
-@click.option("--runner-libs", type=click.Path(path_type=Path), default=None,
-              help="With --runner: the executorch package root or lib/ dir its libraries come from.")  # fmt: skip
-@click.option("--workdir", default=None, help="Work dir on the target. [default: a temp dir / "
-              "/tmp/asrq-device (ssh) / /data/local/tmp/asrq (adb)]")  # fmt: skip
+@click.option(
+    "--out",
+    "out_root",
+    type=click.Path(path_type=Path),
+    default=Path("devices"),
+    show_default=True,
+    help="Results go to OUT/<name>/bench.json + bench.png.",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(["host", "aarch64"]),
+    default=None,
+    help="Runner to build. [default: host for local, else asked with uname -m]",
+)
+@click.option(
+    "--runner",
+    "runner_bin",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A prebuilt runner binary (e.g. an Android NDK build) instead of building one.",
+)
+@click.option(
+    "--runner-libs",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --runner: the executorch package root or lib/ dir its libraries come from.",
+)
+@click.option(
+    "--workdir",
+    default=None,
+    help="Work dir on the target. [default: a temp dir / "
+    "/tmp/asrq-device (ssh) / /data/local/tmp/asrq (adb)]",
+)
 @click.option("--identity", default=None, help="ssh: private key file.")
 @click.option(
     "--ssh-option", "ssh_options", multiple=True, help="ssh: extra -o KEY=VALUE; repeatable."
 )
-@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Untimed decodes of the first file before timing.")  # fmt: skip
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Untimed decodes of the first file before timing.",
+)
 @click.option("--no-pin", is_flag=True, help="Do not pin threads with taskset.")
 @click.option("--keep", is_flag=True, help="Leave the pushed files on the target.")
-def bench(model_dir: Path, target: str, threads: list[int], wavs: tuple[Path, ...], name: str | None,
-          out_root: Path, arch: str | None, runner_bin: Path | None, runner_libs: Path | None,
-          workdir: str | None, identity: str | None, ssh_options: tuple[str, ...], warmup: int,
-          no_pin: bool, keep: bool) -> None:  # fmt: skip
+def bench(
+    model_dir: Path,
+    target: str,
+    threads: list[int],
+    wavs: tuple[Path, ...],
+    name: str | None,
+    out_root: Path,
+    arch: str | None,
+    runner_bin: Path | None,
+    runner_libs: Path | None,
+    workdir: str | None,
+    identity: str | None,
+    ssh_options: tuple[str, ...],
+    warmup: int,
+    no_pin: bool,
+    keep: bool,
+) -> None:
     """Push the runner, its libraries, MODEL_DIR's ExecuTorch programs and --wavs to --target,
     run per thread count, pull the JSON; write OUT/<name>/bench.json and bench.png."""
     from asrq.device.build import RunnerBuild, build_runner
@@ -113,15 +179,26 @@ def bench(model_dir: Path, target: str, threads: list[int], wavs: tuple[Path, ..
             arch = "aarch64" if machine in ("aarch64", "arm64", "armv8l") else "host"
         click.echo(f"building the runner ({arch}) ...", err=True)
         runner = build_runner(arch)  # type: ignore[arg-type]
-    result = bench_device(model_dir, transport, runner, wavs, threads, name, out_root, warmup,
-                          pin=not no_pin, cleanup=not keep, log=lambda s: click.echo(s, err=True))  # fmt: skip
+    result = bench_device(
+        model_dir,
+        transport,
+        runner,
+        wavs,
+        threads,
+        name,
+        out_root,
+        warmup,
+        pin=not no_pin,
+        cleanup=not keep,
+        log=lambda s: click.echo(s, err=True),
+    )
     summary = {
         "device": result["device"],
         "emulated": result["emulated"],
         "runs": [
             {k: r[k] for k in ("threads", "rtf", "chunk_latency_ms", "load_ms", "peak_rss_mb")}
             for r in result["runs"]
-        ],  # fmt: skip
+        ],
         "out": str(Path(out_root) / result["device"] / "bench.json"),
     }
     click.echo(json.dumps(summary, indent=1))

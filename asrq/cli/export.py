@@ -67,6 +67,13 @@ from asrq.utils.io import AsrqError
     show_default=True,
     help="Parity tolerance (max abs error vs eager).",
 )
+@click.option(
+    "--sherpa",
+    is_flag=True,
+    help="Also write MODEL_DIR/sherpa/ (encoder.onnx, decoder.onnx, joiner.onnx, tokens.txt) in "
+    "the layout sherpa-onnx's streaming transducer loads (model_type conformer; Conformer RNN-T "
+    "only; needs --onnx). `asrq bench --backend sherpa-onnx` measures it.",
+)
 def export(
     checkpoint: Path,
     out_dir: Path,
@@ -78,6 +85,7 @@ def export(
     opset: int | None,
     name: str | None,
     tol: float,
+    sherpa: bool,
 ) -> None:
     """Export CHECKPOINT to a deployable model directory.
 
@@ -94,6 +102,7 @@ def export(
     \b
       asrq export exp/mini/model.pt --out exp/mini/export
       asrq export exp/mini/model.pt --out exp/mini/export-onnx --no-executorch --chunk-frames 16
+      asrq export exp/mini/model.pt --out exp/mini/export --sherpa   # + sherpa-onnx streaming
     """
     from asrq.export.parity import ParityError
     from asrq.export.pipeline import export_model
@@ -111,6 +120,7 @@ def export(
             opset=opset,
             name=name,
             tol=tol,
+            sherpa=sherpa,
             log_fn=click.echo,
         )
     except AsrqError as e:  # the root group does the same; this keeps ``export`` alone consistent

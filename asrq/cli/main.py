@@ -41,12 +41,13 @@ def cli() -> None:
     Train once, deploy many:
       asrq supernet train recipes/mini/supernet.yaml
       asrq search exp/mini_supernet/model.pt --budget-ms 5 --out exp/mini_supernet/search
-      asrq slice exp/mini_supernet/model.pt --spec exp/mini_supernet/search/best_spec.yaml --out exp/mini_supernet/best
+      asrq slice exp/mini_supernet/model.pt --spec exp/mini_supernet/search/best_spec.yaml \\
+        --out exp/mini_supernet/best
     """
 
 
 def _register() -> None:
-    from asrq.cli import bench, data, decode, export, supernet, train, transcribe
+    from asrq.cli import bench, data, decode, device, export, qat, supernet, train, transcribe
 
     cli.add_command(data.data)
     cli.add_command(train.train)
@@ -57,7 +58,8 @@ def _register() -> None:
     cli.add_command(supernet.supernet)
     cli.add_command(supernet.slice_)
     cli.add_command(supernet.search)
-    cli.add_command(__import__("asrq.cli.device", fromlist=["device"]).device)
+    cli.add_command(device.device)  # asrq device build / bench (asrq.device)
+    cli.add_command(qat.qat)  # asrq qat train (asrq.quant)
 
 
 _register()

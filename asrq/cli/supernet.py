@@ -69,7 +69,8 @@ def train(
     res: str | bool = True if resume == "latest" else (resume or False)
     summary = train_supernet(cfg, resume=res, progress=not no_progress)
     click.echo(
-        f"trained {summary['steps']} steps in {summary['train_minutes']:.1f} min -> {summary['model']}"
+        f"trained {summary['steps']} steps in {summary['train_minutes']:.1f} min -> "
+        f"{summary['model']}"
     )
 
 
@@ -138,16 +139,31 @@ def slice_(checkpoint: str, spec: str, out_dir: str) -> None:
     type=click.IntRange(min=2),
     default=32,
     show_default=True,
-    help="Candidates: every spec if the space has at most this many, else largest, smallest and random ones.",
+    help="Candidates: every spec if the space has at most this many, "
+    "else largest, smallest and random ones.",
 )
 @click.option(
     "--budget-ms",
     type=click.FloatRange(min=0),
     default=None,
-    help="Latency budget: predicted compute ms per streaming chunk (timed here or from --latency-table).",
+    help="Latency budget: predicted compute ms per streaming chunk "
+    "(timed here or from --latency-table).",
 )
 @click.option(
-    "--max-mb", type=click.FloatRange(min=0), default=None, help="Size budget: fp32 megabytes."
+    "--max-mb",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Memory budget in MiB. What it budgets: with a --latency-table that carries measured "
+    "memory (`asrq bench SUPERNET --layer-table --memory-from BENCH.json ...`), the predicted "
+    "model-attributable peak resident memory on that device's runtime (asrq bench's "
+    "model_peak_bytes, fitted linear in the weight bytes); otherwise the file size of the "
+    "fp32 weights (4 x parameters / 2^20). search.json's max_mb_budgets says which.",
+)
+@click.option(
+    "--memory-backend",
+    default=None,
+    help="Runtime whose measured memory --max-mb budgets (onnx, executorch...; a backend of "
+    "the table's memory fit). [default: the table's only or first one]",
 )
 @click.option(
     "--streaming/--full-context",
@@ -192,6 +208,7 @@ def search(
     repeats: int,
     seed: int,
     latency_table: str | None,
+    memory_backend: str | None,
 ) -> None:
     """Find the subnets of a supernet worth deploying: dev WER vs latency vs size.
 
@@ -220,9 +237,11 @@ def search(
         seed=seed,
         log_fn=click.echo,
         latency_table=latency_table,
+        memory_backend=memory_backend,
     )
     b = res.best
     click.echo(
-        f"best {b.spec.short()}: WER {b.wer:.2f}%, {b.latency_ms:.3f} ms per chunk, {b.size_mb:.3f} MB "
+        f"best {b.spec.short()}: WER {b.wer:.2f}%, {b.latency_ms:.3f} ms per chunk, "
+        f"{b.size_mb:.3f} MB "
         f"({b.params:,} parameters) -> {res.out_dir / 'best_spec.yaml'}"
     )

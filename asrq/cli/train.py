@@ -57,7 +57,8 @@ def train(
     cfg = load_config(config_path, overrides)
     if cfg.supernet is not None:
         raise AsrqError(
-            f"{config_path}: this config has a supernet: section; train it with `asrq supernet train`"
+            f"{config_path}: this config has a supernet: section; "
+            "train it with `asrq supernet train`"
         )
     res: str | bool = False
     if resume == "latest":
@@ -66,5 +67,6 @@ def train(
         res = resume
     summary = run_train(cfg, resume=res, progress=not no_progress)
     click.echo(
-        f"trained {summary['steps']} steps in {summary['train_minutes']:.1f} min -> {summary['model']}"
+        f"trained {summary['steps']} steps in {summary['train_minutes']:.1f} min -> "
+        f"{summary['model']}"
     )

@@ -138,8 +138,9 @@ def rir_bank(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i in range(size):
-            gen = FastRandomRIRGenerator(sr=sample_rate, room_seed=seed * 7919 + i,
-                                         source_seed=seed * 7919 + i + 1)  # fmt: skip
+            gen = FastRandomRIRGenerator(
+                sr=sample_rate, room_seed=seed * 7919 + i, source_seed=seed * 7919 + i + 1
+            )
             out.append(np.asarray(gen(nsource=1), dtype=np.float32))
     return tuple(out)
 

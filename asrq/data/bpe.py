@@ -163,7 +163,8 @@ class Tokenizer:
         got = [self.sp.id_to_piece(i) for i in range(3)]
         if got != [BLANK, SOS_EOS, UNK]:
             raise AsrqError(
-                f"{path}: ids 0..2 are {got}, expected {[BLANK, SOS_EOS, UNK]} (train it with `asrq data bpe`)"
+                f"{path}: ids 0..2 are {got}, expected {[BLANK, SOS_EOS, UNK]} (train it with "
+                "`asrq data bpe`)"
             )
 
     @property

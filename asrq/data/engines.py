@@ -34,21 +34,64 @@ HELD_OUT_ENGINE = FESTIVAL
 
 # espeak-ng's English voices of the gmw family (the mbrola ones need extra packages).
 ESPEAK_VOICES = (
-    "en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan",
-    "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
-)  # fmt: skip
+    "en-gb",
+    "en-us",
+    "en-gb-scotland",
+    "en-gb-x-gbclan",
+    "en-gb-x-rp",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)
 # espeak-ng voice variants (``espeak-ng --voices=variant``) that sound like a person talking;
 # whisper, croak, robot and effect variants are left out. Value: sex for SPEAKERS.TXT.
 ESPEAK_VARIANTS = {
-    "m1": "M", "m2": "M", "m3": "M", "m4": "M", "m5": "M", "m6": "M", "m7": "M", "m8": "M",
-    "f1": "F", "f2": "F", "f3": "F", "f4": "F", "f5": "F",
-    "Alex": "M", "Alicia": "F", "Andrea": "F", "Andy": "M", "Annie": "F", "adam": "M",
-    "aunty": "F", "belinda": "F", "benjamin": "M", "caleb": "M", "david": "M", "ed": "M",
-    "edward": "M", "Gene": "M", "Jacky": "M", "john": "M", "linda": "F", "Lee": "M",
-    "max": "M", "Michael": "M", "Mike": "M", "norbert": "M", "paul": "M", "quincy": "M",
-    "rob": "M", "robert": "M", "steph": "F", "travis": "M", "victor": "M", "anika": "F",
-    "grandma": "F", "grandpa": "M",
-}  # fmt: skip
+    "m1": "M",
+    "m2": "M",
+    "m3": "M",
+    "m4": "M",
+    "m5": "M",
+    "m6": "M",
+    "m7": "M",
+    "m8": "M",
+    "f1": "F",
+    "f2": "F",
+    "f3": "F",
+    "f4": "F",
+    "f5": "F",
+    "Alex": "M",
+    "Alicia": "F",
+    "Andrea": "F",
+    "Andy": "M",
+    "Annie": "F",
+    "adam": "M",
+    "aunty": "F",
+    "belinda": "F",
+    "benjamin": "M",
+    "caleb": "M",
+    "david": "M",
+    "ed": "M",
+    "edward": "M",
+    "Gene": "M",
+    "Jacky": "M",
+    "john": "M",
+    "linda": "F",
+    "Lee": "M",
+    "max": "M",
+    "Michael": "M",
+    "Mike": "M",
+    "norbert": "M",
+    "paul": "M",
+    "quincy": "M",
+    "rob": "M",
+    "robert": "M",
+    "steph": "F",
+    "travis": "M",
+    "victor": "M",
+    "anika": "F",
+    "grandma": "F",
+    "grandpa": "M",
+}
 FLITE_VOICES = {"kal": "M", "kal16": "M", "awb": "M", "rms": "M", "slt": "F"}
 # Mean F0 (Hz) of each flite voice as it speaks by default (median of torchaudio's
 # detect_pitch_frequency over a sentence, rounded): the base of the voice's pitch shift.
@@ -142,12 +185,32 @@ def wave_command(
     """The command that writes one utterance as a RIFF WAV to stdout (espeak-ng, flite).
     ``text`` in lower case (espeak-ng reads all-caps words as acronyms at times)."""
     if engine == ESPEAK:
-        return [tools[ESPEAK], "-v", f"{voice}+{variant}", "-p", str(pitch), "-s", str(speed),
-                "--stdout", text]  # fmt: skip
+        return [
+            tools[ESPEAK],
+            "-v",
+            f"{voice}+{variant}",
+            "-p",
+            str(pitch),
+            "-s",
+            str(speed),
+            "--stdout",
+            text,
+        ]
     if engine == FLITE:
         f0 = FLITE_F0[voice] * 2 ** (pitch / 1200)
-        return [tools[FLITE], "-voice", voice, "--setf", f"duration_stretch={100 / speed:.4f}",
-                "--setf", f"int_f0_target_mean={f0:.1f}", "-t", text, "-o", "/dev/stdout"]  # fmt: skip
+        return [
+            tools[FLITE],
+            "-voice",
+            voice,
+            "--setf",
+            f"duration_stretch={100 / speed:.4f}",
+            "--setf",
+            f"int_f0_target_mean={f0:.1f}",
+            "-t",
+            text,
+            "-o",
+            "/dev/stdout",
+        ]
     raise AsrqError(f"{engine}: no one-utterance command (festival runs per speaker)")
 
 

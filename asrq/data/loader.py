@@ -39,7 +39,8 @@ def load_cuts(path: str | Path, lazy: bool = False):
     if not path.is_file():
         raise AsrqError(
             f"{path}: cuts manifest not found; make it with "
-            f"`asrq data prepare librispeech --corpus-dir <.../LibriSpeech> --fbank-dir {path.parent}`"
+            "`asrq data prepare librispeech --corpus-dir <.../LibriSpeech> --fbank-dir "
+            f"{path.parent}`"
         )
     try:
         cuts = load_manifest_lazy(path) if lazy else load_manifest(path)

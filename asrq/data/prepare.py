@@ -37,6 +37,7 @@ from asrq.utils.io import AsrqError, atomic_path, atomic_write_json
 log = logging.getLogger(__name__)
 
 # Official split names (and Mini LibriSpeech's), as lhotse.recipes.librispeech knows them.
+# fmt: skip below: a table, related names share a line
 LIBRISPEECH_SPLITS = (
     "dev-clean", "dev-other", "test-clean", "test-other",
     "train-clean-100", "train-clean-360", "train-other-500",
@@ -70,12 +71,14 @@ def find_splits(corpus_dir: str | Path) -> list[str]:
         return splits
     if (corpus_dir / "LibriSpeech").is_dir():
         raise AsrqError(
-            f"{corpus_dir}: no LibriSpeech split folders here; did you mean {corpus_dir / 'LibriSpeech'}?"
+            f"{corpus_dir}: no LibriSpeech split folders here; did you mean "
+            f"{corpus_dir / 'LibriSpeech'}?"
         )
     if corpus_dir.name in LIBRISPEECH_SPLITS:
         raise AsrqError(f"{corpus_dir}: this is a split folder; did you mean {corpus_dir.parent}?")
     raise AsrqError(
-        f"{corpus_dir}: no LibriSpeech split folders found (expected some of {', '.join(LIBRISPEECH_SPLITS)})"
+        f"{corpus_dir}: no LibriSpeech split folders found (expected some of "
+        f"{', '.join(LIBRISPEECH_SPLITS)})"
     )
 
 
@@ -138,9 +141,8 @@ def split_fingerprint(split_dir: Path) -> str:
         dirs.sort()
         for f in sorted(files):
             st = os.stat(os.path.join(root, f))
-            h.update(
-                f"{os.path.relpath(os.path.join(root, f), split_dir)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
-            )
+            rel = os.path.relpath(os.path.join(root, f), split_dir)
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -147,8 +147,11 @@ def config_hash(cfg: SynthConfig) -> str:
 def _split_engines(cfg: SynthConfig) -> dict[str, list[str]]:
     """Engine of each speaker slot per split: the first ``round(flite_share * n)`` are flite."""
     out = {}
-    for split, n in ((TRAIN_SPLIT, cfg.train_speakers), (DEV_SPLIT, cfg.dev_speakers),
-                     (TEST_SPLIT, cfg.test_speakers)):  # fmt: skip
+    for split, n in (
+        (TRAIN_SPLIT, cfg.train_speakers),
+        (DEV_SPLIT, cfg.dev_speakers),
+        (TEST_SPLIT, cfg.test_speakers),
+    ):
         n_flite = round(cfg.flite_share * n)
         out[split] = [E.FLITE] * n_flite + [E.ESPEAK] * (n - n_flite)
     out[TEST_OTHER_SPLIT] = [E.FESTIVAL] * cfg.test_other_speakers
@@ -228,8 +231,9 @@ def plan_corpus(cfg: SynthConfig) -> tuple[list[Speaker], list[Utterance]]:
         seen.update(pool)
         rng.shuffle(pool)
         pools[src] = pool
-    need_eval = {src: sum(1 for s, _, x in slots if x == src and s.split != TRAIN_SPLIT)
-                 for src in pools}  # fmt: skip
+    need_eval = {
+        src: sum(1 for s, _, x in slots if x == src and s.split != TRAIN_SPLIT) for src in pools
+    }
     texts: dict[tuple[str, str], Any] = {}
     for src, pool in pools.items():
         n_eval = need_eval[src]
@@ -270,8 +274,11 @@ def _check_held_out(utts: list[Utterance]) -> None:
         raise AsrqError(
             f"synth plan: {len(leaked)} dev/test sentences in train, e.g. {leaked[0]!r}"
         )
-    train_combos = {(u.speaker.engine, u.speaker.voice, u.speaker.variant)
-                    for u in utts if u.speaker.split == TRAIN_SPLIT}  # fmt: skip
+    train_combos = {
+        (u.speaker.engine, u.speaker.voice, u.speaker.variant)
+        for u in utts
+        if u.speaker.split == TRAIN_SPLIT
+    }
     for u in utts:
         s = u.speaker
         if s.split != TRAIN_SPLIT and (s.engine, s.voice, s.variant) in train_combos:
@@ -285,8 +292,23 @@ def _to_flac(tools: dict[str, str], wav: bytes | Path, out_path: Path, utt: Utte
     s = utt.speaker
     src = ["-t", "wav", "-"] if isinstance(wav, bytes) else [str(wav)]
     with atomic_path(out_path) as tmp:
-        sox = [tools["sox"], "-R", "-V1", "-v", str(s.level), *src, "-D", "-r", str(SAMPLE_RATE),
-               "-c", "1", "-b", "16", str(tmp), *E.sox_effects(s.engine, utt.pitch, utt.speed)]  # fmt: skip
+        sox = [
+            tools["sox"],
+            "-R",
+            "-V1",
+            "-v",
+            str(s.level),
+            *src,
+            "-D",
+            "-r",
+            str(SAMPLE_RATE),
+            "-c",
+            "1",
+            "-b",
+            "16",
+            str(tmp),
+            *E.sox_effects(s.engine, utt.pitch, utt.speed),
+        ]
         res = subprocess.run(
             sox, input=wav if isinstance(wav, bytes) else None, capture_output=True, check=False
         )
@@ -325,8 +347,12 @@ def synthesize_festival(
         items = [(u.text.lower(), str(Path(tmp) / f"{u.id}.wav")) for u in utts]
         script = Path(tmp) / "say.scm"
         script.write_text(E.festival_script(voice, items))
-        res = subprocess.run([tools[E.FESTIVAL], "--batch", str(script)], capture_output=True,
-                             check=False, timeout=60 + 10 * len(utts))  # fmt: skip
+        res = subprocess.run(
+            [tools[E.FESTIVAL], "--batch", str(script)],
+            capture_output=True,
+            check=False,
+            timeout=60 + 10 * len(utts),
+        )
         out = []
         for u, (_, wav) in zip(utts, items, strict=True):
             if res.returncode != 0 or not Path(wav).is_file() or Path(wav).stat().st_size <= 44:
@@ -372,7 +398,8 @@ def synthesize_corpus(
             )
         elif old is None:
             raise AsrqError(
-                f"{corpus}: holds files not made by `asrq data synth`; not deleting them, pick another --out"
+                f"{corpus}: holds files not made by `asrq data synth`; not deleting them, "
+                "pick another --out"
             )
         else:
             log.warning("%s: replacing a corpus made with another config", corpus)

@@ -109,7 +109,8 @@ def kjv_verses() -> list[str]:
     exe = shutil.which("bible")
     if exe is None:
         raise AsrqError(
-            "`bible` not found: apt-get install bible-kjv (only needed to rebuild the sentence file)"
+            "`bible` not found: apt-get install bible-kjv (only needed to rebuild the sentence "
+            "file)"
         )
     out = subprocess.run(
         [exe, "-l", "100000", "gen1:1-rev22:21"], capture_output=True, text=True, check=True

@@ -10,7 +10,8 @@ def ctc_greedy(log_probs: Tensor, lens: Tensor, blank: int = 0) -> list[list[int
     """log_probs (N, T, V) (or logits: only the argmax matters), lens (N,) valid frames
     -> token ids of each utterance.
 
-    A repeated symbol is emitted once unless a blank separates the repeats (``a a <b> a`` -> ``a a``).
+    A repeated symbol is emitted once unless a blank separates the repeats
+    (``a a <b> a`` -> ``a a``).
     """
     if log_probs.dim() != 3:
         raise ValueError(f"expected log_probs (N, T, V), got shape {tuple(log_probs.shape)}")

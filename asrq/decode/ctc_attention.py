@@ -32,6 +32,7 @@ from torch import Tensor
 
 from asrq.decode.ctc import ctc_greedy
 from asrq.decode.streaming import iter_windows
+from asrq.decode.torch_backend import EagerComponents
 from asrq.utils.io import AsrqError
 
 Method = Literal["ctc_greedy", "ctc_prefix_beam", "attention_rescoring"]
@@ -279,7 +280,7 @@ def decode_batch(
 # --------------------------------------------------------------------------------------------
 # the eager model
 # --------------------------------------------------------------------------------------------
-class TorchCtcAttention:
+class TorchCtcAttention(EagerComponents):
     """:class:`CtcAttentionComponents` over an eager
     :class:`~asrq.models.ctc_attention.CtcAttentionModel` (not copied; put it in eval mode).
 
@@ -289,33 +290,20 @@ class TorchCtcAttention:
     """
 
     def __init__(self, model: torch.nn.Module, chunk_frames: int, left_frames: int) -> None:
-        self.model = model
-        self.vocab_size = int(model.vocab_size)
-        self.blank_id = int(model.blank_id)
+        super().__init__(model, chunk_frames, left_frames)  # type: ignore[arg-type]
         self.sos_id = int(model.sos_id)
         self.eos_id = int(model.eos_id)
-        self.chunk_frames = int(chunk_frames)
-        self.left_frames = int(left_frames)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     @torch.inference_mode()
     def encode(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        dev = self.device
-        enc, lens = self.model.encoder(x.to(dev), x_lens.to(dev))
+        enc, lens = self.run_encoder(x, x_lens)
         return enc, lens, self.model.ctc_log_probs(enc)
-
-    def init_states(self, batch_size: int) -> list[Tensor]:
-        return self.model.encoder.init_states(batch_size, self.left_frames, device=self.device)
 
     @torch.inference_mode()
     def encode_chunk(
         self, x: Tensor, x_lens: Tensor, states: list[Tensor]
     ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
-        dev = self.device
-        enc, lens, states = self.model.encoder.streaming_forward(x.to(dev), x_lens.to(dev), states)
+        enc, lens, states = self.run_encoder_chunk(x, x_lens, states)
         return enc, lens, self.model.ctc_log_probs(enc), states
 
     @torch.inference_mode()

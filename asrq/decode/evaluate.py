@@ -16,11 +16,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from asrq.decode import ctc_attention as CA
-from asrq.decode.ctc import ctc_greedy
-from asrq.decode.search import greedy_search, modified_beam_search
-from asrq.decode.streaming import LOG_EPSILON, stream_ctc_greedy_batch, stream_decode_batch
-from asrq.decode.torch_backend import TorchRnnt
+from asrq.decode.heads import DECODERS, SearchOptions
+from asrq.decode.streaming import LOG_EPSILON
 from asrq.decode.wer import UttResult, compute_wer, score_utterance
 from asrq.utils.io import AsrqError
 
@@ -34,11 +31,6 @@ METHODS: tuple[str, ...] = (
     "ctc_prefix_beam",
     "attention_rescoring",
 )
-#: methods per model head; on a ctc_attention model ``greedy`` means ``ctc_greedy`` (its greedy search)
-HEAD_METHODS: dict[str, tuple[str, ...]] = {
-    "rnnt": ("greedy", "modified_beam_search", "ctc_greedy"),
-    "ctc_attention": ("greedy", *CA.METHODS),
-}
 
 
 @dataclass
@@ -97,7 +89,8 @@ def load_eval_cuts(cuts: Any, max_utts: int | None = None) -> list[Any]:
         path = Path(cuts)
         if not path.is_file():
             raise AsrqError(
-                f"{path}: cuts manifest not found; make it with `asrq data prepare librispeech` or pass --cuts"
+                f"{path}: cuts manifest not found; make it with `asrq data prepare librispeech` or "
+                "pass --cuts"
             )
         try:
             cuts = CutSet.from_file(path)
@@ -156,37 +149,6 @@ def cut_text(cut: Any) -> str:
 # --------------------------------------------------------------------------------------------
 # decoding
 # --------------------------------------------------------------------------------------------
-def decode_batch(
-    comp: TorchRnnt | CA.TorchCtcAttention,
-    feats: Tensor,
-    feat_lens: Tensor,
-    method: Method = "greedy",
-    streaming: bool = False,
-    beam: int = 4,
-    max_sym_per_frame: int = 1,
-    ctc_weight: float = 0.5,
-) -> list[list[int]]:
-    """feats (N, T, F), feat_lens (N,) -> token ids per utterance. A ctc_attention model
-    (:class:`~asrq.decode.ctc_attention.TorchCtcAttention`) is decoded by
-    :func:`asrq.decode.ctc_attention.decode_batch` (``ctc_weight``: attention rescoring)."""
-    if method not in METHODS:
-        raise AsrqError(f"unknown decoding method {method!r}; choose one of {', '.join(METHODS)}")
-    if isinstance(comp, CA.TorchCtcAttention):
-        method = "ctc_greedy" if method == "greedy" else method
-        return CA.decode_batch(comp, feats, feat_lens, method, streaming, beam, ctc_weight)  # type: ignore[arg-type]
-    if streaming:
-        if method == "ctc_greedy":
-            return stream_ctc_greedy_batch(comp, feats, feat_lens)
-        return stream_decode_batch(comp, feats, feat_lens, method, beam, max_sym_per_frame)
-    if method == "ctc_greedy":
-        lp, lens = comp.ctc_log_probs(feats, feat_lens)
-        return ctc_greedy(lp, lens, comp.blank_id)
-    enc, enc_lens = comp.encode(feats, feat_lens)
-    if method == "greedy":
-        return greedy_search(comp, enc, enc_lens, max_sym_per_frame)
-    return modified_beam_search(comp, enc, enc_lens, beam)
-
-
 def evaluate_model(
     model: torch.nn.Module,
     sp: Any,
@@ -206,7 +168,8 @@ def evaluate_model(
     """Decode ``cuts`` (CutSet or manifest path) with ``model`` and score against the
     supervision texts (upper-cased; WER over whitespace-split words of ``sp.decode(tokens)``).
 
-    ``method`` must suit the model's head (:data:`HEAD_METHODS`); ``ctc_weight`` weighs the CTC
+    ``method`` must suit the model's head (:data:`asrq.config.HEAD_METHODS`); ``ctc_weight`` weighs
+    the CTC
     score in ``attention_rescoring``.
 
     The model runs in eval mode on its own device and its train/eval mode is restored after.
@@ -216,20 +179,21 @@ def evaluate_model(
     """
     from tqdm import tqdm
 
-    if method == "ctc_greedy" and getattr(model, "ctc", None) is None:
-        raise AsrqError("method ctc_greedy: this model has no CTC head (model.ctc_head: false)")
     if method not in METHODS:
         raise AsrqError(f"unknown decoding method {method!r}; choose one of {', '.join(METHODS)}")
-    head = getattr(model, "head", "rnnt")
-    if method not in HEAD_METHODS[head]:
+    head = DECODERS[model.head]
+    if method not in head.methods:
         raise AsrqError(
-            f"method {method}: not for a {head} model; choose one of {', '.join(HEAD_METHODS[head])}"
+            f"method {method}: not for a {model.head} model; choose one of "
+            f"{', '.join(head.methods)}"
+        )
+    if method == "ctc_greedy" and model.ctc is None:
+        raise AsrqError(
+            "method ctc_greedy: this model has no CTC head (model.rnnt.ctc_head: false)"
         )
     cut_list = load_eval_cuts(cuts, max_utts)
-    if head == "ctc_attention":
-        comp = CA.TorchCtcAttention(model, chunk_frames, left_frames)
-    else:
-        comp = TorchRnnt(model, chunk_frames, left_frames)
+    comp = head.components(model, chunk_frames, left_frames)
+    opts = SearchOptions(beam, max_sym_per_frame, ctc_weight)
     was_training = model.training
     old_threads = torch.get_num_threads()
     if threads:
@@ -245,9 +209,7 @@ def evaluate_model(
         ):
             for batch in make_batches(cut_list, max_duration):
                 feats, lens = collate_features(batch)
-                hyps = decode_batch(
-                    comp, feats, lens, method, streaming, beam, max_sym_per_frame, ctc_weight
-                )
+                hyps = head.decode_batch(comp, feats, lens, method, streaming, opts)
                 for c, toks in zip(batch, hyps, strict=True):
                     results[id(c)] = score_utterance(
                         c.id, cut_text(c), sp.decode([int(t) for t in toks]).upper()

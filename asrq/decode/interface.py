@@ -40,7 +40,8 @@ class RnntComponents(Protocol):
         ...
 
     def predict(self, context: Tensor) -> Tensor:
-        """Predictor on the last ``context_size`` tokens: (N, context_size) int64 -> (N, J) projected."""
+        """Predictor on the last ``context_size`` tokens: (N, context_size) int64 -> (N, J)
+        projected."""
         ...
 
     def join(self, enc: Tensor, pred: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 """RNN-T search over :class:`~asrq.decode.interface.RnntComponents`: batched greedy search and
-icefall's modified beam search (``egs/librispeech/ASR/pruned_transducer_stateless*/beam_search.py``).
+icefall's modified beam search
+(``egs/librispeech/ASR/pruned_transducer_stateless*/beam_search.py``).
 
 Both are resumable: a :class:`GreedyState` / :class:`BeamState` holds the hypotheses of each
 stream, and :func:`greedy_advance` / :func:`beam_advance` consume encoder frames from wherever
@@ -111,7 +112,8 @@ def greedy_advance(
 def greedy_search(
     comp: RnntComponents, enc: Tensor, enc_lens: Tensor, max_sym_per_frame: int = 1
 ) -> list[list[int]]:
-    """Batched greedy search: enc (N, T', J) projected, enc_lens (N,) -> tokens of each utterance."""
+    """Batched greedy search: enc (N, T', J) projected, enc_lens (N,) -> tokens of each
+    utterance."""
     state = GreedyState.create(comp, enc.shape[0], enc.device)
     return greedy_advance(comp, enc, enc_lens, state, max_sym_per_frame).tokens()
 

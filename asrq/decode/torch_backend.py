@@ -10,10 +10,51 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from asrq.models.base import EncoderCtcModel
 from asrq.models.transducer import Transducer
 
 
-class TorchRnnt:
+class EagerComponents:
+    """What the eager-model components of every head share: the model (not copied; put it in
+    eval mode), the token inventory, the streaming geometry and the raw encoder calls.
+
+    Args:
+        model: a model of :mod:`asrq.models` (:class:`~asrq.models.base.EncoderCtcModel`).
+        chunk_frames: C, encoder frames per streaming chunk.
+        left_frames: L, encoder frames of left context kept in the streaming attention cache.
+    """
+
+    def __init__(self, model: EncoderCtcModel, chunk_frames: int, left_frames: int) -> None:
+        self.model = model
+        self.vocab_size = int(model.vocab_size)
+        self.blank_id = int(model.blank_id)
+        self.chunk_frames = int(chunk_frames)
+        self.left_frames = int(left_frames)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def init_states(self, batch_size: int) -> list[Tensor]:
+        """The encoder's zero streaming states (its ``state_specs``; Conformer: attn_cache,
+        conv_cache, processed)."""
+        return self.model.encoder.init_states(batch_size, self.left_frames, device=self.device)
+
+    def run_encoder(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """Full context: x (N, T, F), x_lens (N,) -> (N, T', D), (N,) on the model's device."""
+        dev = self.device
+        return self.model.encoder(x.to(dev), x_lens.to(dev))
+
+    def run_encoder_chunk(
+        self, x: Tensor, x_lens: Tensor, states: list[Tensor]
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Streaming step: x (N, 4C + 3, F), x_lens (N,) valid fbank frames -> (N, C, D), valid
+        frames (N,), new states."""
+        dev = self.device
+        return self.model.encoder.streaming_forward(x.to(dev), x_lens.to(dev), states)
+
+
+class TorchRnnt(EagerComponents):
     """:class:`RnntComponents` over an eager :class:`Transducer` (the model is not copied).
 
     Args:
@@ -26,37 +67,26 @@ class TorchRnnt:
     CTC head (full context and streaming).
     """
 
-    def __init__(self, model: Transducer, chunk_frames: int, left_frames: int) -> None:
-        self.model = model
-        self.vocab_size = int(model.vocab_size)
-        self.blank_id = int(model.blank_id)
-        self.context_size = int(model.predictor.context_size)
-        self.chunk_frames = int(chunk_frames)
-        self.left_frames = int(left_frames)
+    model: Transducer
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def __init__(self, model: Transducer, chunk_frames: int, left_frames: int) -> None:
+        super().__init__(model, chunk_frames, left_frames)
+        self.context_size = int(model.predictor.context_size)
 
     # ---- encoder ----------------------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """Full context: x (N, T, F), x_lens (N,) -> (N, T', J), (N,)."""
-        dev = self.device
-        enc, lens = self.model.encoder(x.to(dev), x_lens.to(dev))
+        enc, lens = self.run_encoder(x, x_lens)
         return self.model.joiner.encoder_proj(enc), lens
-
-    def init_states(self, batch_size: int) -> list[Tensor]:
-        """The encoder's zero streaming states (its ``state_specs``; Conformer: attn_cache, conv_cache, processed)."""
-        return self.model.encoder.init_states(batch_size, self.left_frames, device=self.device)
 
     @torch.inference_mode()
     def encode_chunk(
         self, x: Tensor, x_lens: Tensor, states: list[Tensor]
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """x (N, 4C + 3, F), x_lens (N,) valid fbank frames -> (N, C, J), valid frames (N,), states."""
-        dev = self.device
-        enc, lens, states = self.model.encoder.streaming_forward(x.to(dev), x_lens.to(dev), states)
+        """x (N, 4C + 3, F), x_lens (N,) valid fbank frames -> (N, C, J), valid frames (N,),
+        states."""
+        enc, lens, states = self.run_encoder_chunk(x, x_lens, states)
         return self.model.joiner.encoder_proj(enc), lens, states
 
     # ---- predictor / joiner -----------------------------------------------------------------
@@ -75,15 +105,14 @@ class TorchRnnt:
     @torch.inference_mode()
     def ctc_log_probs(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """Full context: x (N, T, F) -> CTC log-probs (N, T', V), lengths (N,)."""
-        dev = self.device
-        enc, lens = self.model.encoder(x.to(dev), x_lens.to(dev))
+        enc, lens = self.run_encoder(x, x_lens)
         return self.model.ctc_log_probs(enc), lens
 
     @torch.inference_mode()
     def ctc_log_probs_chunk(
         self, x: Tensor, x_lens: Tensor, states: list[Tensor]
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """Streaming step for the CTC head: like :meth:`encode_chunk`, returning (N, C, V) log-probs."""
-        dev = self.device
-        enc, lens, states = self.model.encoder.streaming_forward(x.to(dev), x_lens.to(dev), states)
+        """Streaming step for the CTC head: like :meth:`encode_chunk`, returning (N, C, V)
+        log-probs."""
+        enc, lens, states = self.run_encoder_chunk(x, x_lens, states)
         return self.model.ctc_log_probs(enc), lens, states

@@ -1,7 +1,8 @@
 """Build ``export/runner`` (C++17 + CMake) against the ExecuTorch wheel's libraries.
 
 - host (x86-64 here): the ``executorch`` package installed in this Python environment.
-- ``aarch64``: Debian's ``g++-aarch64-linux-gnu`` with ``export/runner/cmake/aarch64-linux-gnu.cmake``
+- ``aarch64``: Debian's ``g++-aarch64-linux-gnu`` with
+  ``export/runner/cmake/aarch64-linux-gnu.cmake``
   against the ``manylinux_2_28_aarch64`` wheel of the same version, fetched once into a cache
   (:func:`fetch_executorch_wheel`). Runs on x86-64 under ``qemu-aarch64 -L /usr/aarch64-linux-gnu``
   (correctness only: emulated timings are not ARM latency).
@@ -100,19 +101,37 @@ def fetch_executorch_wheel(
     dl.mkdir(parents=True, exist_ok=True)
     wheels = sorted(dl.glob(f"executorch-{version}-*{platform_tag}*.whl"))
     if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", f"executorch=={version}", "--no-deps",
-               "--platform", platform_tag, "--python-version", python_version,
-               "--only-binary=:all:", "-d", str(dl), "-q"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            f"executorch=={version}",
+            "--no-deps",
+            "--platform",
+            platform_tag,
+            "--python-version",
+            python_version,
+            "--only-binary=:all:",
+            "-d",
+            str(dl),
+            "-q",
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted(dl.glob(f"executorch-{version}-*{platform_tag}*.whl"))
         if res.returncode != 0 or not wheels:
             raise AsrqError(
-                f"pip could not download executorch=={version} for {platform_tag}: {res.stderr.strip()[-500:]}"
+                f"pip could not download executorch=={version} for {platform_tag}: "
+                f"{res.stderr.strip()[-500:]}"
             )
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     with zipfile.ZipFile(wheels[-1]) as z:
-        names = [n for n in z.namelist() if n.startswith(("executorch/lib/", "executorch/include/", "executorch/share/"))]  # fmt: skip
+        names = [
+            n
+            for n in z.namelist()
+            if n.startswith(("executorch/lib/", "executorch/include/", "executorch/share/"))
+        ]
         z.extractall(tmp, names)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)

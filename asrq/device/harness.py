@@ -33,8 +33,13 @@ from asrq.device.transport import RunResult, Transport
 from asrq.utils.io import AsrqError, atomic_path, atomic_write_json
 
 RUNNER = "asrq-runner"
-_MACHINE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64",
-                 "armv8l": "aarch64"}  # fmt: skip
+_MACHINE_ARCH = {
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "armv8l": "aarch64",
+}
 
 
 def device_name(transport: Transport) -> str:
@@ -162,10 +167,13 @@ def bench_device(
             if binary_arch == "aarch64" and "qemu-aarch64" in info["tools"]:
                 launcher = " ".join(shlex.quote(a) for a in QEMU_AARCH64) + " "
             else:
-                raise AsrqError(f"{transport.name} is {info['machine']}; the runner was built for "
-                                f"{binary_arch} (build it with --arch {target_arch})")  # fmt: skip
+                raise AsrqError(
+                    f"{transport.name} is {info['machine']}; the runner was built for "
+                    f"{binary_arch} (build it with --arch {target_arch})"
+                )
         log(
-            f"{transport.name}: {info['machine']}, {len(info['cpus'])} cores, {info['model'] or 'cpu ?'}"
+            f"{transport.name}: {info['machine']}, {len(info['cpus'])} cores, "
+            f"{info['model'] or 'cpu ?'}"
         )
         t0 = time.perf_counter()
         transport.push(runner.binary, RUNNER)
@@ -178,7 +186,8 @@ def bench_device(
         _checked(transport.run(f"chmod 755 {RUNNER}", 60), f"{transport.name}: chmod")
         push_s = time.perf_counter() - t0
         log(
-            f"pushed runner, {len(runner.libs)} libraries, model and {len(staged)} wavs in {push_s:.1f} s"
+            f"pushed runner, {len(runner.libs)} libraries, model and {len(staged)} wavs "
+            f"in {push_s:.1f} s"
         )
         wav_args = " ".join(f"--wav wavs/{w.name}" for _, w in staged)
         runs = []
@@ -186,8 +195,10 @@ def bench_device(
             cores = pick_cores(info["cpus"], n)
             taskset = f"taskset {cpu_mask(cores)} " if pin and "taskset" in info["tools"] else ""
             out_json = f"result_t{n}.json"
-            cmd = (f"LD_LIBRARY_PATH=. {taskset}{launcher}./{RUNNER} --model-dir model {wav_args} "
-                   f"--threads {n} --warmup {warmup} --json {out_json}")  # fmt: skip
+            cmd = (
+                f"LD_LIBRARY_PATH=. {taskset}{launcher}./{RUNNER} --model-dir model {wav_args} "
+                f"--threads {n} --warmup {warmup} --json {out_json}"
+            )
             log(f"threads={n}: {cmd}")
             _checked(transport.run(cmd, timeout=3600), f"{transport.name}: {RUNNER} --threads {n}")
             local = Path(tmp) / out_json
@@ -229,11 +240,11 @@ def bench_device(
                 )
             }
             for r in runs
-        ],  # fmt: skip
+        ],
         "files": [
             {"audio": orig, "text": f["text"], "tokens": f["tokens"], "duration_s": f["duration_s"]}
             for (orig, _), f in zip(staged, first["files"], strict=True)
-        ],  # fmt: skip
+        ],
         "transcripts_agree_across_threads": all(
             [f["tokens"] for f in r["files"]] == [f["tokens"] for f in first["files"]] for r in runs
         ),

@@ -140,8 +140,18 @@ class SshTransport(_Base):
 
     def _opts(self, port_flag: str) -> list[str]:
         # one multiplexed connection for the many short commands and copies of a bench
-        o = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "ControlMaster=auto",
-             "-o", f"ControlPath={tempfile.gettempdir()}/asrq-ssh-%C", "-o", "ControlPersist=20"]  # fmt: skip
+        o = [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=15",
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPath={tempfile.gettempdir()}/asrq-ssh-%C",
+            "-o",
+            "ControlPersist=20",
+        ]
         for extra in self.options:
             o += ["-o", extra]
         if self.identity:
@@ -260,8 +270,13 @@ def parse_target(
             port = int(p)
         if "@" not in dest or dest.startswith("@") or dest.endswith("@"):
             raise AsrqError(f"--target {target!r}: expected ssh:USER@HOST[:PORT]")
-        return SshTransport(workdir=workdir or "", destination=dest, port=port, identity=identity,
-                            options=list(ssh_options or []))  # fmt: skip
+        return SshTransport(
+            workdir=workdir or "",
+            destination=dest,
+            port=port,
+            identity=identity,
+            options=list(ssh_options or []),
+        )
     if kind == "adb" and rest:
         return AdbTransport(workdir=workdir or "", serial=rest)
     raise AsrqError(f"--target {target!r}: expected local, ssh:USER@HOST[:PORT] or adb:SERIAL")

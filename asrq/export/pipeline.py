@@ -169,8 +169,8 @@ def export_model(
 ) -> ExportResult:
     """Export a checkpoint (see the module doc): :func:`export_loaded` on the loaded model, with
     its keyword ``options`` (``onnx``, ``executorch``, ``chunk_frames``, ``left_frames``,
-    ``max_seconds``, ``opset``, ``tol``, ``programs``, ``log_fn``). ``name`` defaults to the
-    checkpoint's file stem. Raises :class:`~asrq.export.parity.ParityError` when a program
+    ``max_seconds``, ``opset``, ``tol``, ``programs``, ``sherpa``, ``log_fn``). ``name`` defaults to
+    the checkpoint's file stem. Raises :class:`~asrq.export.parity.ParityError` when a program
     misses ``tol``."""
     from asrq.train.checkpoint import load_model
 
@@ -193,6 +193,7 @@ def export_loaded(
     name: str = "model",
     tol: float = P.DEFAULT_TOL,
     programs: Sequence[str] | None = None,
+    sherpa: bool = False,
     log_fn: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export an already loaded model (``asrq.train.checkpoint.LoadedModel``: ``.model``,
@@ -201,7 +202,8 @@ def export_loaded(
     ``onnx`` / ``executorch`` / ``opset`` default to the checkpoint's ``export`` config,
     ``chunk_frames`` / ``left_frames`` to its ``model.streaming``; ``max_seconds`` bounds the
     full-context encoder's input on memory-planned backends (ExecuTorch); ``programs``: a subset
-    of the head's programs to write and check (default: all). Raises
+    of the head's programs to write and check (default: all); ``sherpa``: also write the
+    sherpa-onnx streaming layout (:mod:`asrq.export.sherpa`) into ``sherpa/``. Raises
     :class:`~asrq.export.parity.ParityError` when a program misses ``tol``."""
     say = log_fn or log.info
     cfg = loaded.config
@@ -224,6 +226,10 @@ def export_loaded(
     _check_out_dir(out_dir)
     model = loaded.model.eval()
     _, head = export_head(model)
+    if sherpa:
+        from asrq.export.sherpa import check_supported
+
+        check_supported(model)
     programs = tuple(programs or head.programs)
     meta = base_metadata(loaded, chunk, left, name, checkpoint, max_steps)
     files = file_metadata(meta, head)
@@ -251,6 +257,13 @@ def export_loaded(
             del run  # release the runtime's sessions before the directory moves
         if not report.ok:
             raise P.ParityError(report)
+        if sherpa:
+            from asrq.export.sherpa import export_sherpa
+
+            if "onnx" not in targets:
+                raise AsrqError("--sherpa needs the ONNX programs: drop --no-onnx")
+            meta["sherpa"] = export_sherpa(model, loaded.sp, staging, chunk, left, opset)
+            say(f"sherpa-onnx layout in {out_dir / 'sherpa'}")
         meta["parity"] = report.to_dict()
         meta["sizes"] = {
             t: {

@@ -16,7 +16,8 @@ limits, as AlphaNet's code does (within ``1e-3``): ``alpha = 1``: ``sum p (log p
 **Gradient.** As in AlphaNet, the value is the formula above, but its gradient with respect
 to the student is that of the *unclipped* divergence with the clipped weight ``w`` in place of
 ``(p / q)^alpha``: ``dD / dq_i = -(w_i / alpha + 1 / (alpha (alpha - 1)))``; at alpha = 1 it is
-KL's ``-p_i / q_i``, at alpha = 0 ``1 - log clamp(p_i / q_i, 0, clip)``. It is written as the surrogate
+KL's ``-p_i / q_i``, at alpha = 0 ``1 - log clamp(p_i / q_i, 0, clip)``. It is written as the
+surrogate
 ``-sum q.detach() * rho * log q`` (whose gradient through ``log q`` is exactly that) added as
 ``value + (surrogate - surrogate.detach())``, so the returned tensor has the divergence's value
 and AlphaNet's gradient. The clip bounds the weights (hence the gradient's variance) where the

@@ -18,7 +18,8 @@ together in one Python loop of ``S + T`` steps (beta on reversed diagonals with 
 ``s`` axis reads its neighbours exactly like alpha), each step three vectorized ops over
 ``(2, S+1, B)``. Like k2, the gradient is not taken through the loop by autograd: it is the
 occupation probability of each arc, ``exp(alpha + arc + beta - score)``, computed once from
-alpha and beta, and the autograd backward just scales it by the incoming gradient. ``-inf`` arcs get exactly zero gradient,
+alpha and beta, and the autograd backward just scales it by the incoming gradient. ``-inf`` arcs
+get exactly zero gradient,
 and a sequence with no valid path (score ``-inf``) gets zero gradients instead of NaN.
 """
 

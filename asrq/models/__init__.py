@@ -4,42 +4,67 @@ presets on top of it (STYLE.md point 5)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections.abc import Callable
 
 from torch import nn
 
 from asrq.config import EncoderConfig, ModelConfig, PredictorConfig
+from asrq.models.base import EncoderCtcModel
 from asrq.models.conformer import ConformerEncoder
 from asrq.models.ctc_attention import AttentionDecoder, CtcAttentionModel
 from asrq.models.stateformer import StateformerEncoder
 from asrq.models.transducer import Joiner, Predictor, Transducer
 
+#: Encoder classes by ``model.encoder.type``.
+ENCODERS: dict[str, Callable[[EncoderConfig], nn.Module]] = {
+    "conformer": ConformerEncoder,
+    "stateformer": StateformerEncoder,
+}
+
 
 def build_encoder(cfg: EncoderConfig) -> nn.Module:
-    if cfg.type == "conformer":
-        return ConformerEncoder(cfg)
-    if cfg.type == "stateformer":
-        return StateformerEncoder(cfg)
-    raise ValueError(f"unknown encoder type {cfg.type!r}")
+    if cfg.type not in ENCODERS:
+        raise ValueError(f"unknown encoder type {cfg.type!r}; known: {sorted(ENCODERS)}")
+    return ENCODERS[cfg.type](cfg)
 
 
-def build_model(cfg: ModelConfig) -> Transducer | CtcAttentionModel:
-    """Build the model a resolved :class:`ModelConfig` describes (``vocab_size`` must be set):
-    a :class:`Transducer` (``head: rnnt``) or a :class:`CtcAttentionModel` (``head: ctc_attention``)."""
-    if cfg.vocab_size <= 0:
-        raise ValueError("model.vocab_size is 0: set it (training fills it from the BPE model)")
-    encoder = build_encoder(cfg.encoder)
-    if cfg.head == "ctc_attention":
-        decoder = AttentionDecoder(cfg.vocab_size, encoder.output_dim, cfg.decoder)
-        return CtcAttentionModel(
-            encoder, decoder, cfg.vocab_size, cfg.blank_id, cfg.decoder.sos_eos_id
-        )
+def _build_rnnt(cfg: ModelConfig, encoder: nn.Module) -> Transducer:
+    r = cfg.rnnt
     predictor = Predictor(
-        cfg.vocab_size, cfg.predictor.d_model, cfg.blank_id, cfg.predictor.context_size
+        cfg.vocab_size, r.predictor.d_model, cfg.blank_id, r.predictor.context_size
     )
-    joiner = Joiner(encoder.output_dim, cfg.predictor.d_model, cfg.joiner_dim, cfg.vocab_size)
-    return Transducer(
-        encoder, predictor, joiner, cfg.vocab_size, cfg.blank_id, ctc_head=cfg.ctc_head
-    )
+    joiner = Joiner(encoder.output_dim, r.predictor.d_model, r.joiner_dim, cfg.vocab_size)
+    return Transducer(encoder, predictor, joiner, cfg.vocab_size, cfg.blank_id, r.ctc_head)
+
+
+def _build_ctc_attention(cfg: ModelConfig, encoder: nn.Module) -> CtcAttentionModel:
+    dec = cfg.ctc_attention.decoder
+    decoder = AttentionDecoder(cfg.vocab_size, encoder.output_dim, dec)
+    return CtcAttentionModel(encoder, decoder, cfg.vocab_size, cfg.blank_id, dec.sos_eos_id)
+
+
+#: The model builder per head (``model.head``): (resolved config, built encoder) -> model.
+#: A new head is a new entry here (and in ``asrq.config.HEAD_METHODS`` and the decode,
+#: export and runtime head tables).
+HEADS: dict[str, Callable[[ModelConfig, nn.Module], EncoderCtcModel]] = {
+    Transducer.head: _build_rnnt,
+    CtcAttentionModel.head: _build_ctc_attention,
+}
+
+
+def build_model(cfg: ModelConfig) -> EncoderCtcModel:
+    """Build the model a resolved :class:`ModelConfig` describes (``vocab_size`` must be set;
+    see :func:`asrq.config.resolve_model_config`): the builder of :data:`HEADS` for
+    ``cfg.head`` on the encoder of ``cfg.encoder``. The model's ``head`` is ``cfg.head``."""
+    if cfg.vocab_size <= 0:
+        raise ValueError(
+            "model.vocab_size is 0: resolve it first (asrq.config.resolve_model_config; "
+            "training fills it from the BPE model)"
+        )
+    if cfg.head not in HEADS:
+        raise ValueError(f"unknown model head {cfg.head!r}; known: {sorted(HEADS)}")
+    return HEADS[cfg.head](cfg, build_encoder(cfg.encoder))
 
 
 #: Named sizes: (encoder overrides, predictor dim, joiner dim).
@@ -56,7 +81,7 @@ PRESETS: dict[str, dict] = {
         predictor=256,
         joiner=256,
     ),
-    # a LibriSpeech starting point (~20M)
+    # a LibriSpeech starting point (30.4M at vocab 500: recipes/librispeech/config.yaml)
     "small": dict(
         encoder=dict(num_layers=12, d_model=320, num_heads=8, ffn_dim=1280, conv_kernel=31),
         predictor=512,
@@ -73,8 +98,10 @@ def preset_config(name: str, vocab_size: int, base: ModelConfig | None = None) -
     cfg = copy.deepcopy(base) if base is not None else ModelConfig()
     cfg.vocab_size = vocab_size
     cfg.encoder = EncoderConfig(**{**cfg.encoder.__dict__, **p["encoder"]})
-    cfg.predictor = PredictorConfig(d_model=p["predictor"], context_size=cfg.predictor.context_size)
-    cfg.joiner_dim = p["joiner"]
+    predictor = PredictorConfig(
+        d_model=p["predictor"], context_size=cfg.rnnt.predictor.context_size
+    )
+    cfg.rnnt = dataclasses.replace(cfg.rnnt, predictor=predictor, joiner_dim=p["joiner"])
     return cfg
 
 

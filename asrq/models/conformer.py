@@ -37,6 +37,8 @@ chunked streaming stays exact. ``fold = 1`` is the plain Conformer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -111,7 +113,8 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 # modules
 # --------------------------------------------------------------------------------------------
 def fold_tokens(x: Tensor, fold: int) -> Tensor:
-    """(N, T, D) -> (N, T * fold, D / fold): token ``t`` becomes sub-tokens ``t*fold .. t*fold + fold - 1``."""
+    """(N, T, D) -> (N, T * fold, D / fold): token ``t`` becomes sub-tokens
+    ``t*fold .. t*fold + fold - 1``."""
     if fold == 1:
         return x
     n, t, d = x.shape
@@ -232,7 +235,8 @@ class RotarySelfAttention(nn.Module):
         return unfold_tokens(self.attend(xs, self.kv(xs), 0, mask), self.fold)
 
     def streaming_forward(self, x: Tensor, mask: Tensor, cache: Tensor) -> tuple[Tensor, Tensor]:
-        """One chunk. x: (N, C, D) normalized; mask (N, 1, C, L + C); cache (N, f * L, 2W): keys|values
+        """One chunk. x: (N, C, D) normalized; mask (N, 1, C, L + C); cache (N, f * L, 2W):
+        keys|values
         of the sub-tokens of the last L frames. Returns (N, C, D) and the new cache."""
         xs = fold_tokens(x, self.fold)
         left = cache.shape[1]
@@ -319,7 +323,8 @@ class ConformerLayer(nn.Module):
     def streaming_forward(
         self, x: Tensor, mask: Tensor, attn_cache: Tensor, conv_cache: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """x: (N, C, D); mask: (N, 1, C, L + C); attn_cache: (N, f * L, 2D / f); conv_cache: (N, D, K-1)."""
+        """x: (N, C, D); mask: (N, 1, C, L + C); attn_cache: (N, f * L, 2D / f); conv_cache: (N, D,
+        K-1)."""
         x = x + 0.5 * self.ff1(x)
         a, new_attn = self.attn.streaming_forward(self.attn_norm(x), mask, attn_cache)
         x = x + a
@@ -329,14 +334,19 @@ class ConformerLayer(nn.Module):
         return self.final_norm(x), new_attn, new_conv
 
 
-class ConformerEncoder(nn.Module):
-    """fbank ``(N, T, F)`` -> encoder frames ``(N, T', D)``, ``T' ~ T / 4``."""
+class EncoderStack(nn.Module):
+    """The shell every encoder shares: fbank ``(N, T, F)`` -> :class:`Conv2dSubsampling` ->
+    ``num_layers`` blocks of ``layer_cls`` -> output LayerNorm -> ``(N, T', D)``, ``T' ~ T / 4``;
+    zero streaming states from :meth:`state_specs` (a subclass declares them and runs one
+    streaming chunk). ``uses_attention``: the blocks take an attention mask (else None)."""
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    uses_attention: bool = True
+
+    def __init__(self, cfg: EncoderConfig, layer_cls: Callable[[EncoderConfig], nn.Module]) -> None:
         super().__init__()
         self.cfg = cfg
         self.embed = Conv2dSubsampling(cfg.feature_dim, cfg.d_model, dropout=cfg.dropout)
-        self.layers = nn.ModuleList(ConformerLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(layer_cls(cfg) for _ in range(cfg.num_layers))
         self.out_norm = nn.Identity() if cfg.block_final_norm else nn.LayerNorm(cfg.d_model)
         scale_residual_outputs(self.layers, cfg.residual_init_scale)
 
@@ -347,40 +357,64 @@ class ConformerEncoder(nn.Module):
     def forward(
         self, x: Tensor, x_lens: Tensor, chunk_size: int = -1, left_chunks: int = -1
     ) -> tuple[Tensor, Tensor]:
-        """x: (N, T, F), x_lens: (N,). ``chunk_size`` in encoder frames (<= 0: full context).
-
-        Returns (N, T', D) and lengths (N,)."""
+        """x: (N, T, F), x_lens: (N,). ``chunk_size`` in encoder frames (<= 0: full context) and
+        ``left_chunks`` shape the attention mask (blocks with attention only; the rest of a
+        block is causal). Returns (N, T', D) and lengths (N,)."""
         x, lens = self.embed(x, x_lens)
-        mask = encoder_attention_mask(x.shape[1], lens, chunk_size, left_chunks)
+        mask = (
+            encoder_attention_mask(x.shape[1], lens, chunk_size, left_chunks)
+            if self.uses_attention
+            else None
+        )
         for layer in self.layers:
             x = layer(x, mask)
         return self.out_norm(x), lens
 
-    # ---- streaming --------------------------------------------------------------------------
     def state_specs(self, batch_size: int, left_frames: int) -> list[StateSpec]:
-        """[attn_cache (L, N, f * left, 2D / f), conv_cache (L, N, D, K-1), processed (N,) int64]."""
-        c, f = self.cfg, self.cfg.fold
-        return [
-            StateSpec(
-                "attn_cache",
-                (c.num_layers, batch_size, f * left_frames, 2 * c.d_model // f),
-                torch.float32,
-                1,
-            ),
-            StateSpec(
-                "conv_cache",
-                (c.num_layers, batch_size, c.d_model, c.conv_kernel - 1),
-                torch.float32,
-                1,
-            ),
-            StateSpec("processed", (batch_size,), torch.int64, 0),
-        ]
+        raise NotImplementedError
 
     def init_states(
         self, batch_size: int, left_frames: int, device: torch.device | None = None
     ) -> list[Tensor]:
         """Zero states, as :meth:`state_specs` declares them."""
         return zero_states(self.state_specs(batch_size, left_frames), device)
+
+    def attn_cache_spec(self, batch_size: int, left_frames: int) -> StateSpec:
+        """attn_cache (L, N, f * left, 2D / f): per layer the keys and values of the left
+        context (folded into ``f`` sub-tokens of width ``D / f``)."""
+        c, f = self.cfg, self.cfg.fold
+        shape = (c.num_layers, batch_size, f * left_frames, 2 * c.d_model // f)
+        return StateSpec("attn_cache", shape, torch.float32, 1)
+
+    def conv_cache_spec(self, batch_size: int) -> StateSpec:
+        """conv_cache (L, N, D, K-1): per layer the last inputs of the causal conv."""
+        c = self.cfg
+        shape = (c.num_layers, batch_size, c.d_model, c.conv_kernel - 1)
+        return StateSpec("conv_cache", shape, torch.float32, 1)
+
+    def chunk_mask(self, attn_cache: Tensor, chunk: int, processed: Tensor, lens: Tensor) -> Tensor:
+        """The attention mask of one streaming chunk of ``chunk`` frames after ``processed``
+        frames, over the cached left context (N, 1, C, L + C)."""
+        return streaming_attention_mask(
+            attn_cache.shape[2] // self.cfg.fold, chunk, processed, lens
+        )
+
+
+class ConformerEncoder(EncoderStack):
+    """fbank ``(N, T, F)`` -> encoder frames ``(N, T', D)``, ``T' ~ T / 4``."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__(cfg, ConformerLayer)
+
+    # ---- streaming --------------------------------------------------------------------------
+    def state_specs(self, batch_size: int, left_frames: int) -> list[StateSpec]:
+        """[attn_cache (L, N, f * left, 2D / f), conv_cache (L, N, D, K-1), processed (N,)
+        int64]."""
+        return [
+            self.attn_cache_spec(batch_size, left_frames),
+            self.conv_cache_spec(batch_size),
+            StateSpec("processed", (batch_size,), torch.int64, 0),
+        ]
 
     def streaming_forward(
         self, x: Tensor, x_lens: Tensor, states: list[Tensor]
@@ -400,7 +434,7 @@ class ConformerEncoder(nn.Module):
         this apart (:mod:`asrq.export.latency`)."""
         attn_cache, conv_cache, processed = states
         c = x.shape[1]
-        mask = streaming_attention_mask(attn_cache.shape[2] // self.cfg.fold, c, processed, lens)
+        mask = self.chunk_mask(attn_cache, c, processed, lens)
         new_attn, new_conv = [], []
         for i, layer in enumerate(self.layers):
             x, a, cc = layer.streaming_forward(x, mask, attn_cache[i], conv_cache[i])

@@ -13,7 +13,7 @@ them; the loop combines them in ``asrq.train.loop.combine_losses``)::
 
 ``att`` is the label-smoothed cross-entropy of the decoder fed ``<sos> y1 .. yS`` and predicting
 ``y1 .. yS <eos>`` (teacher forcing). ``<sos>`` and ``<eos>`` are one id,
-``model.decoder.sos_eos_id`` (the tokenizer's ``<sos/eos>``, 1).
+``model.ctc_attention.decoder.sos_eos_id`` (the tokenizer's ``<sos/eos>``, 1).
 
 Shapes: N batch, T encoder frames, S target tokens, U = S + 1 decoder steps, V vocab,
 D encoder / decoder width.
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asrq.config import AttentionDecoderConfig, LossConfig
+from asrq.models.base import EncoderCtcModel
 
 #: Added to masked attention scores. Finite (not -inf) so a row with nothing to attend (a padded
 #: utterance of length 0) gives a uniform distribution instead of NaN; exp(-1e9) is exactly 0.
@@ -118,7 +119,8 @@ class AttentionDecoder(nn.Module):
         super().__init__()
         if d_model % cfg.num_heads:
             raise ValueError(
-                f"decoder.num_heads={cfg.num_heads} must divide the encoder width {d_model}"
+                f"model.ctc_attention.decoder.num_heads={cfg.num_heads} must divide the encoder "
+                f"width {d_model}"
             )
         ffn = cfg.ffn_dim or 4 * d_model
         self.d_model = d_model
@@ -176,7 +178,7 @@ def add_sos_eos(
     return ys_in, ys_out, target_lens + 1
 
 
-class CtcAttentionModel(nn.Module):
+class CtcAttentionModel(EncoderCtcModel):
     """Encoder + CTC head + attention decoder (see the module doc).
 
     Args:
@@ -197,67 +199,34 @@ class CtcAttentionModel(nn.Module):
         blank_id: int = 0,
         sos_eos_id: int = 1,
     ) -> None:
-        super().__init__()
         if not 0 <= sos_eos_id < vocab_size or sos_eos_id == blank_id:
             raise ValueError(
-                f"decoder.sos_eos_id={sos_eos_id} must be a non-blank id below vocab_size={vocab_size}"
+                f"model.ctc_attention.decoder.sos_eos_id={sos_eos_id} must be a non-blank id below "
+                f"vocab_size={vocab_size}"
             )
-        self.encoder = encoder
+        super().__init__(encoder, vocab_size, blank_id)
         self.decoder = decoder
-        self.vocab_size = vocab_size
-        self.blank_id = blank_id
         self.sos_id = self.eos_id = sos_eos_id
-        self.ctc = nn.Sequential(nn.Dropout(0.1), nn.Linear(encoder.output_dim, vocab_size))
+        self.add_ctc(True)
 
-    # ---- encoder ----------------------------------------------------------------------------
-    def forward_encoder(
-        self, x: Tensor, x_lens: Tensor, chunk_size: int = -1, left_chunks: int = -1
-    ) -> tuple[Tensor, Tensor]:
-        """x: (N, T, F) -> (N, T', D), (N,)."""
-        return self.encoder(x, x_lens, chunk_size=chunk_size, left_chunks=left_chunks)
-
-    def forward(
+    def forward_heads(
         self,
-        x: Tensor,
-        x_lens: Tensor,
+        enc: Tensor,
+        enc_lens: Tensor,
         targets: Tensor,
         target_lens: Tensor,
         loss_cfg: LossConfig,
-        chunk_size: int = -1,
-        left_chunks: int = -1,
     ) -> dict[str, Tensor]:
-        """Training forward: x (N, T, F) fbank; targets (N, S) token ids (padded, e.g. -1).
-
-        Returns ``ctc`` (zero when ``loss_cfg.ctc_weight`` is 0), ``att`` (label-smoothed
-        decoder cross-entropy), each summed over the batch, and ``frames`` (encoder frames)."""
-        enc, enc_lens = self.forward_encoder(x, x_lens, chunk_size, left_chunks)
+        """``ctc`` (zero when ``loss_cfg.ctc_weight`` is 0) and ``att`` (label-smoothed decoder
+        cross-entropy), each summed over the batch."""
         if loss_cfg.ctc_weight > 0:
             ctc = self.forward_ctc(enc, enc_lens, targets, target_lens)
         else:
-            ctc = torch.zeros((), device=x.device)
+            ctc = torch.zeros((), device=enc.device)
         att = self.forward_attention(enc, enc_lens, targets, target_lens, loss_cfg.label_smoothing)
-        return {"ctc": ctc, "att": att, "frames": enc_lens.sum()}
+        return {"ctc": ctc, "att": att}
 
     # ---- heads ------------------------------------------------------------------------------
-    def ctc_log_probs(self, enc: Tensor) -> Tensor:
-        """(N, T, D) -> (N, T, V) log-probabilities."""
-        return self.ctc(enc).log_softmax(dim=-1)
-
-    def forward_ctc(
-        self, enc: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor
-    ) -> Tensor:
-        """Summed CTC loss. enc: (N, T, D); targets: (N, S) padded; lengths (N,)."""
-        log_probs = self.ctc_log_probs(enc).float()
-        return F.ctc_loss(
-            log_probs.transpose(0, 1),
-            targets.clamp(min=0),
-            enc_lens,
-            target_lens,
-            blank=self.blank_id,
-            reduction="sum",
-            zero_infinity=True,
-        )
-
     def forward_attention(
         self,
         enc: Tensor,
@@ -269,7 +238,8 @@ class CtcAttentionModel(nn.Module):
         """Summed label-smoothed cross-entropy of the teacher-forced decoder.
 
         Smoothing is torch's ``cross_entropy(label_smoothing=s)``: mass ``s / V`` on every
-        class (WeNet spreads ``s / (V - 1)`` over the non-targets; the gradients differ by a hair)."""
+        class (WeNet spreads ``s / (V - 1)`` over the non-targets; the gradients differ by a
+        hair)."""
         ys_in, ys_out, ys_lens = add_sos_eos(targets, target_lens, self.sos_id)
         logits = self.decoder(enc, enc_lens, ys_in, ys_lens)  # (N, S + 1, V)
         return F.cross_entropy(

@@ -23,7 +23,8 @@ Per head the state is ``S`` complex numbers, so a layer's streaming state is
 ``(N, H, S, 2)`` (real, imaginary), whatever the sequence length.
 
 **Two forms, one result.** The recurrence above unrolls into the causal convolution
-``y[t] = sum_k K[k] u[t - k] + Dskip u[t]`` with ``K[k] = Re(C Abar^k Bbar)`` (:meth:`MultiHeadSSM.kernel`).
+``y[t] = sum_k K[k] u[t - k] + Dskip u[t]`` with ``K[k] = Re(C Abar^k Bbar)``
+(:meth:`MultiHeadSSM.kernel`).
 We evaluate that convolution on the states (``x = sum_k Abar^k Bbar u[t - k]``, one scalar
 kernel ``Abar_s^k`` per state) blockwise (:func:`ssm_scan`): inside blocks of ``Q`` frames a
 ``(Q, Q)`` lower-triangular Toeplitz matmul, across blocks a ``(T/Q, T/Q)`` one on the block-end
@@ -64,14 +65,11 @@ from torch import Tensor, nn
 from asrq.config import EncoderConfig
 from asrq.models.conformer import (
     CausalConvModule,
+    EncoderStack,
     FeedForward,
     RotarySelfAttention,
-    encoder_attention_mask,
-    scale_residual_outputs,
-    streaming_attention_mask,
 )
-from asrq.models.states import StateSpec, zero_states
-from asrq.models.subsampling import Conv2dSubsampling
+from asrq.models.states import StateSpec
 
 Complex = tuple[Tensor, Tensor]  # (real, imaginary) of the same shape
 
@@ -80,7 +78,8 @@ Complex = tuple[Tensor, Tensor]  # (real, imaginary) of the same shape
 # the diagonal SSM, in real arithmetic
 # --------------------------------------------------------------------------------------------
 def abar_pow(la: Complex, m: Tensor) -> Complex:
-    """``Abar^m = exp(m * log Abar)`` for exponents ``m >= 0`` of any shape: la (H, S) -> (H, S, *m.shape)."""
+    """``Abar^m = exp(m * log Abar)`` for exponents ``m >= 0`` of any shape: la (H, S) -> (H, S,
+    *m.shape)."""
     shape = tuple(la[0].shape) + (1,) * m.dim()
     m = m.to(la[0].dtype)
     r = torch.exp(la[0].reshape(shape) * m)
@@ -130,7 +129,8 @@ def ssm_scan(
 
 
 def ssm_recurrence(v: Complex, la: Complex, x0: Complex | None = None) -> tuple[Complex, Complex]:
-    """The same as :func:`ssm_scan`, frame by frame: ``x[t] = Abar x[t-1] + v[t]`` (the reference)."""
+    """The same as :func:`ssm_scan`, frame by frame: ``x[t] = Abar x[t-1] + v[t]`` (the
+    reference)."""
     n, h, s, t = v[0].shape
     ar, ai = abar_pow(la, torch.ones((), device=v[0].device))
     xr, xi = x0 if x0 is not None else (v[0].new_zeros(n, h, s), v[0].new_zeros(n, h, s))
@@ -164,7 +164,8 @@ class MultiHeadSSM(nn.Module):
         h, s, p = num_heads, state_dim, d_model // num_heads
         self.h, self.s, self.p, self.block = h, s, p, block
         self.in_proj = nn.Linear(d_model, 2 * d_model)  # u | gate
-        # A = -exp(a_log) + i * pi * S * a_freq; a_freq in [0, 1) keeps the parameter O(1) for ScaledAdam
+        # A = -exp(a_log) + i * pi * S * a_freq; a_freq in [0, 1) keeps the parameter O(1) for
+        # ScaledAdam
         self.a_log = nn.Parameter(torch.full((h, s), math.log(0.5)))
         self.a_freq = nn.Parameter((torch.arange(s, dtype=torch.float32) / s).repeat(h, 1))
         self.log_dt = nn.Parameter(torch.linspace(math.log(dt_max), math.log(dt_min), h))
@@ -267,7 +268,8 @@ class StateformerLayer(nn.Module):
         conv_cache: Tensor,
         attn_cache: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """x: (N, C, D); ssm_state (N, H, S, 2); conv_cache (N, D, K-1); attn_cache (N, f * L, 2D / f)
+        """x: (N, C, D); ssm_state (N, H, S, 2); conv_cache (N, D, K-1); attn_cache (N, f * L, 2D /
+        f)
         or None. Returns (N, C, D) and the new ssm_state, conv_cache, attn_cache."""
         x = x + 0.5 * self.ff1(x)
         y, new_ssm = self.ssm(self.ssm_norm(x), ssm_state)
@@ -282,66 +284,27 @@ class StateformerLayer(nn.Module):
         return self.final_norm(x), new_ssm, new_conv, new_attn
 
 
-class StateformerEncoder(nn.Module):
+class StateformerEncoder(EncoderStack):
     """fbank ``(N, T, F)`` -> encoder frames ``(N, T', D)``, ``T' ~ T / 4``; the interface of
-    :class:`~asrq.models.conformer.ConformerEncoder`."""
+    :class:`~asrq.models.conformer.ConformerEncoder`. Attention masks only with
+    ``ssm_attention``; the SSM and the conv are causal."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.embed = Conv2dSubsampling(cfg.feature_dim, cfg.d_model, dropout=cfg.dropout)
-        self.layers = nn.ModuleList(StateformerLayer(cfg) for _ in range(cfg.num_layers))
-        self.out_norm = nn.Identity() if cfg.block_final_norm else nn.LayerNorm(cfg.d_model)
-        scale_residual_outputs(self.layers, cfg.residual_init_scale)
-
-    @property
-    def output_dim(self) -> int:
-        return self.cfg.d_model
-
-    def forward(
-        self, x: Tensor, x_lens: Tensor, chunk_size: int = -1, left_chunks: int = -1
-    ) -> tuple[Tensor, Tensor]:
-        """x: (N, T, F), x_lens: (N,). ``chunk_size`` / ``left_chunks`` shape the attention mask
-        (with ``ssm_attention``); the SSM and the conv are causal. Returns (N, T', D), (N,)."""
-        x, lens = self.embed(x, x_lens)
-        mask = (
-            encoder_attention_mask(x.shape[1], lens, chunk_size, left_chunks)
-            if self.cfg.ssm_attention
-            else None
-        )
-        for layer in self.layers:
-            x = layer(x, mask)
-        return self.out_norm(x), lens
+        super().__init__(cfg, StateformerLayer)
+        self.uses_attention = cfg.ssm_attention
 
     # ---- streaming --------------------------------------------------------------------------
     def state_specs(self, batch_size: int, left_frames: int) -> list[StateSpec]:
         """[attn_cache (only with attention), ssm_state (L, N, H, S, 2), conv_cache, processed]."""
-        c, f, n = self.cfg, self.cfg.fold, batch_size
-        specs = []
-        if c.ssm_attention:
-            specs.append(
-                StateSpec(
-                    "attn_cache",
-                    (c.num_layers, n, f * left_frames, 2 * c.d_model // f),
-                    torch.float32,
-                    1,
-                )
-            )
+        c, n = self.cfg, batch_size
+        specs = [self.attn_cache_spec(n, left_frames)] if c.ssm_attention else []
         return specs + [
             StateSpec(
                 "ssm_state", (c.num_layers, n, c.ssm_heads, c.ssm_state_dim, 2), torch.float32, 1
             ),
-            StateSpec(
-                "conv_cache", (c.num_layers, n, c.d_model, c.conv_kernel - 1), torch.float32, 1
-            ),
+            self.conv_cache_spec(n),
             StateSpec("processed", (n,), torch.int64, 0),
         ]
-
-    def init_states(
-        self, batch_size: int, left_frames: int, device: torch.device | None = None
-    ) -> list[Tensor]:
-        """Zero states, as :meth:`state_specs` declares them."""
-        return zero_states(self.state_specs(batch_size, left_frames), device)
 
     def streaming_forward(
         self, x: Tensor, x_lens: Tensor, states: list[Tensor]
@@ -361,11 +324,7 @@ class StateformerEncoder(nn.Module):
         attn_cache = states[0] if self.cfg.ssm_attention else None
         ssm_state, conv_cache, processed = states[-3:]
         c = x.shape[1]
-        mask = None
-        if attn_cache is not None:
-            mask = streaming_attention_mask(
-                attn_cache.shape[2] // self.cfg.fold, c, processed, lens
-            )
+        mask = None if attn_cache is None else self.chunk_mask(attn_cache, c, processed, lens)
         new_ssm, new_conv, new_attn = [], [], []
         for i, layer in enumerate(self.layers):
             x, s, cc, a = layer.streaming_forward(

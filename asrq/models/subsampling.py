@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-#: Input frames a streaming window carries beyond ``subsampling * chunk`` (the receptive field overlap).
+#: Input frames a streaming window carries beyond ``subsampling * chunk`` (the receptive field
+#: overlap).
 RIGHT_CONTEXT_FRAMES = 3
 
 
@@ -42,7 +43,8 @@ class Conv2dSubsampling(nn.Module):
         freq = ((feature_dim - 1) // 2 - 1) // 2
         self.out = nn.Linear(channels * freq, d_model)
         self.dropout = nn.Dropout(dropout)
-        # global CMVN (WeNet's global_cmvn): set from training data, saved and exported with the weights
+        # global CMVN (WeNet's global_cmvn): set from training data, saved and exported with the
+        # weights
         self.register_buffer("feat_mean", torch.zeros(feature_dim))
         self.register_buffer("feat_inv_std", torch.ones(feature_dim))
 

@@ -1,7 +1,7 @@
 """RNN-T model: encoder + stateless predictor + joiner, with an auxiliary CTC head.
 
 Follows icefall's ``zipformer/model.py`` layout: the submodules are injected and each head has
-its own method (:meth:`Transducer.forward_transducer`, :meth:`Transducer.forward_ctc`).
+its own method (:meth:`Transducer.transducer_lattice`, :meth:`Transducer.forward_ctc`).
 
 Shapes: N batch, T encoder frames, S target tokens, V vocab, D encoder width,
 P predictor width, J joiner width.
@@ -9,11 +9,15 @@ P predictor width, J joiner width.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asrq.config import LossConfig
+from asrq.models.base import EncoderCtcModel
 
 
 class Predictor(nn.Module):
@@ -78,7 +82,7 @@ def pad_targets(
     return out, lens
 
 
-class Transducer(nn.Module):
+class Transducer(EncoderCtcModel):
     """Encoder + predictor + joiner (+ CTC head).
 
     Args:
@@ -100,83 +104,48 @@ class Transducer(nn.Module):
         blank_id: int = 0,
         ctc_head: bool = True,
     ) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder, vocab_size, blank_id)
         self.predictor = predictor
         self.joiner = joiner
-        self.vocab_size = vocab_size
-        self.blank_id = blank_id
         d, p = encoder.output_dim, predictor.embedding.embedding_dim
         # "simple" (trivial-joiner) projections that give the pruning bounds
         self.simple_am_proj = nn.Linear(d, vocab_size)
         self.simple_lm_proj = nn.Linear(p, vocab_size)
-        self.ctc = nn.Sequential(nn.Dropout(0.1), nn.Linear(d, vocab_size)) if ctc_head else None
+        self.add_ctc(ctc_head)
 
-    # ---- encoder ----------------------------------------------------------------------------
-    def forward_encoder(
-        self, x: Tensor, x_lens: Tensor, chunk_size: int = -1, left_chunks: int = -1
-    ) -> tuple[Tensor, Tensor]:
-        """x: (N, T, F) -> (N, T', D), (N,)."""
-        return self.encoder(x, x_lens, chunk_size=chunk_size, left_chunks=left_chunks)
-
-    def forward(
-        self,
-        x: Tensor,
-        x_lens: Tensor,
-        targets: Tensor,
-        target_lens: Tensor,
-        loss_cfg: LossConfig,
-        chunk_size: int = -1,
-        left_chunks: int = -1,
-    ) -> dict[str, Tensor]:
-        """Training forward: all losses, each summed over the batch.
-
-        x: (N, T, F) fbank; targets: (N, S) token ids (padded); returns ``simple``, ``pruned``
-        (RNN-T) and ``ctc`` (zero when the model has no CTC head or its weight is 0).
-        """
-        enc, enc_lens = self.forward_encoder(x, x_lens, chunk_size, left_chunks)
-        simple, pruned = self.forward_transducer(enc, enc_lens, targets, target_lens, loss_cfg)
-        if self.ctc is not None and loss_cfg.ctc_weight > 0:
-            ctc = self.forward_ctc(enc, enc_lens, targets, target_lens)
-        else:
-            ctc = torch.zeros((), device=x.device)
-        return {"simple": simple, "pruned": pruned, "ctc": ctc, "frames": enc_lens.sum()}
-
-    # ---- heads ------------------------------------------------------------------------------
-    def ctc_log_probs(self, enc: Tensor) -> Tensor:
-        """(N, T, D) -> (N, T, V) log-probabilities."""
-        if self.ctc is None:
-            raise RuntimeError("this model has no CTC head (model.ctc_head: false)")
-        return self.ctc(enc).log_softmax(dim=-1)
-
-    def forward_ctc(
-        self, enc: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor
-    ) -> Tensor:
-        """Summed CTC loss. enc: (N, T, D); targets: (N, S) padded; lengths (N,)."""
-        log_probs = self.ctc_log_probs(enc).float()
-        return F.ctc_loss(
-            log_probs.transpose(0, 1),
-            targets.clamp(min=0),
-            enc_lens,
-            target_lens,
-            blank=self.blank_id,
-            reduction="sum",
-            zero_infinity=True,
-        )
-
-    def forward_transducer(
+    def forward_heads(
         self,
         enc: Tensor,
         enc_lens: Tensor,
         targets: Tensor,
         target_lens: Tensor,
         loss_cfg: LossConfig,
-    ) -> tuple[Tensor, Tensor]:
-        """RNN-T losses (summed over the batch).
+    ) -> dict[str, Tensor]:
+        """``simple``, ``pruned`` (RNN-T) and ``ctc`` (zero when the model has no CTC head or its
+        weight is 0), each summed over the batch."""
+        lat = self.transducer_lattice(enc, enc_lens, targets, target_lens, loss_cfg)
+        if self.ctc is not None and loss_cfg.ctc_weight > 0:
+            ctc = self.forward_ctc(enc, enc_lens, targets, target_lens)
+        else:
+            ctc = torch.zeros((), device=enc.device)
+        return {"simple": lat.simple, "pruned": lat.pruned, "ctc": ctc}
 
-        ``pruned``: (simple_loss, pruned_loss), k2's pruned RNN-T (asrq.losses.rnnt).
-        ``full``: (zeros, full torchaudio rnnt_loss) over the whole (T, S+1) lattice.
-        """
+    # ---- heads ------------------------------------------------------------------------------
+    def transducer_lattice(
+        self,
+        enc: Tensor,
+        enc_lens: Tensor,
+        targets: Tensor,
+        target_lens: Tensor,
+        loss_cfg: LossConfig,
+        ranges: Tensor | None = None,
+    ) -> TransducerLattice:
+        """The RNN-T losses (summed over the batch) with the joiner logits on the lattice they
+        were taken over: ``pruned`` loss type: the simple loss and k2's pruned RNN-T loss
+        (asrq.losses.rnnt); ``full``: zero and the full torchaudio rnnt_loss over the whole
+        (T, S + 1) lattice. enc: (N, T, D); targets: (N, S) padded. ``ranges`` (N, T, R):
+        prune with these instead of the model's own (pruned loss only; the simple loss is then
+        computed without the gradients that would give the ranges)."""
         from asrq.losses import rnnt as L
 
         n = enc.shape[0]
@@ -193,14 +162,15 @@ class Transducer(nn.Module):
             loss = L.torchaudio_rnnt_loss(
                 logits, y, enc_lens, target_lens, blank=blank, reduction="sum"
             )
-            return torch.zeros((), device=enc.device), loss
+            lattice_s = torch.arange(pred.shape[1], device=enc.device).expand(n, enc.shape[1], -1)
+            return TransducerLattice(torch.zeros((), device=enc.device), loss, logits, lattice_s)
 
         boundary = torch.zeros(n, 4, dtype=torch.int64, device=enc.device)
         boundary[:, 2] = target_lens
         boundary[:, 3] = enc_lens
         lm = self.simple_lm_proj(pred)  # (N, S + 1, V)
         am = self.simple_am_proj(enc)  # (N, T, V)
-        simple_loss, (px_grad, py_grad) = L.rnnt_loss_smoothed(
+        kw: dict[str, Any] = dict(
             lm=lm.float(),
             am=am.float(),
             symbols=y,
@@ -209,9 +179,12 @@ class Transducer(nn.Module):
             am_only_scale=loss_cfg.am_only_scale,
             boundary=boundary,
             reduction="sum",
-            return_grad=True,
         )
-        ranges = L.get_rnnt_prune_ranges(px_grad, py_grad, boundary, loss_cfg.prune_range)
+        if ranges is None:
+            simple_loss, (px_grad, py_grad) = L.rnnt_loss_smoothed(**kw, return_grad=True)
+            ranges = L.get_rnnt_prune_ranges(px_grad, py_grad, boundary, loss_cfg.prune_range)
+        else:
+            simple_loss = L.rnnt_loss_smoothed(**kw)
         am_p, lm_p = L.do_rnnt_pruning(
             self.joiner.encoder_proj(enc), self.joiner.decoder_proj(pred), ranges
         )
@@ -219,4 +192,17 @@ class Transducer(nn.Module):
         pruned_loss = L.rnnt_loss_pruned(
             logits.float(), y, ranges, termination_symbol=blank, boundary=boundary, reduction="sum"
         )
-        return simple_loss, pruned_loss
+        return TransducerLattice(simple_loss, pruned_loss, logits, ranges)
+
+
+@dataclass
+class TransducerLattice:
+    """What :meth:`Transducer.transducer_lattice` computed: the ``simple`` and ``pruned`` losses
+    (summed; ``simple`` is zero for the full loss), the joiner ``logits`` (N, T, R, V) on the
+    lattice and ``lattice_s`` (N, T, R) int64, the symbol position of each lattice node (the
+    pruning ranges; ``arange(S + 1)`` for the full loss)."""
+
+    simple: Tensor
+    pruned: Tensor
+    logits: Tensor
+    lattice_s: Tensor

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from asrq.config import ExperimentConfig, from_dict
+from asrq.config import ExperimentConfig, stored_experiment_config
 from asrq.models import build_model
 from asrq.supernet.elastic import Supernet, slice_model
 from asrq.supernet.spec import SearchSpace, SubnetSpec, load_spec
@@ -40,7 +40,7 @@ class LoadedSupernet:
 def load_supernet(path: str | Path) -> LoadedSupernet:
     """Rebuild a supernet (eval mode; ``model_avg`` weights when present) and its search space."""
     ckpt = load_checkpoint(path)
-    cfg = from_dict(ExperimentConfig, ckpt["config"], where=f"{path}:config")
+    cfg = stored_experiment_config(ckpt["config"], f"{path}:config")
     if cfg.supernet is None:
         raise AsrqError(f"{path}: not a supernet checkpoint (its config has no supernet: section)")
     space = SearchSpace(cfg.supernet.search_space, cfg.model, where=f"{path}:supernet.search_space")
@@ -88,9 +88,14 @@ def slice_checkpoint(
     cfg.supernet = None
     out = Path(out_dir) / "model.pt"
     payload = model_payload(
-        plain, cfg, sup.bpe_model_bytes, **sup.meta,
-        subnet=resolved.short(), subnet_spec=resolved.to_dict(), sliced_from=str(path),
-    )  # fmt: skip
+        plain,
+        cfg,
+        sup.bpe_model_bytes,
+        **sup.meta,
+        subnet=resolved.short(),
+        subnet_spec=resolved.to_dict(),
+        sliced_from=str(path),
+    )
     save_checkpoint(out, payload)
     atomic_write_text(Path(out_dir) / "spec.yaml", resolved.dump_yaml())
     params = sum(p.numel() for p in plain.parameters())

@@ -28,12 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from asrq.config import LossConfig, SupernetConfig
-from asrq.losses import rnnt as L
 from asrq.losses.alpha_divergence import adaptive_alpha_divergence
+from asrq.models.base import ctc_loss
 from asrq.models.transducer import Transducer
 
 
@@ -80,76 +79,15 @@ def transducer_outputs(
     the model's own (pruned loss only). ``need_ctc``: compute the CTC log-probs even when
     ``loss_cfg.ctc_weight`` is 0."""
     enc, enc_lens = model.forward_encoder(x, x_lens, chunk_size, left_chunks)  # (N, T', D)
-    n, dev, blank = enc.shape[0], enc.device, model.blank_id
-    sos = torch.full((n, 1), blank, dtype=torch.int64, device=dev)
-    sos_y = torch.cat([sos, targets.clamp(min=0)], dim=1)  # (N, S + 1)
-    s_idx = torch.arange(targets.shape[1], device=dev)[None]
-    y = torch.where(s_idx < target_lens[:, None], targets, torch.full_like(targets, blank))
-    pred = model.predictor(sos_y)  # (N, S + 1, P)
-
-    if loss_cfg.rnnt_type == "full":
-        logits = model.joiner(enc[:, :, None, :], pred[:, None, :, :])  # (N, T', S + 1, V)
-        pruned = L.torchaudio_rnnt_loss(
-            logits, y, enc_lens, target_lens, blank=blank, reduction="sum"
-        )
-        simple = torch.zeros((), device=dev)
-        lattice_s = torch.arange(pred.shape[1], device=dev).expand(n, enc.shape[1], -1)
-    else:
-        boundary = torch.zeros(n, 4, dtype=torch.int64, device=dev)
-        boundary[:, 2] = target_lens
-        boundary[:, 3] = enc_lens
-        lm = model.simple_lm_proj(pred)  # (N, S + 1, V)
-        am = model.simple_am_proj(enc)  # (N, T', V)
-        kw = dict(
-            lm_only_scale=loss_cfg.lm_only_scale,
-            am_only_scale=loss_cfg.am_only_scale,
-            boundary=boundary,
-        )
-        if ranges is None:
-            simple, (px_grad, py_grad) = L.rnnt_loss_smoothed(
-                lm=lm.float(),
-                am=am.float(),
-                symbols=y,
-                termination_symbol=blank,
-                reduction="sum",
-                return_grad=True,
-                **kw,
-            )
-            ranges = L.get_rnnt_prune_ranges(px_grad, py_grad, boundary, loss_cfg.prune_range)
-        else:
-            simple = L.rnnt_loss_smoothed(
-                lm=lm.float(),
-                am=am.float(),
-                symbols=y,
-                termination_symbol=blank,
-                reduction="sum",
-                **kw,
-            )
-        am_p, lm_p = L.do_rnnt_pruning(
-            model.joiner.encoder_proj(enc), model.joiner.decoder_proj(pred), ranges
-        )
-        logits = model.joiner(am_p, lm_p, project_input=False)  # (N, T', R, V)
-        pruned = L.rnnt_loss_pruned(
-            logits.float(), y, ranges, termination_symbol=blank, boundary=boundary, reduction="sum"
-        )
-        lattice_s = ranges
-
+    lat = model.transducer_lattice(enc, enc_lens, targets, target_lens, loss_cfg, ranges)
     ctc_log_probs = None
-    ctc = torch.zeros((), device=dev)
+    ctc = torch.zeros((), device=enc.device)
     if model.ctc is not None and (loss_cfg.ctc_weight > 0 or need_ctc):
         ctc_log_probs = model.ctc_log_probs(enc)  # (N, T', V)
         if loss_cfg.ctc_weight > 0:
-            ctc = F.ctc_loss(
-                ctc_log_probs.float().transpose(0, 1),
-                targets.clamp(min=0),
-                enc_lens,
-                target_lens,
-                blank=blank,
-                reduction="sum",
-                zero_infinity=True,
-            )
-    losses = {"simple": simple, "pruned": pruned, "ctc": ctc, "frames": enc_lens.sum()}
-    return SubnetOutputs(losses, enc_lens, ctc_log_probs, logits, lattice_s, target_lens)
+            ctc = ctc_loss(ctc_log_probs, enc_lens, targets, target_lens, model.blank_id)
+    losses = {"simple": lat.simple, "pruned": lat.pruned, "ctc": ctc, "frames": enc_lens.sum()}
+    return SubnetOutputs(losses, enc_lens, ctc_log_probs, lat.logits, lat.lattice_s, target_lens)
 
 
 def _frame_mask(lens: Tensor, t: int) -> Tensor:
@@ -172,7 +110,7 @@ def distillation_loss(
     if cfg.kd_on in ("ctc", "both"):
         if teacher.ctc_log_probs is None or student.ctc_log_probs is None:
             raise RuntimeError(
-                "CTC distillation needs the CTC head's log-probs (model.ctc_head: true)"
+                "CTC distillation needs the CTC head's log-probs (model.rnnt.ctc_head: true)"
             )
         d = div(teacher.ctc_log_probs.detach().float(), student.ctc_log_probs.float())  # (N, T)
         out["kd_ctc"] = (d * frames).sum()

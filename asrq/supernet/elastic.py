@@ -127,7 +127,8 @@ def cut(t: Tensor, shape: torch.Size, rule: Rule | None) -> Tensor:
             t = t.narrow(axis, 0, size)
     if t.shape != shape:
         raise RuntimeError(
-            f"slicing produced {tuple(t.shape)}, expected {tuple(shape)} (asrq.supernet.elastic bug)"
+            f"slicing produced {tuple(t.shape)}, expected {tuple(shape)} (asrq.supernet.elastic "
+            "bug)"
         )
     return t.contiguous()  # the layout a plain model's own tensors have: same kernels, same bits
 
@@ -217,7 +218,8 @@ class Supernet:
         return self.plan(spec).num_params
 
     def sliced_tensors(self, plan: _Plan) -> dict[str, Tensor]:
-        """The subnet's parameters and persistent buffers, cut from the supernet's (differentiable)."""
+        """The subnet's parameters and persistent buffers, cut from the supernet's
+        (differentiable)."""
         source = dict(self.model.named_parameters())
         source.update(self.model.named_buffers())
         dev = next(iter(source.values())).device

@@ -6,7 +6,10 @@ For each candidate spec (every spec of the search space when there are at most
 - **WER**: greedy decoding of dev cuts through the supernet at that spec
   (:meth:`Supernet.active`; the same numbers a sliced model gives, see
   :mod:`asrq.supernet.elastic`), streaming by default;
-- **size**: parameters and fp32 megabytes (``4 * params / 2^20``);
+- **size**: parameters and fp32 megabytes (``4 * params / 2^20``, the weights' file size);
+- **memory** (when the latency table carries a :class:`MemoryFit` measured on a device): the
+  predicted model-attributable peak memory of the exported subnet on that device's runtime
+  (``model_peak_bytes`` of ``asrq bench``, fitted linear in the weight bytes);
 - **latency**: predicted compute time of one streaming chunk on this machine from a
   :class:`LatencyTable` (eager PyTorch, ``threads`` intra-op threads; or a table timed through a
   deployment runtime, :mod:`asrq.export.latency`, whose ``runtime`` it records), so a large space
@@ -23,7 +26,9 @@ For each candidate spec (every spec of the search space when there are at most
   ``asrq bench`` on the chosen specs.
 
 Outputs: the Pareto fronts (WER vs latency, WER vs size: no other candidate is at least as
-good in both and better in one), the best spec under ``budget_ms`` / ``max_mb`` (lowest WER,
+good in both and better in one), the best spec under ``budget_ms`` / ``max_mb`` (``max_mb``
+budgets the predicted measured memory when the table has a memory fit, else the fp32 size; the
+report's ``max_mb_budgets`` says which) (lowest WER,
 then lowest latency, then smallest), ``search.json``, ``pareto.png`` and ``best_spec.yaml``
 (for ``asrq slice --spec``).
 """
@@ -58,6 +63,7 @@ _TABLE_FIELDS = (
     "runtime",
     "device",
     "ms_per_chunk",
+    "memory",
 )
 
 
@@ -94,6 +100,71 @@ def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
 
 
 @dataclass
+class MemoryFit:
+    """Model-attributable peak memory of an exported subnet on one runtime of one device, as
+    ``asrq bench`` measured it (``model_peak_bytes``), fitted as
+    ``fixed_bytes + per_weight_byte * 4 * params`` over the benchmarked exports (least squares
+    over two or more sizes; one size: ``fixed_bytes = 0``, a pure scale)."""
+
+    backend: str
+    fixed_bytes: float
+    per_weight_byte: float
+    #: (fp32 weight bytes, measured model peak bytes) per benchmarked export
+    points: list[tuple[int, int]] = field(default_factory=list)
+
+    def predict_bytes(self, params: int) -> float:
+        return self.fixed_bytes + self.per_weight_byte * BYTES_PER_PARAM * params
+
+    @classmethod
+    def from_bench(cls, reports: list[str | Path], backend: str) -> MemoryFit:
+        """Fit from ``asrq bench`` reports (``bench.json``) of exports of different sizes: each
+        report's largest ``model_peak_bytes`` of ``backend`` over its thread counts."""
+        pts: list[tuple[int, int]] = []
+        for path in reports:
+            try:
+                rep = json.loads(Path(path).read_text())
+                params = int(rep["model"]["num_parameters"])
+                peaks = [int(r["model_peak_bytes"]) for r in rep["runs"] if r["backend"] == backend]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise AsrqError(
+                    f"{path}: not an asrq bench report with model_peak_bytes ({e}); re-run "
+                    "`asrq bench` to measure model memory"
+                ) from None
+            if peaks:
+                pts.append((BYTES_PER_PARAM * params, max(peaks)))
+        if not pts:
+            raise AsrqError(f"{list(map(str, reports))}: no {backend} runs to fit memory from")
+        xs = [float(x) for x, _ in pts]
+        ys = [float(y) for _, y in pts]
+        if len(set(xs)) < 2:
+            return cls(backend, 0.0, sum(ys) / sum(xs), pts)
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+            (x - mx) ** 2 for x in xs
+        )
+        slope = max(slope, 0.0)
+        return cls(backend, max(0.0, my - slope * mx), slope, pts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "fixed_bytes": round(self.fixed_bytes),
+            "per_weight_byte": round(self.per_weight_byte, 6),
+            "points": [list(p) for p in self.points],
+            "measured_as": "asrq bench model_peak_bytes (resident peak above the baseline)",
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> MemoryFit:
+        return cls(
+            str(d["backend"]),
+            float(d["fixed_bytes"]),
+            float(d["per_weight_byte"]),
+            [(int(a), int(b)) for a, b in d.get("points", [])],
+        )
+
+
+@dataclass
 class LatencyTable:
     """Milliseconds per streaming chunk of each part (module doc); keys ``embed d=..``,
     ``layer d=.. f=.. h=.. s=..``, ``head d=.. j=.. p=..``."""
@@ -110,6 +181,8 @@ class LatencyTable:
     runtime: str = "eager"
     #: how the runtime timed them (runner, programs, components per entry); JSON-serialisable
     extra: dict[str, Any] = field(default_factory=dict)
+    #: measured memory per runtime backend (``asrq bench --layer-table --memory-from``)
+    memory: dict[str, MemoryFit] = field(default_factory=dict)
 
     @staticmethod
     def keys(spec: SubnetSpec) -> tuple[str, str, str]:
@@ -141,6 +214,7 @@ class LatencyTable:
             "device": self.device,
             "ms_per_chunk": self.entries,
             **self.extra,
+            **({"memory": {b: m.to_json() for b, m in self.memory.items()}} if self.memory else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -153,7 +227,8 @@ class LatencyTable:
         p = Path(path)
         if not p.is_file():
             raise AsrqError(
-                f"{p}: latency table not found (build one: asrq bench SUPERNET_CKPT --layer-table --out {p})"
+                f"{p}: latency table not found (build one: asrq bench SUPERNET_CKPT --layer-table "
+                f"--out {p})"
             )
         try:
             d = json.loads(p.read_text())
@@ -170,8 +245,9 @@ class LatencyTable:
                 entries,
                 dict(d.get("device") or {}),
                 str(p),
-                str(d.get("runtime", "eager")),  # tables before runtimes were eager
-                {k: v for k, v in d.items() if k not in _TABLE_FIELDS},
+                runtime=str(d.get("runtime", "eager")),  # tables before runtimes were eager
+                extra={k: v for k, v in d.items() if k not in _TABLE_FIELDS},
+                memory={str(b): MemoryFit.from_json(m) for b, m in (d.get("memory") or {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise AsrqError(f"{p}: malformed latency table ({type(e).__name__}: {e})") from None
@@ -180,8 +256,10 @@ class LatencyTable:
         """An error unless the table was timed with this chunk and left context."""
         if (self.chunk_frames, self.left_frames) != (chunk_frames, left_frames):
             raise AsrqError(
-                f"{self.source or 'latency table'}: timed with chunk_frames {self.chunk_frames} / left_frames "
-                f"{self.left_frames}, the supernet streams {chunk_frames} / {left_frames}; rebuild it"
+                f"{self.source or 'latency table'}: timed with chunk_frames {self.chunk_frames} / "
+                "left_frames "
+                f"{self.left_frames}, the supernet streams {chunk_frames} / {left_frames}; rebuild "
+                "it"
             )
 
     def measure(
@@ -202,7 +280,8 @@ class LatencyTable:
         if timer is not None:
             if timer.runtime != self.runtime:
                 raise AsrqError(
-                    f"{self.source or 'latency table'}: timed with {self.runtime}, not {timer.runtime}"
+                    f"{self.source or 'latency table'}: timed with {self.runtime}, "
+                    f"not {timer.runtime}"
                 )
             for i, spec in enumerate(specs):
                 keys = dict(zip(("embed", "layer", "head"), self.keys(spec), strict=True))
@@ -260,17 +339,25 @@ def build_latency_table(
     threads: int = 1,
     repeats: int = 20,
     log_fn: Callable[[str], None] | None = None,
+    memory_from: list[str | Path] | None = None,
     timer: PartTimer | None = None,
     specs: list[SubnetSpec] | None = None,
 ) -> LatencyTable:
     """Time every part (embed, layer, head) that any spec of the supernet ``checkpoint``'s search
     space (or of ``specs``) uses, on this machine, and write the table to ``out`` (``asrq bench
-    --layer-table``; ``asrq search --latency-table`` reads it). ``timer``: through a deployment
-    runtime (:class:`asrq.export.latency.RuntimePartTimer`, its threads), else eager PyTorch."""
+    --layer-table``; ``asrq search --latency-table`` reads it). ``memory_from``: ``asrq bench``
+    reports of exports measured on the same device: a :class:`MemoryFit` per backend they ran goes
+    into the table. ``timer``: time the parts through a deployment runtime
+    (:class:`asrq.export.latency.RuntimePartTimer`, its threads), else eager PyTorch."""
     sup = load_supernet(checkpoint)
     st = sup.config.model.streaming
     runtime = "eager" if timer is None else timer.runtime
     table = LatencyTable(st.chunk_frames, st.left_frames, threads, runtime=runtime)
+    if memory_from:
+        backends = sorted(
+            {r["backend"] for p in memory_from for r in json.loads(Path(p).read_text())["runs"]}
+        )
+        table.memory = {b: MemoryFit.from_bench(list(memory_from), b) for b in backends}
 
     def tick(i: int, n: int) -> None:
         if log_fn and (i == n or i % max(1, n // 10) == 0):
@@ -296,6 +383,13 @@ class Candidate:
     wer: float = float("nan")
     pareto_latency: bool = False
     pareto_size: bool = False
+    #: predicted measured peak memory (MiB) on the table's device, when it has a memory fit
+    memory_mb: float | None = None
+
+    @property
+    def budget_mb(self) -> float:
+        """What ``--max-mb`` compares: measured memory when known, else the fp32 size."""
+        return self.size_mb if self.memory_mb is None else self.memory_mb
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -303,6 +397,7 @@ class Candidate:
             "name": self.spec.short(),
             "params": self.params,
             "size_mb": round(self.size_mb, 4),
+            "memory_mb": None if self.memory_mb is None else round(self.memory_mb, 4),
             "latency_ms": round(self.latency_ms, 4),
             "wer": self.wer,
             "pareto_latency": self.pareto_latency,
@@ -329,21 +424,23 @@ def choose(cands: list[Candidate], budget_ms: float | None, max_mb: float | None
         c
         for c in cands
         if (budget_ms is None or c.latency_ms <= budget_ms)
-        and (max_mb is None or c.size_mb <= max_mb)
+        and (max_mb is None or c.budget_mb <= max_mb)
     ]
     if not ok:
         fastest = min(cands, key=lambda c: c.latency_ms)
-        smallest = min(cands, key=lambda c: c.size_mb)
+        smallest = min(cands, key=lambda c: c.budget_mb)
+        what = "fp32 MB" if smallest.memory_mb is None else "MiB of measured memory"
         raise AsrqError(
             f"no candidate within --budget-ms {budget_ms} / --max-mb {max_mb}: the fastest takes "
             f"{fastest.latency_ms:.3f} ms per chunk ({fastest.spec.short()}), the smallest is "
-            f"{smallest.size_mb:.3f} MB ({smallest.spec.short()})"
+            f"{smallest.budget_mb:.3f} {what} ({smallest.spec.short()})"
         )
     return min(ok, key=lambda c: (c.wer, c.latency_ms, c.size_mb))
 
 
 def candidate_specs(space: SearchSpace, num: int, seed: int) -> list[SubnetSpec]:
-    """Every spec when there are at most ``num``; else largest, smallest and random distinct ones."""
+    """Every spec when there are at most ``num``; else largest, smallest and random distinct
+    ones."""
     if space.size() <= num:
         return space.all_specs()
     out = [space.largest(), space.smallest()]
@@ -419,11 +516,14 @@ def search(
     progress: bool = False,
     log_fn: Callable[[str], None] | None = None,
     latency_table: str | Path | None = None,
+    memory_backend: str | None = None,
 ) -> SearchResult:
     """Evaluate candidate subnets of the supernet ``checkpoint`` and pick one (module doc).
     ``cuts``: dev cuts (default: the checkpoint's ``data.fbank_dir`` / ``data.dev_split``).
     ``latency_table``: predict latencies from this saved table (another device's, built with
-    ``asrq bench --layer-table``) instead of timing the parts here."""
+    ``asrq bench --layer-table``) instead of timing the parts here; when it carries measured
+    memory (:class:`MemoryFit`), ``max_mb`` budgets that (of ``memory_backend``, default the
+    only or first one) instead of the fp32 size."""
     from asrq.decode.evaluate import evaluate_model
 
     sup = load_supernet(checkpoint)
@@ -443,11 +543,26 @@ def search(
     else:
         table = LatencyTable(st.chunk_frames, st.left_frames, threads)
         table.measure(cfg.model, specs, repeats)
+    mem = None
+    if table.memory:
+        if memory_backend is not None and memory_backend not in table.memory:
+            raise AsrqError(
+                f"{table.source}: no measured memory for {memory_backend!r} "
+                f"(it has {sorted(table.memory)})"
+            )
+        mem = table.memory[memory_backend or sorted(table.memory)[0]]
+    elif memory_backend is not None:
+        raise AsrqError(
+            f"--memory-backend {memory_backend}: the latency table has no measured memory "
+            "(build it with `asrq bench SUPERNET --layer-table --memory-from BENCH.json ...`)"
+        )
     sp = sentencepiece_from_bytes(sup.bpe_model_bytes)
     cands = []
     for i, spec in enumerate(specs):
         params = sn.num_params(spec)
         c = Candidate(spec, params, BYTES_PER_PARAM * params / 2**20, table.predict(spec))
+        if mem is not None:
+            c.memory_mb = mem.predict_bytes(params) / 2**20
         with torch.no_grad(), sn.active(spec) as model:
             c.wer = evaluate_model(
                 model,
@@ -464,7 +579,8 @@ def search(
         cands.append(c)
         if log_fn:
             log_fn(
-                f"[{i + 1}/{len(specs)}] {spec.short()}: WER {c.wer:.2f}%  {c.latency_ms:.3f} ms/chunk  {c.size_mb:.3f} MB"
+                f"[{i + 1}/{len(specs)}] {spec.short()}: WER {c.wer:.2f}%  {c.latency_ms:.3f} "
+                f"ms/chunk  {c.size_mb:.3f} MB"
             )
     for flag, cost in (("pareto_latency", "latency_ms"), ("pareto_size", "size_mb")):
         for c, on in zip(
@@ -481,6 +597,11 @@ def search(
         "threads": threads,
         "budget_ms": budget_ms,
         "max_mb": max_mb,
+        "max_mb_budgets": (
+            f"measured memory: predicted model_peak_bytes on {mem.backend} (MiB)"
+            if mem is not None
+            else "fp32 parameter size (4 x params / 2^20 MB)"
+        ),
         "search_space_size": sup.space.size(),
         "latency_table": {**table.to_json(), "source": table.source or "timed here"},
         "best": best.to_json(),

@@ -87,8 +87,8 @@ def full_spec(cfg: ModelConfig) -> SubnetSpec:
         ffn_dim=e.ffn_dim,
         num_heads=e.num_heads if attn else None,
         ssm_heads=e.ssm_heads if e.type == "stateformer" else None,
-        joiner_dim=cfg.joiner_dim,
-        predictor_dim=cfg.predictor.d_model,
+        joiner_dim=cfg.rnnt.joiner_dim,
+        predictor_dim=cfg.rnnt.predictor.d_model,
     )
 
 
@@ -122,7 +122,8 @@ def _groups_width(p: int) -> int:
 
 
 def _attention_error(e: EncoderConfig, d: int, h: int) -> str | None:
-    """Why ``h`` attention heads at width ``d`` cannot be cut from encoder ``e`` (None: they can)."""
+    """Why ``h`` attention heads at width ``d`` cannot be cut from encoder ``e`` (None: they
+    can)."""
     fold = e.fold
     if d % fold:
         return f"d_model={d} must divide by encoder.fold ({fold})"
@@ -132,7 +133,8 @@ def _attention_error(e: EncoderConfig, d: int, h: int) -> str | None:
     full_dh = (e.d_model // fold) // e.num_heads
     if w // h > full_dh:
         return (
-            f"head dim d_model / fold / num_heads = {w}/{h} = {w // h} exceeds the supernet's {full_dh} "
+            f"head dim d_model / fold / num_heads = {w}/{h} = {w // h} exceeds the supernet's "
+            f"{full_dh} "
             f"(a subnet head is the front of a supernet head): use more heads or a larger d_model"
         )
     return None
@@ -145,7 +147,8 @@ def _ssm_error(e: EncoderConfig, d: int, hs: int) -> str | None:
     full_p = e.d_model // e.ssm_heads
     if d // hs > full_p:
         return (
-            f"MH-SSM head width d_model / ssm_heads = {d}/{hs} = {d // hs} exceeds the supernet's {full_p}: "
+            f"MH-SSM head width d_model / ssm_heads = {d}/{hs} = {d // hs} exceeds the supernet's "
+            f"{full_p}: "
             f"use more ssm_heads or a larger d_model"
         )
     return None
@@ -160,9 +163,25 @@ def _unused_heads(e: EncoderConfig, d: int) -> int:
 
 
 def _predictor_error(cfg: ModelConfig, p: int) -> str | None:
-    if cfg.predictor.context_size > 1 and _groups_width(p) != _groups_width(cfg.predictor.d_model):
-        return f"predictor_dim={p} changes the predictor conv's channels per group (groups = d // 4): use a multiple of 4"
+    pred = cfg.rnnt.predictor
+    if pred.context_size > 1 and _groups_width(p) != _groups_width(pred.d_model):
+        return (
+            f"predictor_dim={p} changes the predictor conv's channels per group (groups = d // 4): "
+            "use a multiple of 4"
+        )
     return None
+
+
+#: The model heads a supernet can be elastic over (the elastic slicing knows their modules).
+SUPERNET_HEADS: tuple[str, ...] = ("rnnt",)
+
+
+def check_supernet_head(cfg: ModelConfig) -> None:
+    """Raise :class:`AsrqError` unless a supernet can be built over ``cfg.head``."""
+    if cfg.head not in SUPERNET_HEADS:
+        raise AsrqError(
+            f"supernets support model.head {' / '.join(SUPERNET_HEADS)} only (got {cfg.head!r})"
+        )
 
 
 def check_sliceable(cfg: ModelConfig, spec: SubnetSpec) -> SubnetSpec:
@@ -175,10 +194,7 @@ def check_sliceable(cfg: ModelConfig, spec: SubnetSpec) -> SubnetSpec:
     plus the plain model's own rules (even rotary head dim, widths divisible by ``fold``, ...);
     the predictor's grouped conv keeps its channels per group.
     """
-    if cfg.head != "rnnt":
-        raise AsrqError(
-            f"supernets support model.head rnnt only (got {cfg.head!r}); ctc_attention is not elastic"
-        )
+    check_supernet_head(cfg)
     s = resolve(cfg, spec)
     e = cfg.encoder
     full = full_spec(cfg)
@@ -220,10 +236,10 @@ def subnet_model_config(
     out = copy.deepcopy(cfg)
     try:
         out.encoder = EncoderConfig(**enc)
-        out.predictor = PredictorConfig(
-            d_model=s.predictor_dim, context_size=cfg.predictor.context_size
+        predictor = PredictorConfig(
+            d_model=s.predictor_dim, context_size=cfg.rnnt.predictor.context_size
         )
-        out.joiner_dim = s.joiner_dim
+        out.rnnt = dataclasses.replace(cfg.rnnt, predictor=predictor, joiner_dim=s.joiner_dim)
         out.__post_init__()
     except AsrqError as err:
         raise AsrqError(f"subnet spec {s.short()}: {err}") from err
@@ -246,10 +262,7 @@ class SearchSpace:
     def __init__(
         self, space: SearchSpaceConfig, cfg: ModelConfig, where: str = "supernet.search_space"
     ) -> None:
-        if cfg.head != "rnnt":
-            raise AsrqError(
-                f"supernets support model.head rnnt only (got {cfg.head!r}); ctc_attention is not elastic"
-            )
+        check_supernet_head(cfg)
         self.cfg = cfg
         self.where = where
         e, full = cfg.encoder, full_spec(cfg)
@@ -263,7 +276,8 @@ class SearchSpace:
             choices = sorted(given) if given else [f]
             if choices[-1] != f:
                 raise AsrqError(
-                    f"{where}.{k}: the largest choice ({choices[-1]}) must be the supernet's value {f} "
+                    f"{where}.{k}: the largest choice ({choices[-1]}) must be the supernet's value "
+                    f"{f} "
                     f"(the supernet is its own largest subnet)"
                 )
             self.choices[k] = choices
@@ -273,7 +287,8 @@ class SearchSpace:
             for d in self.choices["d_model"]:
                 if not self._heads_for(k, d):
                     raise AsrqError(
-                        f"{where}: no {k} choice fits d_model {d} ({self._head_error(k, d, self.choices[k][0])})"
+                        f"{where}: no {k} choice fits d_model {d} "
+                        f"({self._head_error(k, d, self.choices[k][0])})"
                     )
             for h in self.choices[k]:
                 if not any(self._head_error(k, d, h) is None for d in self.choices["d_model"]):
@@ -323,7 +338,8 @@ class SearchSpace:
         return self._make(lambda c: c[-1])
 
     def smallest(self) -> SubnetSpec:
-        """Every dimension at its smallest choice (heads: the fewest that fit the smallest width)."""
+        """Every dimension at its smallest choice (heads: the fewest that fit the smallest
+        width)."""
         return self._make(lambda c: c[0])
 
     def sample(self, generator: torch.Generator) -> SubnetSpec:

@@ -75,9 +75,10 @@ def resolve_supernet_config(cfg: ExperimentConfig) -> SearchSpace:
     sn.search_space = space.config()
     if sn.dropout_max is None:
         sn.dropout_max = cfg.model.encoder.dropout
-    if sn.kd_weight > 0 and sn.kd_on in ("ctc", "both") and not cfg.model.ctc_head:
+    if sn.kd_weight > 0 and sn.kd_on in ("ctc", "both") and not cfg.model.has_ctc:
         raise AsrqError(
-            f"invalid config: supernet.kd_on {sn.kd_on} needs model.ctc_head: true (or use kd_on: rnnt)"
+            f"invalid config: supernet.kd_on {sn.kd_on} needs model.rnnt.ctc_head: true "
+            "(or use kd_on: rnnt)"
         )
     if sn.kd_weight > 0 and sn.kd_on in ("ctc", "both") and cfg.train.loss.ctc_weight == 0:
         log.warning(
@@ -88,7 +89,8 @@ def resolve_supernet_config(cfg: ExperimentConfig) -> SearchSpace:
 
 
 class SupernetTrainer(Trainer):
-    """Trains a supernet for an :class:`ExperimentConfig` with a ``supernet:`` section (module doc)."""
+    """Trains a supernet for an :class:`ExperimentConfig` with a ``supernet:`` section (module
+    doc)."""
 
     log_keys = (*Trainer.log_keys, "kd_ctc", "kd_rnnt", "kd_weight", "loss_smallest", "loss_random")
 
@@ -100,7 +102,7 @@ class SupernetTrainer(Trainer):
             cfg.supernet.sample_pool
         )  # errors name supernet.sample_pool[i], before any work
         super().__init__(cfg, resume=resume, progress=progress)
-        self.supernet = Supernet(self.model, cfg.model)
+        self.supernet = Supernet(self.model, self.cfg.model)
         self.largest_params = self.supernet.num_params(self.space.largest())
 
     # ---- hooks of Trainer -------------------------------------------------------------------
@@ -120,7 +122,8 @@ class SupernetTrainer(Trainer):
             stored = load_checkpoint(path).get("config", {}).get("supernet")
             if stored is None:
                 raise AsrqError(
-                    f"{path}: not a supernet checkpoint (no supernet: section); cannot resume a supernet from it"
+                    f"{path}: not a supernet checkpoint (no supernet: section); cannot resume a "
+                    "supernet from it"
                 )
             if to_dict(from_dict(SupernetConfig, stored).search_space) != to_dict(
                 self.cfg.supernet.search_space

@@ -12,6 +12,7 @@ import torch
 
 from asrq.config import EncoderConfig, ExperimentConfig
 from asrq.models import build_model, preset_config
+from asrq.models.ctc_attention import CtcAttentionModel
 from asrq.train.checkpoint import model_payload, save_checkpoint
 
 SENTENCES = [
@@ -50,7 +51,8 @@ def tiny_config(
     chunk: int = 4,
     encoder: dict[str, Any] | None = None,
 ) -> ExperimentConfig:
-    """The tiny preset; ``encoder``: overrides of its EncoderConfig (e.g. ``{"type": "stateformer"}``)."""
+    """The tiny preset; ``encoder``: overrides of its EncoderConfig (e.g. ``{"type":
+    "stateformer"}``)."""
     cfg = ExperimentConfig()
     cfg.model = preset_config("tiny", vocab_size, cfg.model)
     cfg.model.streaming.chunk_frames = chunk
@@ -77,11 +79,12 @@ def tiny_ctc_attention_config(
 ) -> ExperimentConfig:
     """The tiny encoder with the hybrid CTC / attention head and a 2-layer decoder."""
     cfg = tiny_config(vocab_size, streaming_left, chunk)
-    cfg.model.head = "ctc_attention"
-    cfg.model.decoder.num_layers = 2
-    cfg.model.decoder.num_heads = 2
-    cfg.model.decoder.ffn_dim = 128
-    cfg.model.decoder.dropout = 0.0
+    cfg.model.head = CtcAttentionModel.head
+    decoder = cfg.model.ctc_attention.decoder
+    decoder.num_layers = 2
+    decoder.num_heads = 2
+    decoder.ffn_dim = 128
+    decoder.dropout = 0.0
     cfg.train.loss.ctc_weight = 0.3
     return cfg
 
@@ -111,7 +114,8 @@ def tiny_supernet_config(
     vocab_size: int = 48, encoder: dict[str, Any] | None = None, **supernet: Any
 ) -> ExperimentConfig:
     """:func:`tiny_config` with a ``supernet:`` section over :data:`TINY_SEARCH_SPACE` (a
-    Stateformer encoder gets ``ssm_heads`` [2, 4] and, without ``ssm_attention``, no ``num_heads``)."""
+    Stateformer encoder gets ``ssm_heads`` [2, 4] and, without ``ssm_attention``, no
+    ``num_heads``)."""
     from asrq.config import SearchSpaceConfig, SupernetConfig
 
     cfg = tiny_config(vocab_size, encoder=encoder)

@@ -8,6 +8,7 @@ re-enters architecture flags (STYLE.md point 4).
 from __future__ import annotations
 
 import io
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from asrq.config import ExperimentConfig, from_dict, to_dict
+from asrq.config import ExperimentConfig, stored_experiment_config, to_dict
 from asrq.utils.io import AsrqError, atomic_path
 
 FORMAT = "asrq-checkpoint-v1"
@@ -33,12 +34,23 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, with clear errors for bad files."""
+    """Read a checkpoint written by :func:`save_checkpoint`, with clear errors for bad files.
+
+    Loads with ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain data
+    (dicts, lists, numbers, strings, bytes) only, and one that carries other pickled Python
+    objects (which could run code on load) is refused."""
     path = Path(path)
     if not path.is_file():
         raise AsrqError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        raise AsrqError(
+            f"{path}: refused: the file holds pickled Python objects, not only tensors and plain "
+            f"data, and asrq loads checkpoints with weights_only=True so that a shared file "
+            f"cannot run code ({lines[0] if lines else type(e).__name__})"
+        ) from e
     except Exception as e:  # torch raises many types for corrupt files
         raise AsrqError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -47,17 +59,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def rng_state() -> dict[str, Any]:
+    """The RNG states of torch, ``random`` and numpy as tensors and plain data (lists, ints,
+    floats, strings), so checkpoints load with ``weights_only=True``."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, list(internal), gauss_next],
+        "numpy": [str(kind), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
     }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def sentencepiece_from_bytes(data: bytes) -> spm.SentencePieceProcessor:
@@ -82,11 +101,12 @@ class LoadedModel:
 
 
 def load_model(path: str | Path) -> LoadedModel:
-    """Rebuild the model (eval mode) a checkpoint describes; uses ``model_avg`` weights when present."""
+    """Rebuild the model (eval mode) a checkpoint describes; uses ``model_avg`` weights when
+    present."""
     from asrq.models import build_model
 
     ckpt = load_checkpoint(path)
-    cfg = from_dict(ExperimentConfig, ckpt["config"], where=f"{path}:config")
+    cfg = stored_experiment_config(ckpt["config"], f"{path}:config")
     model = build_model(cfg.model)
     state = ckpt.get("model_avg") or ckpt["model"]
     try:

@@ -9,6 +9,7 @@ torch/python/numpy RNG states (dropout) travel in the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -28,7 +29,9 @@ from asrq.config import (
     StreamingConfig,
     dump_yaml,
     from_dict,
+    resolve_model_config,
     to_dict,
+    upgrade_model_dict,
 )
 from asrq.models import build_model
 from asrq.models.conformer import count_parameters
@@ -122,7 +125,8 @@ class Trainer:
     Subclasses (asrq.supernet.train) override :meth:`train_step` and the hooks
     :meth:`_wrap_ddp` and :attr:`log_keys`."""
 
-    #: per-step outputs of :meth:`train_step` averaged into the ``train`` log lines (besides ``loss``)
+    #: per-step outputs of :meth:`train_step` averaged into the ``train`` log lines (besides
+    #: ``loss``)
     log_keys: tuple[str, ...] = ("simple", "pruned", "ctc", "att")
 
     def __init__(
@@ -131,7 +135,6 @@ class Trainer:
         from asrq.data.bpe import Tokenizer
 
         self.dist: DistInfo = setup_distributed()
-        self.cfg = cfg
         self.progress = progress and self.dist.is_main
         self.exp_dir = Path(cfg.train.exp_dir)
         bpe_path = cfg.data.bpe_model
@@ -139,11 +142,8 @@ class Trainer:
             raise AsrqError(f"{bpe_path}: BPE model not found (run `asrq data bpe` first)")
         self.bpe_bytes = bpe_path.read_bytes()
         self.tokenizer = Tokenizer(bpe_path)
-        if cfg.model.vocab_size not in (0, self.tokenizer.vocab_size):
-            raise AsrqError(
-                f"model.vocab_size={cfg.model.vocab_size} but {bpe_path} has {self.tokenizer.vocab_size} tokens"
-            )
-        cfg.model.vocab_size = self.tokenizer.vocab_size
+        model_cfg = resolve_model_config(cfg.model, self.tokenizer.vocab_size, str(bpe_path))
+        self.cfg = cfg = dataclasses.replace(cfg, model=model_cfg)
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg.model)
         from asrq.train.optim import build_optimizer
@@ -166,7 +166,7 @@ class Trainer:
         """The DDP wrapper of ``self.model`` under torchrun, else None."""
         if not self.dist.enabled:
             return None
-        unused = self.cfg.model.ctc_head and self.cfg.train.loss.ctc_weight == 0
+        unused = self.cfg.model.has_ctc and self.cfg.train.loss.ctc_weight == 0
         return DDP(self.model, find_unused_parameters=unused)
 
     # ---- checkpoints ------------------------------------------------------------------------
@@ -184,7 +184,9 @@ class Trainer:
             raise AsrqError(f"{self.exp_dir / 'checkpoints'}: no checkpoint to resume from")
         ckpt = load_checkpoint(path)
         stored = ckpt.get("config", {}).get("model")  # normalised: keys added later take defaults
-        if stored is None or to_dict(from_dict(ModelConfig, stored)) != to_dict(self.cfg.model):
+        if stored is None or to_dict(
+            from_dict(ModelConfig, upgrade_model_dict(stored), f"{path}:config", "model.")
+        ) != to_dict(self.cfg.model):
             raise AsrqError(f"{path}: its model config differs from the current one; cannot resume")
         self.model.load_state_dict(ckpt["model"])
         self._resume_avg = ckpt.get("model_avg") or ckpt["model"]
@@ -323,6 +325,7 @@ class Trainer:
             rank=self.dist.rank,
             num_workers=d.num_workers,
             spec_augment=False,  # applied in-process, see asrq.train.augment
+            augment=d.augment,  # waveform augmentation (asrq.data.augment); off by default
         )
         # worker seeds must not consume the global RNG (exact resume)
         loader.generator = torch.Generator().manual_seed(self.cfg.train.seed)
@@ -492,5 +495,6 @@ class Trainer:
 def train(
     cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Train the model ``cfg`` describes; returns the summary (also in ``exp_dir/train_summary.json``)."""
+    """Train the model ``cfg`` describes; returns the summary (also in
+    ``exp_dir/train_summary.json``)."""
     return Trainer(cfg, resume=resume, progress=progress).run()

@@ -206,7 +206,8 @@ class ScaledAdam(torch.optim.Optimizer):
             )
             if bad >= self.MAX_CONSECUTIVE_NONFINITE:
                 raise RuntimeError(
-                    f"ScaledAdam: {bad} consecutive steps had non-finite gradients; training diverged"
+                    f"ScaledAdam: {bad} consecutive steps had non-finite gradients; training "
+                    "diverged"
                 )
             return None
         gstate["clip_nonfinite_in_a_row"] = 0
@@ -315,7 +316,8 @@ class Eden:
         lr = base_lr * ((batch^2 + lr_batches^2) / lr_batches^2) ** -0.25
                      * ((epoch^2 + lr_epochs^2) / lr_epochs^2) ** -0.25
                      * warmup,
-        warmup = warmup_start + (1 - warmup_start) * batch / warmup_batches  (batch < warmup_batches)
+        warmup = warmup_start + (1 - warmup_start) * batch / warmup_batches  (batch <
+        warmup_batches)
                = 1                                                           (afterwards)
 
     ``base_lr`` is each param group's ``lr`` when the schedule is created (kept in the group

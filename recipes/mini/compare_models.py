@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from asrq.experiments.compare import DEFAULT_VARIANTS, compare_models
 from asrq.config import load_config
+from asrq.experiments.compare import DEFAULT_VARIANTS, compare_models
 from asrq.utils.io import AsrqError
 
 HERE = Path(__file__).resolve().parent

@@ -56,7 +56,8 @@ def main() -> None:
     )
     print((out / "latency_pred_vs_measured.md").read_text())
     print(
-        f"max |error| {r['max_abs_error_pct']}%, within 15%: {r['within_15pct']}/{len(r['subnets'])}"
+        f"max |error| {r['max_abs_error_pct']}%, "
+        f"within 15%: {r['within_15pct']}/{len(r['subnets'])}"
     )
 
 

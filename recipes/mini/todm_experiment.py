@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from asrq.experiments.todm import DEFAULT_SIZES, deploy_many
 from asrq.config import load_config
+from asrq.experiments.todm import DEFAULT_SIZES, deploy_many
 from asrq.utils.io import AsrqError
 
 HERE = Path(__file__).resolve().parent

@@ -1,0 +1,525 @@
+"""Quantized exports: ExecuTorch ``.pte`` (XNNPACK) and ONNX (QDQ) programs that carry the scales
+QAT learned, and post-training baselines from fp32 modules.
+
+Learned int8 (weights per-channel symmetric, activations per-tensor affine; asrq.quant.pt2e)::
+
+    fake-quant module -> convert_learned (strip, torch.export, prepare_pt2e with the learned
+    qparams, convert_pt2e)  -> torch.export -> to_edge_transform_and_lower(XnnpackPartitioner)
+                            -> .pte
+                            -> torch.onnx.export(dynamo=True) -> QDQ .onnx
+
+Checks on the results: :func:`xnnpack_delegate_summary` decodes each XNNPACK delegate's
+flatbuffer (the graph XNNPACK runs) and counts its nodes by (op, input / weight / output
+datatype), e.g. ``XNNFullyConnected qint8 x qcint8 -> fp32``; :func:`ort_optimized_op_counts`
+lets onnxruntime optimize a model and counts the node types it produced (e.g.
+``MatMulIntegerToFloat``).
+
+int4 with learned scales: the QAT model's group scales ``(out, in / 32)`` are written into the
+weights of torchao's 8da4w (``Int8DynamicActivationIntxWeightConfig``) layers before export
+(:func:`export_executorch_8da4w` with ``learned=True``; int4 qdata recomputed from them); the
+activations of 8da4w are quantized dynamically per token at run time, so learned activation
+scales do not apply there. ONNX int4 uses onnxruntime's ``MatMulNBitsQuantizer`` (its own
+scales: learned group scales are not injected into ``MatMulNBits``).
+
+Post-training baselines: :func:`ptq_onnx_dynamic` (onnxruntime dynamic int8, MatMul only,
+per-channel, ``reduce_range``), :func:`ptq_pt2e_static` (XNNPACKQuantizer static int8
+calibrated on given inputs), :func:`ptq_onnx_int4` (``MatMulNBits``), and
+:func:`export_executorch_8da4w` with ``learned=False``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import re
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from asrq.quant.modules import LayerQParams, strip_fake_quant
+from asrq.quant.pt2e import convert_learned
+from asrq.utils.io import atomic_path
+
+
+@dataclass
+class QuantArtifact:
+    """One written quantized program."""
+
+    path: Path
+    bytes: int
+    scheme: (
+        str  # int8-learned | int8-ptq-static | int8-dynamic | w4a8-learned | w4a8-ptq | int4-weight
+    )
+    #: ExecuTorch: XNNPACK delegate nodes by "op in x weight -> out" datatypes, ops left outside
+    delegate_nodes: dict[str, int] = field(default_factory=dict)
+    portable_ops: dict[str, int] = field(default_factory=dict)
+    #: ONNX: node types after onnxruntime's optimizer
+    ort_ops: dict[str, int] = field(default_factory=dict)
+    #: ExecuTorch: the quantization parameters inside the delegates (xnnpack_quant_params)
+    qparams: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def positional_dynamic_shapes(dynamic_shapes: Any, num_inputs: int) -> Any:
+    """A ``{arg name: shapes}`` dict as a tuple, one entry per flat input (varargs such as the
+    streaming encoder's ``states`` expanded): a converted PT2E graph names its inputs
+    ``states_0, states_1, ...``, so the names of the original ``forward`` no longer match."""
+    if not isinstance(dynamic_shapes, dict):
+        return dynamic_shapes
+    flat: list[Any] = []
+    for v in dynamic_shapes.values():
+        if isinstance(v, tuple) and all(e is None or isinstance(e, dict) for e in v):
+            flat.extend(v)
+        else:
+            flat.append(v)
+    return tuple(flat) if len(flat) == num_inputs else dynamic_shapes
+
+
+# --------------------------------------------------------------------------------------------
+# ExecuTorch
+# --------------------------------------------------------------------------------------------
+def lower_to_pte(
+    gm: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    dynamic_shapes: Any,
+    path: str | Path,
+    scheme: str,
+    constant_methods: dict[str, Any] | None = None,
+) -> QuantArtifact:
+    """torch.export ``gm`` (a converted PT2E graph or a torchao-quantized module), lower to
+    XNNPACK, serialize to ``path`` atomically."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from asrq.export.executorch_export import delegation_summary
+
+    dynamic_shapes = positional_dynamic_shapes(dynamic_shapes, len(example_inputs))
+    with torch.no_grad():
+        ep = torch.export.export(gm, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
+    edge = to_edge_transform_and_lower(
+        ep, partitioner=[XnnpackPartitioner()], constant_methods=constant_methods
+    )
+    _, portable = delegation_summary(edge)
+    graphs = xnnpack_delegate_graphs(edge)
+    nodes = xnnpack_delegate_summary(graphs)
+    et = edge.to_executorch()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(et.buffer)
+    return QuantArtifact(
+        path, path.stat().st_size, scheme, nodes, portable, qparams=xnnpack_quant_params(graphs)
+    )
+
+
+def xnnpack_delegate_graphs(edge: Any) -> list[dict[str, Any]]:
+    """The XNNPACK graph of every delegate of an ``EdgeProgramManager``, decoded from the
+    serialized flatbuffer (what the runtime executes) to JSON with ExecuTorch's ``flatc``."""
+    from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import (
+        XNNHeader,
+        _get_schema_bytes,
+    )
+    from executorch.exir._serialize._flatbuffer import _flatc_decompile
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    graphs = []
+    for mod in edge.exported_program().graph_module.modules():
+        if not isinstance(mod, LoweredBackendModule):
+            continue
+        data = mod.processed_bytes
+        h = XNNHeader.from_bytes(data[: XNNHeader.EXPECTED_LENGTH])
+        fb = data[h.flatbuffer_offset : h.flatbuffer_offset + h.flatbuffer_size]
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "schema.fbs").write_bytes(_get_schema_bytes())
+            Path(d, "g.bin").write_bytes(fb)
+            _flatc_decompile(d, os.path.join(d, "schema.fbs"), os.path.join(d, "g.bin"))
+            # flatc writes non-finite floats (e.g. clamp bounds) as bare inf / nan
+            text = re.sub(
+                r"(?<=[\s:\[,])(-?)(inf|nan)\b",
+                lambda m: {"inf": m.group(1) + "Infinity", "nan": "NaN"}[m.group(2)],
+                Path(d, "g.json").read_text(),
+            )
+            graph = json.loads(text)
+        # constants (weights, per-channel scales) live in the program's named data, by key
+        store = getattr(mod, "_named_data_store_output", None)
+        named = {}
+        if store is not None:
+            for key, entry in store.pte_data.items():
+                named[key] = bytes(store.buffers[entry.buffer_index])
+        graph["_named_data"] = named
+        graphs.append(graph)
+    return graphs
+
+
+def _values(graph: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    out = {}
+    for v in graph.get("xvalues", []):
+        u = v["xvalue_union"]
+        tv = u.get("tensor_value", u)
+        out[tv["id_out"]] = {
+            "datatype": tv["datatype"].replace("xnn_datatype_", ""),
+            "quant": u.get("quant_params"),
+            "quant_type": u.get("quant_params_type"),
+        }
+    return out
+
+
+def xnnpack_delegate_summary(graphs: list[dict[str, Any]]) -> dict[str, int]:
+    """Nodes of decoded XNNPACK graphs counted by op and the datatypes of the first input, the
+    weight (filter, if any) and the output, e.g. ``{"XNNFullyConnected qint8 x qcint8 ->
+    qint8": 12}``."""
+    counts: Counter[str] = Counter()
+    for graph in graphs:
+        vals = _values(graph)
+        for n in graph.get("xnodes", []):
+            u = n["xnode_union"]
+            first = u.get("input1_id", u.get("input_id"))
+            parts = [vals.get(first, {}).get("datatype", "?")]
+            if "filter_id" in u:
+                parts.append(vals.get(u["filter_id"], {}).get("datatype", "?"))
+            out = vals.get(u.get("output_id"), {}).get("datatype", "?")
+            counts[f"{n['xnode_union_type']} {' x '.join(parts)} -> {out}"] += 1
+    return dict(sorted(counts.items()))
+
+
+def xnnpack_quant_params(graphs: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The quantization parameters stored in decoded XNNPACK graphs: ``per_tensor`` (scale,
+    zero point) pairs of qint8 values (scales as ``flatc`` prints them: 6 decimals)
+    and ``per_channel`` fp32 scale lists of qcint8 weights (exact: read from the named constant
+    data ``scale_buffer_idx`` points to); ``per_group``: the params of blockwise (int4) weights
+    with their ``scale`` list read the same way (stored as bf16 or fp32)."""
+    import numpy as np
+
+    out: dict[str, list[Any]] = {"per_tensor": [], "per_channel": [], "per_group": []}
+    for graph in graphs:
+        consts = graph.get("constant_data", [])
+        named = graph.get("_named_data", {})
+        for v in _values(graph).values():
+            q, kind = v["quant"], v["quant_type"]
+            if not q:
+                continue
+            if kind == "PerTensorQuant":
+                out["per_tensor"].append((q["scale"], q["zero_point"]))
+            elif kind == "PerChannelQuant":
+                scales = q.get("scale") or []
+                idx = q.get("scale_buffer_idx", 0)
+                if not scales and idx and consts[idx]["named_key"] in named:
+                    raw = named[consts[idx]["named_key"]]
+                    scales = np.frombuffer(raw, dtype=np.float32)[: q["num_scales"]].tolist()
+                out["per_channel"].append(scales)
+            elif kind == "PerChannelGroupQuant":  # scales in named data: bf16 or fp32
+                idx, n = q.get("scale_buffer_idx", 0), q["num_scales"]
+                scales = q.get("scale") or []
+                if not scales and idx and consts[idx]["named_key"] in named:
+                    raw = named[consts[idx]["named_key"]]
+                    if len(raw) >= 4 * n:
+                        scales = np.frombuffer(raw, dtype=np.float32)[:n].tolist()
+                    else:  # bfloat16: the high half of a float32
+                        bits = np.frombuffer(raw, dtype=np.uint16)[:n].astype(np.uint32) << 16
+                        scales = bits.view(np.float32).tolist()
+                out["per_group"].append({**q, "scale": scales})
+    return out
+
+
+def export_executorch_int8(
+    module: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    dynamic_shapes: Any,
+    path: str | Path,
+    constant_methods: dict[str, Any] | None = None,
+) -> tuple[QuantArtifact, dict[str, LayerQParams]]:
+    """A fake-quantized module -> ``.pte`` with its learned int8 scales (XNNPACK). ``module``
+    should already be XNNPACK-friendly (``asrq.export.wrappers.for_target(spec,
+    "executorch")``). Returns the artifact and the learned-parameter table."""
+    converted, table = convert_learned(module, example_inputs, dynamic_shapes)
+    art = lower_to_pte(
+        converted, example_inputs, dynamic_shapes, path, "int8-learned", constant_methods
+    )
+    return art, table
+
+
+def _apply_8da4w(module: nn.Module, group_size: int, names: set[str] | None = None) -> None:
+    """torchao 8da4w on the linear layers named in ``names`` (None: every linear whose
+    in_features divide by ``group_size``)."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    quantize_(
+        module,
+        Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=torch.int4, weight_granularity=PerGroup(group_size)
+        ),
+        filter_fn=lambda m, name: (
+            isinstance(m, nn.Linear)
+            and (name in names if names is not None else m.in_features % group_size == 0)
+        ),
+    )
+
+
+@torch.no_grad()
+def inject_group_scales(
+    module: nn.Module, table: dict[str, LayerQParams], float_weights: dict[str, Tensor]
+) -> int:
+    """Overwrite the scales and int4 data of torchao 8da4w weights (``IntxUnpackedToInt8Tensor``:
+    ``qdata`` (out, in) int8, ``scale`` / ``zero_point`` (out, in / G)) with the learned group
+    scales of ``table`` and ``round(w / s)`` of the float weights; returns the layers changed."""
+    n = 0
+    for name, mod in module.named_modules():
+        q = table.get(name)
+        if q is None or not q.group_size or not isinstance(mod, nn.Linear):
+            continue
+        w = mod.weight
+        if not all(hasattr(w, a) for a in ("qdata", "scale", "zero_point")):
+            raise RuntimeError(
+                f"{name}: torchao weight {type(w).__name__} has no qdata/scale/zero_point to "
+                "inject learned scales into"
+            )
+        s = q.weight_scale.to(w.scale.dtype)  # (out, in / G)
+        if tuple(s.shape) != tuple(w.scale.shape):
+            raise RuntimeError(
+                f"{name}: learned scales {tuple(s.shape)} vs torchao's {tuple(w.scale.shape)}"
+            )
+        fw = float_weights[name]
+        rows = fw.reshape(fw.shape[0], s.shape[1], -1)
+        qdata = torch.clamp(torch.round(rows / s[..., None]), -q.weight_qmax, q.weight_qmax)
+        w.qdata.copy_(qdata.reshape(w.qdata.shape).to(w.qdata.dtype))
+        w.scale.copy_(s)
+        w.zero_point.zero_()
+        n += 1
+    return n
+
+
+def export_executorch_8da4w(
+    module: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    dynamic_shapes: Any,
+    path: str | Path,
+    group_size: int = 32,
+    learned: bool = True,
+    constant_methods: dict[str, Any] | None = None,
+) -> QuantArtifact:
+    """int4 grouped weights (``qbint4``) with dynamic int8 activations (XNNPACK 8da4w).
+
+    ``learned``: ``module`` is fake-quantized (int4 layers with ``group_size``): its learned
+    group scales replace torchao's (:func:`inject_group_scales`); its 8-bit and float layers
+    stay float in this program (8da4w has no static int8 path).
+    Otherwise ``module`` is a float module and torchao computes the scales (PTQ)."""
+    m = copy.deepcopy(module).eval()
+    if learned:
+        m, table = strip_fake_quant(m)
+        floats = {n: mod.weight.detach().clone() for n, mod in m.named_modules() if n in table}
+        _apply_8da4w(m, group_size, {n for n, q in table.items() if q.group_size})
+        if inject_group_scales(m, table, floats) == 0:
+            raise ValueError("export_executorch_8da4w(learned=True): the module has no int4 layer")
+    else:
+        _apply_8da4w(m, group_size)
+    return lower_to_pte(
+        m,
+        example_inputs,
+        dynamic_shapes,
+        path,
+        "w4a8-learned" if learned else "w4a8-ptq",
+        constant_methods,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX
+# --------------------------------------------------------------------------------------------
+def onnx_from_graph(
+    gm: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    dynamic_shapes: Any,
+    input_names: list[str],
+    output_names: list[str],
+    path: str | Path,
+    scheme: str,
+    meta: dict[str, Any] | None = None,
+    opset: int = 18,
+) -> QuantArtifact:
+    """``torch.onnx.export(dynamo=True)`` of a (converted) module, written atomically; counts the
+    node types onnxruntime's optimizer leaves."""
+    import onnx
+
+    from asrq.export.onnx_export import cast_bool_where, save_onnx_program
+
+    dynamic_shapes = positional_dynamic_shapes(dynamic_shapes, len(example_inputs))
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            gm,
+            example_inputs,
+            f=None,
+            dynamo=True,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            verbose=False,
+        )
+    cast_bool_where(program.model)
+    path = save_onnx_program(program, path, {**(meta or {}), "quantization": scheme})
+    onnx.checker.check_model(str(path))
+    return QuantArtifact(path, path.stat().st_size, scheme, ort_ops=ort_optimized_op_counts(path))
+
+
+def export_onnx_int8(
+    module: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    dynamic_shapes: Any,
+    input_names: list[str],
+    output_names: list[str],
+    path: str | Path,
+    meta: dict[str, Any] | None = None,
+) -> tuple[QuantArtifact, dict[str, LayerQParams]]:
+    """A fake-quantized module -> QDQ ONNX with the learned scales. Use 7-bit weights
+    (``weight_qmax: 63``) when onnxruntime on x86 without VNNI is a target (its u8s8 kernels
+    lose accuracy at full 8 bits: notes/quantization.md)."""
+    converted, table = convert_learned(module, example_inputs, dynamic_shapes)
+    art = onnx_from_graph(
+        converted,
+        example_inputs,
+        dynamic_shapes,
+        input_names,
+        output_names,
+        path,
+        "int8-learned",
+        meta,
+    )
+    return art, table
+
+
+def ort_optimized_op_counts(path: str | Path) -> dict[str, int]:
+    """Node types of ``path`` after onnxruntime's full optimization (ORT_ENABLE_ALL)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = os.path.join(d, "opt.onnx")
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        model = onnx.load(opts.optimized_model_filepath)
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+def onnx_initializer_scales(path: str | Path) -> dict[str, list[Any]]:
+    """The scale initializers of every ``DequantizeLinear`` feeding a ``MatMul`` / ``Gemm`` /
+    ``Conv`` input (by consumer node name), as numpy arrays: what the QDQ file carries."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consts = {}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    consts[n.output[0]] = numpy_helper.to_array(a.t)
+    values = {**inits, **consts}
+    dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    out: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        if n.op_type not in ("MatMul", "Gemm", "Conv"):
+            continue
+        for inp in n.input:
+            src = dq.get(inp)
+            if src is None:
+                # a Transpose between the weight DQ and a MatMul
+                prod = next((m for m in model.graph.node if inp in m.output), None)
+                if prod is not None and prod.op_type == "Transpose":
+                    src = dq.get(prod.input[0])
+            if src is not None and src.input[1] in values:
+                out.setdefault(n.name, []).append(values[src.input[1]])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Post-training baselines
+# --------------------------------------------------------------------------------------------
+def ptq_onnx_dynamic(fp32_path: str | Path, path: str | Path) -> QuantArtifact:
+    """onnxruntime dynamic int8: MatMul only (its ConvInteger is 3.7x slower than fp32 here),
+    per-channel weights, ``reduce_range`` (7-bit weights; the u8s8 kernels on x86 need it)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        quantize_dynamic(
+            str(fp32_path),
+            str(tmp),
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            reduce_range=True,
+            weight_type=QuantType.QInt8,
+        )
+    return QuantArtifact(
+        path, path.stat().st_size, "int8-dynamic", ort_ops=ort_optimized_op_counts(path)
+    )
+
+
+def ptq_onnx_int4(fp32_path: str | Path, path: str | Path, block_size: int = 32) -> QuantArtifact:
+    """onnxruntime int4 weight-only ``MatMulNBits`` (symmetric, blocks of ``block_size``)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(
+        onnx.load(str(fp32_path)), bits=4, block_size=block_size, is_symmetric=True
+    )
+    q.process()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        onnx.save(q.model.model, str(tmp))
+    return QuantArtifact(
+        path, path.stat().st_size, "int4-weight", ort_ops=ort_optimized_op_counts(path)
+    )
+
+
+def ptq_pt2e_static(
+    module: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    dynamic_shapes: Any,
+    calibration: Iterable[tuple[Tensor, ...]],
+) -> torch.fx.GraphModule:
+    """XNNPACKQuantizer static int8 (per-channel symmetric weights, per-tensor affine
+    activations) calibrated on ``calibration`` input tuples -> converted PT2E graph (feed it to
+    :func:`lower_to_pte` or :func:`onnx_from_graph`)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)
+    )
+    with torch.no_grad():
+        ep = torch.export.export(
+            copy.deepcopy(module).eval(),
+            example_inputs,
+            dynamic_shapes=dynamic_shapes,
+            strict=False,
+        )
+        prepared = prepare_pt2e(ep.module(), quantizer)
+        for inputs in calibration:
+            prepared(*inputs)
+        return convert_pt2e(prepared, fold_quantize=True)
+
+
+def sqnr_db(ref: Tensor, test: Tensor) -> float:
+    """Signal-to-quantization-noise ratio ``10 log10(|ref|^2 / |ref - test|^2)`` in dB (torchao's
+    ``compute_error``); inf when equal."""
+    ref, test = ref.detach().double(), test.detach().double()
+    noise = (ref - test).pow(2).sum()
+    if noise == 0:
+        return float("inf")
+    return float(10 * torch.log10(ref.pow(2).sum() / noise))

@@ -32,8 +32,8 @@ def _narrow_supernet(path: Path) -> Path:
         d_model=[e.d_model],
         ffn_dim=[e.ffn_dim],
         num_heads=[e.num_heads],
-        joiner_dim=[cfg.model.joiner_dim],
-        predictor_dim=[cfg.model.predictor.d_model],
+        joiner_dim=[cfg.model.rnnt.joiner_dim],
+        predictor_dim=[cfg.model.rnnt.predictor.d_model],
     )
     return save_checkpoint(path, model_payload(model, cfg, tiny_bpe_bytes(48), step=0))
 

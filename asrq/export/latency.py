@@ -341,9 +341,9 @@ class RuntimePartTimer:
         model = build_model(cfg).eval()
         specs = part_specs(model, chunk_frames, left_frames, self.backend)
         enc_cfg = {**to_dict(cfg.encoder), "num_layers": 1}
+        # the head programs' dims are in their module reprs; add what a repr does not show
         head_cfg = {
-            "predictor": to_dict(cfg.predictor),
-            "joiner_dim": cfg.joiner_dim,
+            "context_size": int(model.predictor.context_size),
             "vocab": int(model.vocab_size),
         }
         names = {

@@ -29,25 +29,29 @@ PTQ baselines from an fp32 checkpoint: :func:`asrq.quant.export.ptq_onnx_dynamic
 QAT int4 model's group scales).
 """
 
-from asrq.quant.config import ModuleOverride, QatConfig, QuantConfig
-from asrq.quant.fake_quant import noise_amplitude, set_qat_step
-from asrq.quant.modules import (
-    calibrate,
-    quantize_,
-    quantized_layers,
-    split_parameters,
-    strip_fake_quant,
-)
+from typing import Any
 
-__all__ = [
-    "ModuleOverride",
-    "QatConfig",
-    "QuantConfig",
-    "calibrate",
-    "noise_amplitude",
-    "quantize_",
-    "quantized_layers",
-    "set_qat_step",
-    "split_parameters",
-    "strip_fake_quant",
-]
+#: the names re-exported here, by module (imported on first use: ``asrq.config`` imports
+#: :mod:`asrq.quant.config`, which must not pull in torch)
+_EXPORTS = {
+    "ModuleOverride": "asrq.quant.config",
+    "QatConfig": "asrq.quant.config",
+    "QuantConfig": "asrq.quant.config",
+    "noise_amplitude": "asrq.quant.fake_quant",
+    "set_qat_step": "asrq.quant.fake_quant",
+    "calibrate": "asrq.quant.modules",
+    "quantize_": "asrq.quant.modules",
+    "quantized_layers": "asrq.quant.modules",
+    "split_parameters": "asrq.quant.modules",
+    "strip_fake_quant": "asrq.quant.modules",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'asrq.quant' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

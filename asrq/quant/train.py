@@ -13,14 +13,15 @@ checkpoints, exact resume) with three changes, made through its hooks:
 - the step: :func:`asrq.quant.set_qat_step` before each step (the noise estimator's schedule);
   with ``estimator: squat`` the step is :func:`asrq.quant.squat.squat_step`.
 
-The resolved config, ``qat:`` section included (:class:`QatExperimentConfig`), travels in every
+The resolved config, ``qat:`` section included (``ExperimentConfig.qat``), travels in every
 checkpoint; :func:`load_qat_model` rebuilds the fake-quantized model from one. Checkpoints hold
 only tensors and plain data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,6 @@ from asrq.quant.squat import squat_step
 from asrq.train.checkpoint import LoadedModel, load_checkpoint, sentencepiece_from_bytes
 from asrq.train.loop import Trainer, combine_losses
 from asrq.utils.io import AsrqError
-
-
-@dataclass
-class QatExperimentConfig(ExperimentConfig):
-    """An :class:`ExperimentConfig` with a ``qat:`` section (until the config gains one)."""
-
-    qat: QatConfig = field(default_factory=QatConfig)
 
 
 def build_qat_optimizer(model: nn.Module, cfg: OptimConfig, scale_lr_scale: float):
@@ -91,7 +85,7 @@ def _init_weights(path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tensor]
             f"{path}: a supernet checkpoint; QAT of a supernet is not supported yet "
             "(slice a subnet with `asrq slice` and fine-tune that)"
         )
-    if "qat" in stored:
+    if stored.get("qat") is not None:
         raise AsrqError(f"{path}: already a QAT checkpoint; resume it with --resume instead")
     model_cfg = stored.get("model")
     if model_cfg is None or to_dict(from_dict(ModelConfig, model_cfg)) != to_dict(cfg):
@@ -103,15 +97,15 @@ def _init_weights(path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tensor]
 
 
 class QatTrainer(Trainer):
-    """QAT fine-tuning run for a :class:`QatExperimentConfig` (module doc)."""
+    """QAT fine-tuning run for a :class:`ExperimentConfig` (module doc)."""
 
     log_keys = (*Trainer.log_keys, "noise_amp")
 
     def __init__(
-        self, cfg: QatExperimentConfig, resume: str | Path | bool = False, progress: bool = True
+        self, cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True
     ) -> None:
-        if not isinstance(cfg, QatExperimentConfig):
-            raise AsrqError("QatTrainer needs a QatExperimentConfig (a config with a qat: section)")
+        if cfg.qat is None:
+            cfg = dataclasses.replace(cfg, qat=QatConfig())
         if cfg.supernet is not None:
             raise AsrqError("qat: QAT of a supernet is not supported yet")
         if not resume and not cfg.qat.init:
@@ -220,7 +214,7 @@ class QatTrainer(Trainer):
 
 
 def qat_train(
-    cfg: QatExperimentConfig, resume: str | Path | bool = False, progress: bool = True
+    cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Run QAT fine-tuning; returns the training summary (``exp_dir/train_summary.json``)."""
     return QatTrainer(cfg, resume=resume, progress=progress).run()
@@ -232,9 +226,9 @@ def load_qat_model(path: str | Path) -> LoadedModel:
     from asrq.models import build_model
 
     ckpt = load_checkpoint(path)
-    if "qat" not in ckpt.get("config", {}):
+    if ckpt.get("config", {}).get("qat") is None:
         raise AsrqError(f"{path}: not a QAT checkpoint (its config has no qat: section)")
-    cfg = from_dict(QatExperimentConfig, ckpt["config"], where=f"{path}:config")
+    cfg = from_dict(ExperimentConfig, ckpt["config"], where=f"{path}:config")
     model = build_model(cfg.model)
     quantize_(model, cfg.qat.quant, init_scales=False)
     state = ckpt.get("model_avg") or ckpt["model"]

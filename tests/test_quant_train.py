@@ -12,11 +12,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from asrq.config import dump_yaml
+from asrq.config import ExperimentConfig, dump_yaml
+from asrq.quant.config import QatConfig
 from asrq.quant.fake_quant import WeightFakeQuant
 from asrq.quant.modules import quantized_layers
-from asrq.config import ExperimentConfig
-from asrq.quant.config import QatConfig
 from asrq.quant.train import QatTrainer, load_qat_model
 from asrq.testing.data import TinyData
 from asrq.testing.models import tiny_config

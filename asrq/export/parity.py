@@ -5,8 +5,8 @@ Each program runs on random inputs in its runtime (onnxruntime / ExecuTorch) and
 PyTorch; float outputs must agree within ``tol`` (max abs error, default 1e-4), integer outputs
 exactly. Quantized exports (``asrq export --quant``) are held to a signal-to-quantization-noise
 ratio instead (``min_sqnr`` dB, each float output against the eager reference the quantization
-scheme names, e.g. the fake-quant model); every check records its SQNR. The full-context encoder is checked at the traced length and at other lengths (its time
-axis is dynamic); the streaming encoder runs 3 chunks carrying its states, against the eager
+scheme names, e.g. the fake-quant model); every check records its SQNR. The full-context
+encoder is checked at the traced length and at other lengths (its time axis is dynamic); the streaming encoder runs 3 chunks carrying its states, against the eager
 streaming encoder carrying its own.
 """
 
@@ -115,7 +115,9 @@ class ParityError(RuntimeError):
             + (f" {c.detail}" if c.detail else "")
             for c in bad[:6]
         )
-        bound = f"tol {report.tol:g}" if report.min_sqnr is None else f"min SQNR {report.min_sqnr} dB"
+        bound = (
+            f"tol {report.tol:g}" if report.min_sqnr is None else f"min SQNR {report.min_sqnr} dB"
+        )
         super().__init__(f"export parity failed ({bound}): {msg}")
         self.report = report
 

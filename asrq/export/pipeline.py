@@ -281,9 +281,7 @@ def export_loaded(
             run = open_programs(staging, target, threads=1).run
             t0 = time.perf_counter()
             batched = BACKENDS[target].batched_encoders
-            report.checks += P.check_encoders(
-                specs, run, target, batched, tol, programs, min_sqnr
-            )
+            report.checks += P.check_encoders(specs, run, target, batched, tol, programs, min_sqnr)
             for pname, cases in head.parity_cases(model, specs, target).items():
                 if pname in programs:
                     report.checks += P.check_program(

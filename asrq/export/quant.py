@@ -11,13 +11,17 @@ same signature. The head tables do not change: the programs, specs and parity ca
 fp32 export's, the files keep their names, so ``asrq transcribe`` / ``asrq bench`` run a
 quantized model directory unchanged.
 
-| scheme | source | ExecuTorch (XNNPACK) | ONNX | parity reference |
-| --- | --- | --- | --- | --- |
-| ``int8`` | qat | learned static int8 (PT2E, :func:`asrq.quant.pt2e.convert_learned`) | QDQ with the learned scales | the fake-quant model |
-| ``int8`` | ptq | the same, after :func:`~asrq.quant.quantize_` (7-bit weights, MSE step init) and calibration on dev cuts | the same | the calibrated fake-quant model |
-| ``int8-dynamic`` | ptq | XNNPACKQuantizer dynamic int8 on ``nn.Linear`` | ``quantize_dynamic`` (MatMul, 7-bit) | the float model |
-| ``w4a8`` | qat | 8da4w, the learned int4 group scales injected | ``MatMulNBits`` int4 (its own scales) | the float model with the learned int4 weights |
-| ``w4a8`` | ptq | 8da4w, torchao's scales | ``MatMulNBits`` int4 | the float model |
+- ``int8``, source qat: static int8 with the learned step sizes (PT2E,
+  :func:`asrq.quant.pt2e.convert_learned`) in both runtimes (ONNX QDQ); parity reference: the
+  fake-quant model.
+- ``int8``, source ptq: the same after :func:`asrq.quant.quantize_` (7-bit weights, MSE step
+  init) calibrated on dev cuts (:func:`asrq.quant.ptq.calibrate_on_cuts`); reference: the
+  calibrated fake-quant model.
+- ``int8-dynamic`` (ptq): ExecuTorch XNNPACKQuantizer dynamic int8 on ``nn.Linear``; ONNX
+  ``quantize_dynamic`` (MatMul, 7-bit weights); reference: the float model.
+- ``w4a8``, source qat: XNNPACK 8da4w with the learned int4 group step sizes injected; ONNX
+  ``MatMulNBits`` int4 (onnxruntime's own block scales); reference: the float model with the
+  learned int4 weights. Source ptq: torchao's scales; reference: the float model.
 """
 
 from __future__ import annotations
@@ -148,9 +152,7 @@ def prepare_int8(loaded: Any, calib_cuts: Path | None, calib_utts: int) -> Quant
         cfg = QuantConfig(weight_qmax=PTQ_INT8_QMAX, estimator="ste")
         model = quantize_(copy.deepcopy(model), cfg)
         n = calibrate_on_cuts(model, loaded.sp, calib_cuts, calib_utts)
-        meta = _int8_meta(
-            model, cfg, "ptq", calibration={"cuts": str(calib_cuts), "utterances": n}
-        )
+        meta = _int8_meta(model, cfg, "ptq", calibration={"cuts": str(calib_cuts), "utterances": n})
         source = "ptq"
     qmax = max(m.weight_fq.qmax for m in quantized_layers(model).values())
     return QuantPlan(
@@ -382,9 +384,7 @@ def _pte_w4a8(
     else:
         _apply_8da4w(m, plan.group_size)
         scheme = "w4a8-ptq"
-    art = lower_to_pte(
-        m, spec.example_inputs, spec.dynamic_shapes, path, scheme, files.constants
-    )
+    art = lower_to_pte(m, spec.example_inputs, spec.dynamic_shapes, path, scheme, files.constants)
     return _pte_entry(art, time.perf_counter() - t0, "w4a8")
 
 

@@ -6,20 +6,18 @@
 - :mod:`asrq.quant.squat`: SQuAT's alternating SAM / step-size training step.
 - :mod:`asrq.quant.export`: ExecuTorch / ONNX exports that carry the learned scales, PTQ baselines.
 - :mod:`asrq.quant.pt2e`: the PT2E quantizer that puts the learned scales on an exported graph.
-- :mod:`asrq.quant.programs`: the four RNN-T programs int8 for ONNX + ExecuTorch.
-- :mod:`asrq.quant.train`: ``asrq qat train`` (QAT fine-tuning of an fp32 checkpoint).
+- :mod:`asrq.quant.ptq`: calibration of a fake-quantized model on dev cuts (PTQ int8).
+- :mod:`asrq.quant.train`: ``asrq qat train`` (QAT fine-tuning of an fp32 checkpoint, plain or
+  supernet).
 
-What ``asrq export --quant int8`` should call::
+Quantized exports go through the one export driver: ``asrq export CKPT --quant
+int8|int8-dynamic|w4a8`` (:func:`asrq.export.pipeline.export_model` with ``quant=...``; the
+schemes are the table :data:`asrq.export.quant.QUANT_SCHEMES`)::
 
-    from asrq.quant.train import load_qat_model
-    from asrq.quant.programs import export_quantized_programs
+    from asrq.export.pipeline import export_model
 
-    loaded = load_qat_model("exp/mini_qat/model.pt")        # fake-quant model, learned scales
-    summary = export_quantized_programs(
-        loaded.model, loaded.config.qat.quant, out_dir, chunk_frames, left_frames,
-        targets=("onnx", "executorch"), meta=<the fp32 export's metadata>,
-        constant_methods=<the fp32 .pte constant methods>,
-    )   # writes <out>/<target>/<program>.int8.{onnx,pte}; returns sizes, delegate / fused ops
+    res = export_model("exp/mini_qat/model.pt", "exp/mini_qat/export-int8", quant="int8")
+    res.metadata["quantization"], res.metadata["sizes"], res.parity.min_sqnr_db()
 
 PTQ baselines from an fp32 checkpoint: :func:`asrq.quant.export.ptq_onnx_dynamic`,
 :func:`~asrq.quant.export.ptq_onnx_int4` (from the fp32 ``.onnx``),

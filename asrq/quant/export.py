@@ -546,7 +546,10 @@ def ptq_pt2e_dynamic(
     )
     with torch.no_grad():
         ep = torch.export.export(
-            copy.deepcopy(module).eval(), example_inputs, dynamic_shapes=dynamic_shapes, strict=False
+            copy.deepcopy(module).eval(),
+            example_inputs,
+            dynamic_shapes=dynamic_shapes,
+            strict=False,
         )
         prepared = prepare_pt2e(ep.module(), quantizer)
         prepared(*example_inputs)

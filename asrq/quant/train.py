@@ -21,7 +21,6 @@ only tensors and plain data.
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +75,18 @@ def build_qat_optimizer(model: nn.Module, cfg: OptimConfig, scale_lr_scale: floa
     return opt, sched
 
 
-def _init_weights(path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+def _init_weights(
+    path: str | Path, cfg: ModelConfig, supernet: bool = False
+) -> dict[str, torch.Tensor]:
     """The (averaged) weights of fp32 checkpoint ``path``, checked against ``cfg``."""
     ckpt = load_checkpoint(path)
     stored = ckpt.get("config", {})
-    if stored.get("supernet") is not None:
+    if (stored.get("supernet") is not None) != supernet:
+        kind = "a supernet" if supernet else "not a supernet"
         raise AsrqError(
-            f"{path}: a supernet checkpoint; QAT of a supernet is not supported yet "
-            "(slice a subnet with `asrq slice` and fine-tune that)"
+            f"{path}: the QAT config {'has' if supernet else 'has no'} supernet: section but the "
+            f"checkpoint is {'not ' if supernet else ''}a supernet checkpoint ({kind} run needs "
+            "the recipe the checkpoint was trained with)"
         )
     if stored.get("qat") is not None:
         raise AsrqError(f"{path}: already a QAT checkpoint; resume it with --resume instead")
@@ -106,8 +109,13 @@ class QatTrainer(Trainer):
     ) -> None:
         if cfg.qat is None:
             cfg = dataclasses.replace(cfg, qat=QatConfig())
-        if cfg.supernet is not None:
-            raise AsrqError("qat: QAT of a supernet is not supported yet")
+        if cfg.supernet is not None and type(self) is QatTrainer:
+            raise AsrqError("qat: a supernet config trains with SupernetQatTrainer (qat_train)")
+        if cfg.supernet is not None and cfg.qat.quant.estimator == "squat":
+            raise AsrqError(
+                "qat: estimator squat alternates SAM steps of one network; the supernet's "
+                "sandwich steps are not supported with it (use ste or noise)"
+            )
         if not resume and not cfg.qat.init:
             raise AsrqError("qat: no fp32 checkpoint to start from (set qat.init or --init)")
         self.qat = cfg.qat
@@ -129,7 +137,9 @@ class QatTrainer(Trainer):
     def _wrap_ddp(self):
         if not self._quantized:  # a fresh run: fp32 weights, quantize, calibrate
             init = Path(self.qat.init)
-            self.model.load_state_dict(_init_weights(init, self.cfg.model))
+            self.model.load_state_dict(
+                _init_weights(init, self.cfg.model, self.cfg.supernet is not None)
+            )
             self._quantize()
             self.calibrate()
             self.average = self._make_average()
@@ -213,11 +223,25 @@ class QatTrainer(Trainer):
         }
 
 
+def supernet_qat_trainer() -> type:
+    """The QAT trainer of a supernet: :class:`QatTrainer`'s hooks (quantize, calibrate, the
+    noise schedule) over :class:`asrq.supernet.train.SupernetTrainer`'s sandwich steps, every
+    sampled subnet fake-quantized with its sliced step sizes (asrq.supernet.elastic)."""
+    from asrq.supernet.train import SupernetTrainer
+
+    class SupernetQatTrainer(QatTrainer, SupernetTrainer):
+        log_keys = tuple(dict.fromkeys((*SupernetTrainer.log_keys, "noise_amp")))
+
+    return SupernetQatTrainer
+
+
 def qat_train(
     cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Run QAT fine-tuning; returns the training summary (``exp_dir/train_summary.json``)."""
-    return QatTrainer(cfg, resume=resume, progress=progress).run()
+    """Run QAT fine-tuning (of a supernet when ``cfg`` has a ``supernet:`` section, with its
+    sandwich rule); returns the training summary (``exp_dir/train_summary.json``)."""
+    cls = supernet_qat_trainer() if cfg.supernet is not None else QatTrainer
+    return cls(cfg, resume=resume, progress=progress).run()
 
 
 def load_qat_model(path: str | Path) -> LoadedModel:

@@ -6,8 +6,9 @@ PyTorch; float outputs must agree within ``tol`` (max abs error, default 1e-4), 
 exactly. Quantized exports (``asrq export --quant``) are held to a signal-to-quantization-noise
 ratio instead (``min_sqnr`` dB, each float output against the eager reference the quantization
 scheme names, e.g. the fake-quant model); every check records its SQNR. The full-context
-encoder is checked at the traced length and at other lengths (its time axis is dynamic); the streaming encoder runs 3 chunks carrying its states, against the eager
-streaming encoder carrying its own.
+encoder is checked at the traced length and at other lengths (its time axis is dynamic); the
+streaming encoder runs 3 chunks carrying its states, against the eager streaming encoder
+carrying its own.
 """
 
 from __future__ import annotations

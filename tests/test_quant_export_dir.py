@@ -118,3 +118,42 @@ def test_quant_refusals(checkpoints: dict[str, Path], tmp_path: Path) -> None:
         )
     with pytest.raises(AsrqError, match="unknown --quant"):
         export_model(checkpoints["fp32"], tmp_path / "c", quant="int3")
+
+
+@pytest.mark.slow
+def test_w4a8_from_an_int4_qat_model_injects_learned_group_scales(tmp_path: Path) -> None:
+    """An int4 fake-quant model (embed projection kept 8-bit: its in_features do not divide by
+    32) -> 8da4w programs whose int4 layers carry the learned scales: parity against the float
+    model with the learned int4 weights."""
+    from asrq.export.pipeline import export_loaded
+    from asrq.export.quant import quant_plan
+    from asrq.models import build_model
+    from asrq.quant.config import ModuleOverride, _default_overrides
+    from asrq.quant.modules import calibrating, quantize_
+    from asrq.testing.models import tiny_bpe_bytes
+    from asrq.train.checkpoint import LoadedModel, sentencepiece_from_bytes
+
+    torch.manual_seed(0)
+    cfg = tiny_config(vocab_size=32)
+    model = build_model(cfg.model)
+    keep8 = ModuleOverride(pattern="encoder.embed.*", weight_dtype="int8")
+    qc = QuantConfig(weight_dtype="int4", overrides=[*_default_overrides(), keep8])
+    quantize_(model, qc)
+    cfg.train.loss.rnnt_type = "full"
+    feats, lens = torch.randn(2, 83, 80), torch.tensor([83, 71])
+    ys, ylens = torch.tensor([[3, 5, 7, 9], [4, 6, 8, -1]]), torch.tensor([4, 3])
+    with calibrating(model):
+        model(feats, lens, ys, ylens, cfg.train.loss, -1, -1)
+    cfg = dataclasses.replace(cfg, qat=QatConfig(quant=qc))
+    bpe = tiny_bpe_bytes(32)
+    loaded = LoadedModel(model.eval(), cfg, sentencepiece_from_bytes(bpe), bpe, {"step": 1})
+    plan = quant_plan("w4a8", loaded)
+    assert plan.source == "qat" and plan.group_scales
+    res = export_loaded(
+        loaded, tmp_path / "w4", programs=("encoder",), quant=plan, onnx=False, executorch=True
+    )
+    nodes = res.metadata["programs"]["executorch"]["encoder"]["delegate_nodes"]
+    assert nodes.get("XNNFullyConnected qdint8 x qbint4 -> fp32", 0) >= 10, nodes
+    assert res.parity.min_sqnr_db("executorch", "encoder") >= 30.0
+    with pytest.raises(AsrqError, match="int4"):
+        quant_plan("int8", loaded)

@@ -553,4 +553,34 @@ def ptq_pt2e_dynamic(
         )
         prepared = prepare_pt2e(ep.module(), quantizer)
         prepared(*example_inputs)
-        return convert_pt2e(prepared, fold_quantize=True)
+        gm = convert_pt2e(prepared, fold_quantize=True)
+        expected = [t.dtype for t in _as_tuple(module(*example_inputs))]
+        return restore_output_dtypes(
+            gm, expected, [t.dtype for t in _as_tuple(gm(*example_inputs))]
+        )
+
+
+def _as_tuple(out: Any) -> tuple[Any, ...]:
+    return tuple(out) if isinstance(out, tuple | list) else (out,)
+
+
+def restore_output_dtypes(
+    gm: torch.fx.GraphModule, expected: list[torch.dtype], actual: list[torch.dtype]
+) -> torch.fx.GraphModule:
+    """Cast the outputs of ``gm`` whose dtype (``actual``, measured by running it) differs from
+    the float module's (``expected``). Measured: the dynamic-int8 conversion of the streaming
+    encoder returned its int64 ``processed`` counter as float32 (the ExecuTorch program then
+    refused it back as an input)."""
+    if expected == actual:
+        return gm
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    vals = list(_as_tuple(out.args[0]))
+    with gm.graph.inserting_before(out):
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+            if e != a:
+                vals[i] = gm.graph.call_function(
+                    torch.ops.aten._to_copy.default, (vals[i],), {"dtype": e}
+                )
+    out.args = (tuple(vals) if isinstance(out.args[0], tuple | list) else vals[0],)
+    gm.recompile()
+    return gm

@@ -280,6 +280,7 @@ def test_rnnt_predictor_and_joiner_programs_int8_both_targets(tmp_path: Path) ->
     assert "encoder.embed.conv.0" in q["float_layers"]
     meta = read_onnx_metadata(tmp_path / "m" / "joiner.onnx")
     assert json.loads(meta["quantization"])["scheme"] == "int8"
+    assert meta["quant_scheme"] == "int8-learned" and meta["program"] == "joiner"
     for b in ("onnx", "executorch"):
         assert res.parity.min_sqnr_db(b, "joiner") >= 30.0
         assert res.parity.min_sqnr_db(b, "predictor") >= 30.0

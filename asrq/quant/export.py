@@ -380,7 +380,7 @@ def onnx_from_graph(
             verbose=False,
         )
     cast_bool_where(program.model)
-    path = save_onnx_program(program, path, {**(meta or {}), "quantization": scheme})
+    path = save_onnx_program(program, path, {**(meta or {}), "quant_scheme": scheme})
     onnx.checker.check_model(str(path))
     return QuantArtifact(path, path.stat().st_size, scheme, ort_ops=ort_optimized_op_counts(path))
 

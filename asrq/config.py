@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from asrq.quant.config import QatConfig
 from asrq.utils.io import AsrqError
 
 T = TypeVar("T")
@@ -613,6 +614,8 @@ class ExperimentConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     supernet: SupernetConfig | None = None
+    #: quantization-aware fine-tuning (``asrq qat train``; asrq.quant): None for fp32 models
+    qat: QatConfig | None = None
 
     def __post_init__(self) -> None:
         methods = HEAD_METHODS[self.model.head]

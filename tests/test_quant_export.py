@@ -4,14 +4,15 @@ XNNPACK delegate and the ONNX initializers; the programs match the fake-quant ea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from asrq.export.wrappers import xnnpack_friendly
 from torch import nn
 
+from asrq.export.rewrites import xnnpack_friendly
 from asrq.quant import QuantConfig, quantize_
 from asrq.quant.export import (
     export_executorch_8da4w,
@@ -197,9 +198,9 @@ def test_pte_8da4w_with_learned_group_scales(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_real_tiny_conformer_encoder_exports_match_fake_quant(tmp_path: Path) -> None:
     import onnxruntime as ort
-    from asrq.export.wrappers import for_target, program_specs
     from executorch.runtime import Runtime
 
+    from asrq.export.rnnt import program_specs
     from asrq.models import build_model
     from asrq.testing.models import tiny_config
 
@@ -211,9 +212,8 @@ def test_real_tiny_conformer_encoder_exports_match_fake_quant(tmp_path: Path) ->
     with calibrating(model):
         for _ in range(3):
             spec.module(torch.randn(1, 163, 80) * 3, torch.tensor([163]))
-    s = for_target(spec, "executorch")
     art, table = export_executorch_int8(
-        s.module, s.example_inputs, s.dynamic_shapes, tmp_path / "e.pte"
+        xnnpack_friendly(spec.module), spec.example_inputs, spec.dynamic_shapes, tmp_path / "e.pte"
     )
     n_q = len(table)
     fc = art.delegate_nodes.get("XNNFullyConnected qint8 x qcint8 -> qint8", 0)
@@ -240,16 +240,18 @@ def test_real_tiny_conformer_encoder_exports_match_fake_quant(tmp_path: Path) ->
 
 
 def test_rnnt_predictor_and_joiner_programs_int8_both_targets(tmp_path: Path) -> None:
-    """asrq.quant.programs on the tiny RNN-T: the predictor (grouped conv + projection) and the
-    joiner export int8 to both runtimes with their layers in integer kernels and match eager."""
-    import onnxruntime as ort
-    from asrq.export.wrappers import program_specs
-    from executorch.runtime import Runtime
+    """``--quant int8`` through the one export driver on the tiny RNN-T's predictor (grouped
+    conv + projection) and joiner: integer kernels in both runtimes, SQNR parity, the model
+    directory's metadata records the quantization."""
+    import dataclasses
 
     from asrq.export.onnx_export import read_onnx_metadata
+    from asrq.export.pipeline import export_loaded
+    from asrq.export.quant import quant_plan
     from asrq.models import build_model
-    from asrq.quant.programs import export_quantized_programs
-    from asrq.testing.models import tiny_config
+    from asrq.quant.config import QatConfig
+    from asrq.testing.models import tiny_bpe_bytes, tiny_config
+    from asrq.train.checkpoint import LoadedModel, sentencepiece_from_bytes
 
     torch.manual_seed(0)
     cfg = tiny_config(vocab_size=32)
@@ -262,26 +264,23 @@ def test_rnnt_predictor_and_joiner_programs_int8_both_targets(tmp_path: Path) ->
     with calibrating(model):
         model(feats, lens, ys, ylens, cfg.train.loss, -1, -1)
     model.eval()
-    res = export_quantized_programs(model, qc, tmp_path, 4, 16, programs=("predictor", "joiner"))
-    assert res["onnx"]["joiner"]["ort_ops"].get("QGemm") == 1
-    assert res["onnx"]["predictor"]["ort_ops"].get("QLinearConv") == 1
-    ex = res["executorch"]
+    cfg = dataclasses.replace(cfg, qat=QatConfig(quant=qc))
+    bpe = tiny_bpe_bytes(32)
+    loaded = LoadedModel(model, cfg, sentencepiece_from_bytes(bpe), bpe, {"step": 1})
+    plan = quant_plan("int8", loaded)
+    res = export_loaded(loaded, tmp_path / "m", programs=("predictor", "joiner"), quant=plan)
+    progs = res.metadata["programs"]
+    assert progs["onnx"]["joiner"]["ort_ops"].get("QGemm") == 1
+    assert progs["onnx"]["predictor"]["ort_ops"].get("QLinearConv") == 1
+    ex = progs["executorch"]
     assert ex["joiner"]["delegate_nodes"]["XNNFullyConnected qint8 x qcint8 -> qint8"] == 1
     assert ex["predictor"]["delegate_nodes"]["XNNConv2d qint8 x qcint8 -> qint8"] == 1
-    meta = read_onnx_metadata(tmp_path / "onnx" / "joiner.int8.onnx")
-    assert (
-        meta["quant_scheme"] == "int8-learned"
-        and "encoder.embed.conv.0" in meta["quant_float_layers"]
-    )
-    joiner = program_specs(model, 4, 16, "onnx")["joiner"].module
-    enc, pred = torch.randn(5, 64) * 0.5, torch.randn(5, 64) * 0.5
-    ref = joiner(enc, pred)
-    sess = ort.InferenceSession(str(tmp_path / "onnx" / "joiner.int8.onnx"))
-    y = sess.run(None, {"encoder_out": enc.numpy(), "predictor_out": pred.numpy()})[0]
-    assert sqnr_db(ref, torch.from_numpy(y)) >= 30.0
-    method = (
-        Runtime.get()
-        .load_program(str(tmp_path / "executorch" / "joiner.int8.pte"))
-        .load_method("forward")
-    )
-    assert sqnr_db(ref, method.execute([enc, pred])[0]) >= 30.0
+    q = res.metadata["quantization"]
+    assert q["scheme"] == "int8" and q["source"] == "qat" and q["weights"]["qmax"] == [63]
+    assert "encoder.embed.conv.0" in q["float_layers"]
+    meta = read_onnx_metadata(tmp_path / "m" / "joiner.onnx")
+    assert json.loads(meta["quantization"])["scheme"] == "int8"
+    assert meta["quant_scheme"] == "int8-learned" and meta["program"] == "joiner"
+    for b in ("onnx", "executorch"):
+        assert res.parity.min_sqnr_db(b, "joiner") >= 30.0
+        assert res.parity.min_sqnr_db(b, "predictor") >= 30.0

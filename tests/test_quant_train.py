@@ -12,20 +12,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from asrq.config import dump_yaml
+from asrq.config import ExperimentConfig, dump_yaml
+from asrq.quant.config import QatConfig
 from asrq.quant.fake_quant import WeightFakeQuant
 from asrq.quant.modules import quantized_layers
-from asrq.quant.train import QatExperimentConfig, QatTrainer, load_qat_model
+from asrq.quant.train import QatTrainer, load_qat_model
 from asrq.testing.data import TinyData
 from asrq.testing.models import tiny_config
 from asrq.train.loop import Trainer
 from asrq.utils.io import AsrqError
 
 
-def _cfg(tiny: TinyData, exp_dir: Path, qat: bool = True, **train) -> QatExperimentConfig:
+def _cfg(tiny: TinyData, exp_dir: Path, qat: bool = True, **train) -> ExperimentConfig:
     base = tiny_config(vocab_size=0)
     fields = {k: getattr(base, k) for k in base.__dataclass_fields__}
-    cfg = QatExperimentConfig(**fields) if qat else type(base)(**fields)
+    cfg = ExperimentConfig(**{**fields, "qat": QatConfig() if qat else None})
     cfg.data.fbank_dir = str(tiny.fbank_dir)
     cfg.data.lang_dir = str(tiny.lang_dir)
     cfg.data.max_duration = 12.0

@@ -74,6 +74,27 @@ from asrq.utils.io import AsrqError
     "the layout sherpa-onnx's streaming transducer loads (model_type conformer; Conformer RNN-T "
     "only; needs --onnx). `asrq bench --backend sherpa-onnx` measures it.",
 )
+@click.option(
+    "--quant",
+    type=click.Choice(["int8", "int8-dynamic", "w4a8"]),
+    default=None,
+    help="Quantize: int8 (static; a QAT checkpoint's learned scales, or PTQ calibrated on dev "
+    "cuts), int8-dynamic (PTQ), w4a8 (int4 weights; QAT int4 or PTQ). Parity is then an SQNR "
+    "bound against the eager (fake-quant) model. [default: fp32]",
+)
+@click.option(
+    "--calib-cuts",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Cuts manifest for --quant int8 from an fp32 checkpoint. [default: the config's dev cuts]",
+)
+@click.option(
+    "--calib-utts",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Utterances of --calib-cuts to calibrate on.",
+)
 def export(
     checkpoint: Path,
     out_dir: Path,
@@ -86,6 +107,9 @@ def export(
     name: str | None,
     tol: float,
     sherpa: bool,
+    quant: str | None,
+    calib_cuts: Path | None,
+    calib_utts: int,
 ) -> None:
     """Export CHECKPOINT to a deployable model directory.
 
@@ -103,6 +127,7 @@ def export(
       asrq export exp/mini/model.pt --out exp/mini/export
       asrq export exp/mini/model.pt --out exp/mini/export-onnx --no-executorch --chunk-frames 16
       asrq export exp/mini/model.pt --out exp/mini/export --sherpa   # + sherpa-onnx streaming
+      asrq export exp/mini_qat/model.pt --quant int8 --out exp/mini_qat/export-int8
     """
     from asrq.export.parity import ParityError
     from asrq.export.pipeline import export_model
@@ -122,6 +147,9 @@ def export(
             tol=tol,
             sherpa=sherpa,
             log_fn=click.echo,
+            quant=quant,
+            calib_cuts=calib_cuts,
+            calib_utts=calib_utts,
         )
     except AsrqError as e:  # the root group does the same; this keeps ``export`` alone consistent
         click.echo(f"error: {e}", err=True)

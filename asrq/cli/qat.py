@@ -60,13 +60,18 @@ def train(
     step sizes + the resolved config with its qat: section), train_log.jsonl and
     train_summary.json (printed as JSON at the end).
     """
+    import dataclasses
+
     from asrq.config import load_config
-    from asrq.quant.train import QatExperimentConfig, qat_train
+    from asrq.quant.config import QatConfig
+    from asrq.quant.train import qat_train
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    cfg = load_config(config_path, overrides, cls=QatExperimentConfig)
+    cfg = load_config(config_path, overrides)
+    if cfg.qat is None:  # a recipe without a qat: section: the defaults
+        cfg = dataclasses.replace(cfg, qat=QatConfig())
     if init:
         cfg.qat.init = init
     res: str | bool = False

@@ -3,9 +3,12 @@ point 10).
 
 Each program runs on random inputs in its runtime (onnxruntime / ExecuTorch) and in eager
 PyTorch; float outputs must agree within ``tol`` (max abs error, default 1e-4), integer outputs
-exactly. The full-context encoder is checked at the traced length and at other lengths (its time
-axis is dynamic); the streaming encoder runs 3 chunks carrying its states, against the eager
-streaming encoder carrying its own.
+exactly. Quantized exports (``asrq export --quant``) are held to a signal-to-quantization-noise
+ratio instead (``min_sqnr`` dB, each float output against the eager reference the quantization
+scheme names, e.g. the fake-quant model); every check records its SQNR. The full-context
+encoder is checked at the traced length and at other lengths (its time axis is dynamic); the
+streaming encoder runs 3 chunks carrying its states, against the eager streaming encoder
+carrying its own.
 """
 
 from __future__ import annotations
@@ -32,12 +35,16 @@ class ParityCheck:
     max_abs_err: float
     ok: bool
     detail: str = ""
+    #: the lowest SQNR (dB) of the float outputs against eager (inf: equal)
+    sqnr_db: float | None = None
 
 
 @dataclass
 class ParityReport:
     tol: float
     checks: list[ParityCheck] = field(default_factory=list)
+    #: quantized exports: the SQNR (dB) each float output must reach (None: ``tol`` decides)
+    min_sqnr: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -55,25 +62,44 @@ class ParityReport:
         ]
         return max(errs, default=0.0)
 
+    def min_sqnr_db(self, backend: str | None = None, program: str | None = None) -> float:
+        vals = [
+            c.sqnr_db
+            for c in self.checks
+            if c.sqnr_db is not None
+            and (backend is None or c.backend == backend)
+            and (program is None or c.program == program)
+        ]
+        return min(vals, default=float("inf"))
+
     def to_dict(self) -> dict:
         summary: dict[str, dict[str, float]] = {}
+        sqnr: dict[str, dict[str, float | None]] = {}
         for c in self.checks:
             summary.setdefault(c.backend, {})
             summary[c.backend][c.program] = max(
                 summary[c.backend].get(c.program, 0.0), c.max_abs_err
             )
+            sqnr.setdefault(c.backend, {})[c.program] = _json_db(
+                self.min_sqnr_db(c.backend, c.program)
+            )
         return {
             "tol": self.tol,
+            "min_sqnr_db": self.min_sqnr,
             "ok": self.ok,
             "max_abs_err": summary,
-            "checks": [asdict(c) for c in self.checks],
+            "sqnr_db": sqnr,
+            "checks": [{**asdict(c), "sqnr_db": _json_db(c.sqnr_db)} for c in self.checks],
         }
 
     def table(self) -> str:
-        lines = [f"{'backend':<11} {'program':<18} {'case':<34} {'max_abs_err':>11}  ok"]
+        lines = [
+            f"{'backend':<11} {'program':<18} {'case':<34} {'max_abs_err':>11} {'sqnr_dB':>8}  ok"
+        ]
         for c in self.checks:
+            db = "" if c.sqnr_db is None else f"{c.sqnr_db:.1f}"
             lines.append(
-                f"{c.backend:<11} {c.program:<18} {c.case:<34} {c.max_abs_err:>11.3e}  "
+                f"{c.backend:<11} {c.program:<18} {c.case:<34} {c.max_abs_err:>11.3e} {db:>8}  "
                 + ("yes" if c.ok else "NO")
             )
         return "\n".join(lines)
@@ -86,34 +112,62 @@ class ParityError(RuntimeError):
         bad = report.failures()
         msg = "; ".join(
             f"{c.backend}/{c.program} [{c.case}] max abs err {c.max_abs_err:.3e}"
+            + (f" SQNR {c.sqnr_db:.1f} dB" if c.sqnr_db is not None else "")
             + (f" {c.detail}" if c.detail else "")
             for c in bad[:6]
         )
-        super().__init__(f"export parity failed (tol {report.tol:g}): {msg}")
+        bound = (
+            f"tol {report.tol:g}" if report.min_sqnr is None else f"min SQNR {report.min_sqnr} dB"
+        )
+        super().__init__(f"export parity failed ({bound}): {msg}")
         self.report = report
 
 
+def _json_db(v: float | None) -> float | str | None:
+    """An SQNR for JSON (``inf`` as the string "inf")."""
+    if v is None:
+        return None
+    return "inf" if v == float("inf") else round(v, 2)
+
+
+def sqnr_db(ref: Tensor, test: Tensor) -> float:
+    """Signal-to-quantization-noise ratio ``10 log10(|ref|^2 / |ref - test|^2)`` in dB
+    (torchao's ``compute_error``); inf when equal."""
+    ref, test = ref.detach().double(), test.detach().double()
+    noise = (ref - test).pow(2).sum()
+    if noise == 0:
+        return float("inf")
+    return float(10 * torch.log10(ref.pow(2).sum() / noise))
+
+
 def compare(
-    outputs: Sequence[Tensor], expected: Sequence[Tensor], tol: float
-) -> tuple[float, bool, str]:
-    """Max abs error over float outputs (integer outputs must match exactly) ->
-    (err, ok, detail)."""
+    outputs: Sequence[Tensor],
+    expected: Sequence[Tensor],
+    tol: float,
+    min_sqnr: float | None = None,
+) -> tuple[float, bool, str, float]:
+    """Max abs error and lowest SQNR over float outputs (integer outputs must match exactly)
+    -> (err, ok, detail, sqnr). ``ok`` needs ``err <= tol``, or with ``min_sqnr`` every float
+    output's SQNR ``>= min_sqnr``."""
+    inf = float("inf")
     if len(outputs) != len(expected):
-        return float("inf"), False, f"{len(outputs)} outputs, expected {len(expected)}"
-    err, ok, detail = 0.0, True, ""
+        return inf, False, f"{len(outputs)} outputs, expected {len(expected)}", -inf
+    err, ok, detail, low = 0.0, True, "", inf
     for i, (o, e) in enumerate(zip(outputs, expected, strict=True)):
         o = torch.as_tensor(o)
         if tuple(o.shape) != tuple(e.shape):
-            return float("inf"), False, f"output {i} shape {tuple(o.shape)} != {tuple(e.shape)}"
+            return inf, False, f"output {i} shape {tuple(o.shape)} != {tuple(e.shape)}", -inf
         if e.dtype.is_floating_point:
             d = (o.double() - e.double()).abs().max().item() if e.numel() else 0.0
             if not d == d:  # NaN
-                return float("inf"), False, f"output {i} has NaN"
+                return inf, False, f"output {i} has NaN", -inf
             err = max(err, d)
-            ok = ok and d <= tol
+            db = sqnr_db(e, o) if e.numel() else inf
+            low = min(low, db)
+            ok = ok and (d <= tol if min_sqnr is None else (d <= tol or db >= min_sqnr))
         elif not torch.equal(o.to(e.dtype), e):
             ok, detail = False, f"integer output {i} differs"
-    return err, ok, detail
+    return err, ok, detail, low
 
 
 def eager_outputs(spec: ProgramSpec, inputs: Sequence[Tensor]) -> list[Tensor]:
@@ -147,6 +201,7 @@ def check_program(
     backend: str,
     cases: list[Case],
     tol: float,
+    min_sqnr: float | None = None,
 ) -> list[ParityCheck]:
     checks = []
     for label, inputs in cases:
@@ -159,8 +214,8 @@ def check_program(
                 )
             )
             continue
-        err, ok, detail = compare(out, eager_outputs(spec, inputs), tol)
-        checks.append(ParityCheck(spec.name, backend, label, err, ok, detail))
+        err, ok, detail, db = compare(out, eager_outputs(spec, inputs), tol, min_sqnr)
+        checks.append(ParityCheck(spec.name, backend, label, err, ok, detail, db))
     return checks
 
 
@@ -172,6 +227,7 @@ def check_streaming(
     tol: float,
     num_chunks: int = 3,
     seed: int = 0,
+    min_sqnr: float | None = None,
 ) -> list[ParityCheck]:
     """``num_chunks`` chunks through the exported streaming encoder carrying its states, against
     eager carrying its own; the last chunk is partly padding (``x_lens`` < window). The states
@@ -198,8 +254,8 @@ def check_streaming(
                 )
             )
             break
-        err, ok, detail = compare(out, expected, tol)
-        checks.append(ParityCheck(spec.name, backend, label, err, ok, detail))
+        err, ok, detail, db = compare(out, expected, tol, min_sqnr)
+        checks.append(ParityCheck(spec.name, backend, label, err, ok, detail, db))
         n_out = len(spec.output_names) - len(spec.states)
         states_eager, states_rt = expected[n_out:], [torch.as_tensor(t) for t in out[n_out:]]
     return checks
@@ -212,6 +268,7 @@ def check_encoders(
     batch_dynamic: bool,
     tol: float,
     programs: Sequence[str],
+    min_sqnr: float | None = None,
 ) -> list[ParityCheck]:
     """The checks every head shares: the full-context ``encoder`` at three lengths and the
     ``encoder_streaming`` over three chunks (batch 2 where the batch is dynamic), if in
@@ -219,8 +276,10 @@ def check_encoders(
     checks: list[ParityCheck] = []
     if "encoder" in programs:
         cases = encoder_cases(specs["encoder"], batch_dynamic)
-        checks += check_program(specs["encoder"], run, backend, cases, tol)
+        checks += check_program(specs["encoder"], run, backend, cases, tol, min_sqnr)
     if "encoder_streaming" in programs:
         batch = 2 if batch_dynamic else 1
-        checks += check_streaming(specs["encoder_streaming"], run, backend, batch, tol)
+        checks += check_streaming(
+            specs["encoder_streaming"], run, backend, batch, tol, min_sqnr=min_sqnr
+        )
     return checks

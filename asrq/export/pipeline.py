@@ -164,19 +164,52 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def load_for_export(checkpoint: str | Path) -> Any:
+    """A checkpoint's ``LoadedModel``: a QAT checkpoint (its config has a ``qat`` section) as
+    its fake-quantized model with the learned step sizes, any other as its float model."""
+    from asrq.train.checkpoint import load_checkpoint, load_model
+
+    if load_checkpoint(checkpoint).get("config", {}).get("qat") is not None:
+        from asrq.quant.train import load_qat_model
+
+        return load_qat_model(checkpoint)
+    return load_model(checkpoint)
+
+
 def export_model(
-    checkpoint: str | Path, out_dir: str | Path, *, name: str | None = None, **options: Any
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    name: str | None = None,
+    quant: str | None = None,
+    calib_cuts: str | Path | None = None,
+    calib_utts: int = 32,
+    **options: Any,
 ) -> ExportResult:
     """Export a checkpoint (see the module doc): :func:`export_loaded` on the loaded model, with
     its keyword ``options`` (``onnx``, ``executorch``, ``chunk_frames``, ``left_frames``,
     ``max_seconds``, ``opset``, ``tol``, ``programs``, ``sherpa``, ``log_fn``). ``name`` defaults to
-    the checkpoint's file stem. Raises :class:`~asrq.export.parity.ParityError` when a program
-    misses ``tol``."""
-    from asrq.train.checkpoint import load_model
-
-    loaded = load_model(checkpoint)
+    the checkpoint's file stem. ``quant``: a scheme of :data:`asrq.export.quant.QUANT_SCHEMES`
+    (``int8`` from an fp32 checkpoint calibrates on ``calib_cuts``, default the config's dev
+    cuts; ``calib_utts`` utterances). Without ``quant`` a QAT checkpoint exports its weights as
+    float. Raises :class:`~asrq.export.parity.ParityError` when a program misses its bound."""
+    loaded = load_for_export(checkpoint)
     name = name or Path(checkpoint).stem
-    return export_loaded(loaded, out_dir, checkpoint=str(checkpoint), name=name, **options)
+    plan = None
+    if quant is not None:
+        from asrq.export.quant import quant_plan
+
+        if calib_cuts is None:
+            d = loaded.config.data
+            calib_cuts = Path(d.fbank_dir) / f"librispeech_cuts_{d.dev_split}.jsonl.gz"
+        plan = quant_plan(quant, loaded, calib_cuts, calib_utts)
+    else:
+        from asrq.export.quant import float_model
+
+        loaded.model = float_model(loaded.model)
+    return export_loaded(
+        loaded, out_dir, checkpoint=str(checkpoint), name=name, quant=plan, **options
+    )
 
 
 def export_loaded(
@@ -195,6 +228,7 @@ def export_loaded(
     programs: Sequence[str] | None = None,
     sherpa: bool = False,
     log_fn: Callable[[str], None] | None = None,
+    quant: Any = None,
 ) -> ExportResult:
     """Export an already loaded model (``asrq.train.checkpoint.LoadedModel``: ``.model``,
     ``.config``, ``.sp``, ``.bpe_model_bytes``, ``.meta``) into ``out_dir``.
@@ -203,8 +237,11 @@ def export_loaded(
     ``chunk_frames`` / ``left_frames`` to its ``model.streaming``; ``max_seconds`` bounds the
     full-context encoder's input on memory-planned backends (ExecuTorch); ``programs``: a subset
     of the head's programs to write and check (default: all); ``sherpa``: also write the
-    sherpa-onnx streaming layout (:mod:`asrq.export.sherpa`) into ``sherpa/``. Raises
-    :class:`~asrq.export.parity.ParityError` when a program misses ``tol``."""
+    sherpa-onnx streaming layout (:mod:`asrq.export.sherpa`) into ``sherpa/`` (fp32 only).
+    ``quant``: a :class:`asrq.export.quant.QuantPlan`: its model is exported (and is the parity
+    reference) with its scheme's writers, held to its SQNR bound. Raises
+    :class:`~asrq.export.parity.ParityError` when a program misses ``tol`` (or the SQNR
+    bound)."""
     say = log_fn or log.info
     cfg = loaded.config
     out_dir = Path(out_dir)
@@ -224,34 +261,45 @@ def export_loaded(
         raise AsrqError(f"--max-seconds {max_seconds} is too short")
     opset = opset or cfg.export.opset
     _check_out_dir(out_dir)
-    model = loaded.model.eval()
+    model = (loaded.model if quant is None else quant.model).eval()
     _, head = export_head(model)
     if sherpa:
         from asrq.export.sherpa import check_supported
 
+        if quant is not None:
+            raise AsrqError(
+                "--sherpa writes the fp32 sherpa-onnx layout; export it without --quant"
+            )
         check_supported(model)
     programs = tuple(programs or head.programs)
     meta = base_metadata(loaded, chunk, left, name, checkpoint, max_steps)
+    if quant is not None:
+        meta["quantization"] = quant.metadata
     files = file_metadata(meta, head)
     meta["programs"] = {}
-    report = P.ParityReport(tol)
+    min_sqnr = None if quant is None else quant.min_sqnr
+    report = P.ParityReport(tol, min_sqnr=min_sqnr)
     staging = _staging_dir(out_dir)
     try:
         for target in targets:
             specs = head.program_specs(model, chunk, left, target, max_steps)
+            writer = get_exporter(target) if quant is None else quant.exporter(target)
             meta["programs"][target] = {
-                pname: _export_one(target, specs[pname], staging, files, opset, say)
+                pname: _export_one(target, specs[pname], staging, files, opset, say, writer)
                 for pname in programs
             }
             run = open_programs(staging, target, threads=1).run
             t0 = time.perf_counter()
             batched = BACKENDS[target].batched_encoders
-            report.checks += P.check_encoders(specs, run, target, batched, tol, programs)
+            report.checks += P.check_encoders(specs, run, target, batched, tol, programs, min_sqnr)
             for pname, cases in head.parity_cases(model, specs, target).items():
                 if pname in programs:
-                    report.checks += P.check_program(specs[pname], run, target, cases, tol)
+                    report.checks += P.check_program(
+                        specs[pname], run, target, cases, tol, min_sqnr
+                    )
             say(
-                f"{target:<10} parity: max abs err {report.max_abs_err(target):.2e} "
+                f"{target:<10} parity: max abs err {report.max_abs_err(target):.2e}, "
+                f"min SQNR {report.min_sqnr_db(target):.1f} dB "
                 f"({time.perf_counter() - t0:.1f} s)"
             )
             del run  # release the runtime's sessions before the directory moves
@@ -292,8 +340,10 @@ def _export_one(
     files: FileMetadata,
     opset: int,
     say: Callable[[str], None],
+    writer: Callable[..., dict[str, Any]],
 ) -> dict[str, Any]:
-    """Write one program with the backend's exporter -> its ``metadata.json`` entry."""
+    """Write one program with ``writer`` (the backend's exporter, or a quantization scheme's)
+    -> its ``metadata.json`` entry."""
     path = program_path(staging, spec.name, target)
     entry: dict[str, Any] = {
         "file": path.name,
@@ -303,7 +353,7 @@ def _export_one(
             k: {str(a): v for a, v in d.items()} for k, d in spec.dynamic_axes.items()
         },
     }
-    entry.update(get_exporter(target)(spec, path, files, opset))
+    entry.update(writer(spec, path, files, opset))
     say(
         f"{target:<10} {spec.name:<18} {entry['bytes'] / 1e6:8.2f} MB  "
         f"{entry['export_seconds']:7.1f} s"

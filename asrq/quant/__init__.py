@@ -6,20 +6,18 @@
 - :mod:`asrq.quant.squat`: SQuAT's alternating SAM / step-size training step.
 - :mod:`asrq.quant.export`: ExecuTorch / ONNX exports that carry the learned scales, PTQ baselines.
 - :mod:`asrq.quant.pt2e`: the PT2E quantizer that puts the learned scales on an exported graph.
-- :mod:`asrq.quant.programs`: the four RNN-T programs int8 for ONNX + ExecuTorch.
-- :mod:`asrq.quant.train`: ``asrq qat train`` (QAT fine-tuning of an fp32 checkpoint).
+- :mod:`asrq.quant.ptq`: calibration of a fake-quantized model on dev cuts (PTQ int8).
+- :mod:`asrq.quant.train`: ``asrq qat train`` (QAT fine-tuning of an fp32 checkpoint, plain or
+  supernet).
 
-What ``asrq export --quant int8`` should call::
+Quantized exports go through the one export driver: ``asrq export CKPT --quant
+int8|int8-dynamic|w4a8`` (:func:`asrq.export.pipeline.export_model` with ``quant=...``; the
+schemes are the table :data:`asrq.export.quant.QUANT_SCHEMES`)::
 
-    from asrq.quant.train import load_qat_model
-    from asrq.quant.programs import export_quantized_programs
+    from asrq.export.pipeline import export_model
 
-    loaded = load_qat_model("exp/mini_qat/model.pt")        # fake-quant model, learned scales
-    summary = export_quantized_programs(
-        loaded.model, loaded.config.qat.quant, out_dir, chunk_frames, left_frames,
-        targets=("onnx", "executorch"), meta=<the fp32 export's metadata>,
-        constant_methods=<the fp32 .pte constant methods>,
-    )   # writes <out>/<target>/<program>.int8.{onnx,pte}; returns sizes, delegate / fused ops
+    res = export_model("exp/mini_qat/model.pt", "exp/mini_qat/export-int8", quant="int8")
+    res.metadata["quantization"], res.metadata["sizes"], res.parity.min_sqnr_db()
 
 PTQ baselines from an fp32 checkpoint: :func:`asrq.quant.export.ptq_onnx_dynamic`,
 :func:`~asrq.quant.export.ptq_onnx_int4` (from the fp32 ``.onnx``),
@@ -29,25 +27,29 @@ PTQ baselines from an fp32 checkpoint: :func:`asrq.quant.export.ptq_onnx_dynamic
 QAT int4 model's group scales).
 """
 
-from asrq.quant.config import ModuleOverride, QatConfig, QuantConfig
-from asrq.quant.fake_quant import noise_amplitude, set_qat_step
-from asrq.quant.modules import (
-    calibrate,
-    quantize_,
-    quantized_layers,
-    split_parameters,
-    strip_fake_quant,
-)
+from typing import Any
 
-__all__ = [
-    "ModuleOverride",
-    "QatConfig",
-    "QuantConfig",
-    "calibrate",
-    "noise_amplitude",
-    "quantize_",
-    "quantized_layers",
-    "set_qat_step",
-    "split_parameters",
-    "strip_fake_quant",
-]
+#: the names re-exported here, by module (imported on first use: ``asrq.config`` imports
+#: :mod:`asrq.quant.config`, which must not pull in torch)
+_EXPORTS = {
+    "ModuleOverride": "asrq.quant.config",
+    "QatConfig": "asrq.quant.config",
+    "QuantConfig": "asrq.quant.config",
+    "noise_amplitude": "asrq.quant.fake_quant",
+    "set_qat_step": "asrq.quant.fake_quant",
+    "calibrate": "asrq.quant.modules",
+    "quantize_": "asrq.quant.modules",
+    "quantized_layers": "asrq.quant.modules",
+    "split_parameters": "asrq.quant.modules",
+    "strip_fake_quant": "asrq.quant.modules",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'asrq.quant' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

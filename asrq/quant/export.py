@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from asrq.export.parity import sqnr_db  # noqa: F401  (re-exported: tests and callers use it here)
 from asrq.quant.modules import LayerQParams, strip_fake_quant
 from asrq.quant.pt2e import convert_learned
 from asrq.utils.io import atomic_path
@@ -67,6 +68,8 @@ class QuantArtifact:
     ort_ops: dict[str, int] = field(default_factory=dict)
     #: ExecuTorch: the quantization parameters inside the delegates (xnnpack_quant_params)
     qparams: dict[str, list[Any]] = field(default_factory=dict)
+    #: ExecuTorch: the planned upper bound of input ``x``'s axis 1 (bounded dynamic shapes)
+    max_fbank_frames: int | None = None
 
 
 def positional_dynamic_shapes(dynamic_shapes: Any, num_inputs: int) -> Any:
@@ -100,11 +103,15 @@ def lower_to_pte(
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from asrq.export.executorch_export import delegation_summary
+    from asrq.export.executorch_export import _upper_bound_of_time_axis, delegation_summary
 
     dynamic_shapes = positional_dynamic_shapes(dynamic_shapes, len(example_inputs))
     with torch.no_grad():
         ep = torch.export.export(gm, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
+    try:
+        max_frames = _upper_bound_of_time_axis(ep)
+    except (StopIteration, KeyError, ValueError, TypeError):  # no dynamic input x
+        max_frames = None
     edge = to_edge_transform_and_lower(
         ep, partitioner=[XnnpackPartitioner()], constant_methods=constant_methods
     )
@@ -116,7 +123,13 @@ def lower_to_pte(
     with atomic_path(path) as tmp:
         tmp.write_bytes(et.buffer)
     return QuantArtifact(
-        path, path.stat().st_size, scheme, nodes, portable, qparams=xnnpack_quant_params(graphs)
+        path,
+        path.stat().st_size,
+        scheme,
+        nodes,
+        portable,
+        qparams=xnnpack_quant_params(graphs),
+        max_fbank_frames=max_frames,
     )
 
 
@@ -367,7 +380,7 @@ def onnx_from_graph(
             verbose=False,
         )
     cast_bool_where(program.model)
-    path = save_onnx_program(program, path, {**(meta or {}), "quantization": scheme})
+    path = save_onnx_program(program, path, {**(meta or {}), "quant_scheme": scheme})
     onnx.checker.check_model(str(path))
     return QuantArtifact(path, path.stat().st_size, scheme, ort_ops=ort_optimized_op_counts(path))
 
@@ -515,11 +528,59 @@ def ptq_pt2e_static(
         return convert_pt2e(prepared, fold_quantize=True)
 
 
-def sqnr_db(ref: Tensor, test: Tensor) -> float:
-    """Signal-to-quantization-noise ratio ``10 log10(|ref|^2 / |ref - test|^2)`` in dB (torchao's
-    ``compute_error``); inf when equal."""
-    ref, test = ref.detach().double(), test.detach().double()
-    noise = (ref - test).pow(2).sum()
-    if noise == 0:
-        return float("inf")
-    return float(10 * torch.log10(ref.pow(2).sum() / noise))
+def ptq_pt2e_dynamic(
+    module: nn.Module, example_inputs: tuple[Tensor, ...], dynamic_shapes: Any
+) -> torch.fx.GraphModule:
+    """XNNPACKQuantizer dynamic int8 on the ``nn.Linear`` layers (per-channel symmetric int8
+    weights, activations quantized per call at run time; no calibration) -> converted PT2E
+    graph for :func:`lower_to_pte`. Only ``nn.Linear`` modules: the constant-weight ``F.linear``
+    of ``DecomposedLayerNorm`` stays float."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_module_type(
+        nn.Linear, get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+    )
+    with torch.no_grad():
+        ep = torch.export.export(
+            copy.deepcopy(module).eval(),
+            example_inputs,
+            dynamic_shapes=dynamic_shapes,
+            strict=False,
+        )
+        prepared = prepare_pt2e(ep.module(), quantizer)
+        prepared(*example_inputs)
+        gm = convert_pt2e(prepared, fold_quantize=True)
+        expected = [t.dtype for t in _as_tuple(module(*example_inputs))]
+        return restore_output_dtypes(
+            gm, expected, [t.dtype for t in _as_tuple(gm(*example_inputs))]
+        )
+
+
+def _as_tuple(out: Any) -> tuple[Any, ...]:
+    return tuple(out) if isinstance(out, tuple | list) else (out,)
+
+
+def restore_output_dtypes(
+    gm: torch.fx.GraphModule, expected: list[torch.dtype], actual: list[torch.dtype]
+) -> torch.fx.GraphModule:
+    """Cast the outputs of ``gm`` whose dtype (``actual``, measured by running it) differs from
+    the float module's (``expected``). Measured: the dynamic-int8 conversion of the streaming
+    encoder returned its int64 ``processed`` counter as float32 (the ExecuTorch program then
+    refused it back as an input)."""
+    if expected == actual:
+        return gm
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    vals = list(_as_tuple(out.args[0]))
+    with gm.graph.inserting_before(out):
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+            if e != a:
+                vals[i] = gm.graph.call_function(
+                    torch.ops.aten._to_copy.default, (vals[i],), {"dtype": e}
+                )
+    out.args = (tuple(vals) if isinstance(out.args[0], tuple | list) else vals[0],)
+    gm.recompile()
+    return gm

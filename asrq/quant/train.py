@@ -13,14 +13,14 @@ checkpoints, exact resume) with three changes, made through its hooks:
 - the step: :func:`asrq.quant.set_qat_step` before each step (the noise estimator's schedule);
   with ``estimator: squat`` the step is :func:`asrq.quant.squat.squat_step`.
 
-The resolved config, ``qat:`` section included (:class:`QatExperimentConfig`), travels in every
+The resolved config, ``qat:`` section included (``ExperimentConfig.qat``), travels in every
 checkpoint; :func:`load_qat_model` rebuilds the fake-quantized model from one. Checkpoints hold
 only tensors and plain data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,6 @@ from asrq.quant.squat import squat_step
 from asrq.train.checkpoint import LoadedModel, load_checkpoint, sentencepiece_from_bytes
 from asrq.train.loop import Trainer, combine_losses
 from asrq.utils.io import AsrqError
-
-
-@dataclass
-class QatExperimentConfig(ExperimentConfig):
-    """An :class:`ExperimentConfig` with a ``qat:`` section (until the config gains one)."""
-
-    qat: QatConfig = field(default_factory=QatConfig)
 
 
 def build_qat_optimizer(model: nn.Module, cfg: OptimConfig, scale_lr_scale: float):
@@ -82,16 +75,20 @@ def build_qat_optimizer(model: nn.Module, cfg: OptimConfig, scale_lr_scale: floa
     return opt, sched
 
 
-def _init_weights(path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+def _init_weights(
+    path: str | Path, cfg: ModelConfig, supernet: bool = False
+) -> dict[str, torch.Tensor]:
     """The (averaged) weights of fp32 checkpoint ``path``, checked against ``cfg``."""
     ckpt = load_checkpoint(path)
     stored = ckpt.get("config", {})
-    if stored.get("supernet") is not None:
+    if (stored.get("supernet") is not None) != supernet:
+        kind = "a supernet" if supernet else "not a supernet"
         raise AsrqError(
-            f"{path}: a supernet checkpoint; QAT of a supernet is not supported yet "
-            "(slice a subnet with `asrq slice` and fine-tune that)"
+            f"{path}: the QAT config {'has' if supernet else 'has no'} supernet: section but the "
+            f"checkpoint is {'not ' if supernet else ''}a supernet checkpoint ({kind} run needs "
+            "the recipe the checkpoint was trained with)"
         )
-    if "qat" in stored:
+    if stored.get("qat") is not None:
         raise AsrqError(f"{path}: already a QAT checkpoint; resume it with --resume instead")
     model_cfg = stored.get("model")
     if model_cfg is None or to_dict(from_dict(ModelConfig, model_cfg)) != to_dict(cfg):
@@ -103,17 +100,22 @@ def _init_weights(path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tensor]
 
 
 class QatTrainer(Trainer):
-    """QAT fine-tuning run for a :class:`QatExperimentConfig` (module doc)."""
+    """QAT fine-tuning run for a :class:`ExperimentConfig` (module doc)."""
 
     log_keys = (*Trainer.log_keys, "noise_amp")
 
     def __init__(
-        self, cfg: QatExperimentConfig, resume: str | Path | bool = False, progress: bool = True
+        self, cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True
     ) -> None:
-        if not isinstance(cfg, QatExperimentConfig):
-            raise AsrqError("QatTrainer needs a QatExperimentConfig (a config with a qat: section)")
-        if cfg.supernet is not None:
-            raise AsrqError("qat: QAT of a supernet is not supported yet")
+        if cfg.qat is None:
+            cfg = dataclasses.replace(cfg, qat=QatConfig())
+        if cfg.supernet is not None and type(self) is QatTrainer:
+            raise AsrqError("qat: a supernet config trains with SupernetQatTrainer (qat_train)")
+        if cfg.supernet is not None and cfg.qat.quant.estimator == "squat":
+            raise AsrqError(
+                "qat: estimator squat alternates SAM steps of one network; the supernet's "
+                "sandwich steps are not supported with it (use ste or noise)"
+            )
         if not resume and not cfg.qat.init:
             raise AsrqError("qat: no fp32 checkpoint to start from (set qat.init or --init)")
         self.qat = cfg.qat
@@ -135,7 +137,9 @@ class QatTrainer(Trainer):
     def _wrap_ddp(self):
         if not self._quantized:  # a fresh run: fp32 weights, quantize, calibrate
             init = Path(self.qat.init)
-            self.model.load_state_dict(_init_weights(init, self.cfg.model))
+            self.model.load_state_dict(
+                _init_weights(init, self.cfg.model, self.cfg.supernet is not None)
+            )
             self._quantize()
             self.calibrate()
             self.average = self._make_average()
@@ -219,11 +223,25 @@ class QatTrainer(Trainer):
         }
 
 
+def supernet_qat_trainer() -> type:
+    """The QAT trainer of a supernet: :class:`QatTrainer`'s hooks (quantize, calibrate, the
+    noise schedule) over :class:`asrq.supernet.train.SupernetTrainer`'s sandwich steps, every
+    sampled subnet fake-quantized with its sliced step sizes (asrq.supernet.elastic)."""
+    from asrq.supernet.train import SupernetTrainer
+
+    class SupernetQatTrainer(QatTrainer, SupernetTrainer):
+        log_keys = tuple(dict.fromkeys((*SupernetTrainer.log_keys, "noise_amp")))
+
+    return SupernetQatTrainer
+
+
 def qat_train(
-    cfg: QatExperimentConfig, resume: str | Path | bool = False, progress: bool = True
+    cfg: ExperimentConfig, resume: str | Path | bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Run QAT fine-tuning; returns the training summary (``exp_dir/train_summary.json``)."""
-    return QatTrainer(cfg, resume=resume, progress=progress).run()
+    """Run QAT fine-tuning (of a supernet when ``cfg`` has a ``supernet:`` section, with its
+    sandwich rule); returns the training summary (``exp_dir/train_summary.json``)."""
+    cls = supernet_qat_trainer() if cfg.supernet is not None else QatTrainer
+    return cls(cfg, resume=resume, progress=progress).run()
 
 
 def load_qat_model(path: str | Path) -> LoadedModel:
@@ -232,9 +250,9 @@ def load_qat_model(path: str | Path) -> LoadedModel:
     from asrq.models import build_model
 
     ckpt = load_checkpoint(path)
-    if "qat" not in ckpt.get("config", {}):
+    if ckpt.get("config", {}).get("qat") is None:
         raise AsrqError(f"{path}: not a QAT checkpoint (its config has no qat: section)")
-    cfg = from_dict(QatExperimentConfig, ckpt["config"], where=f"{path}:config")
+    cfg = from_dict(ExperimentConfig, ckpt["config"], where=f"{path}:config")
     model = build_model(cfg.model)
     quantize_(model, cfg.qat.quant, init_scales=False)
     state = ckpt.get("model_avg") or ckpt["model"]

@@ -157,6 +157,20 @@ def set_executorch_threads(threads: int) -> int:
     return int(ext._threadpool_get_thread_count())
 
 
+def register_quantized_kernels() -> bool:
+    """Register ExecuTorch's quantized kernels (``quantized_decomposed::*`` ops run outside a
+    delegate) with the runtime; False when it is not installed or already registered."""
+    import sys
+
+    if "executorch.kernels.quantized" in sys.modules:
+        return False
+    try:
+        import executorch.kernels.quantized  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class ExecutorchPrograms:
     """ExecuTorch methods ``forward`` of ``<dir>/<name>.pte``, loaded on first use.
 
@@ -198,7 +212,16 @@ class ExecutorchPrograms:
                 raise AsrqError(f"{path}: ExecuTorch program not found (export with --executorch)")
             try:
                 program = self._load_program(path)
-                self._methods[name] = program.load_method("forward")
+                try:
+                    self._methods[name] = program.load_method("forward")
+                except RuntimeError:
+                    # a quantized program with quantize / dequantize ops outside the XNNPACK
+                    # delegate needs the quantized kernels registered (not loaded by default:
+                    # ~2 s); then load it again
+                    if not register_quantized_kernels():
+                        raise
+                    program = self._load_program(path)
+                    self._methods[name] = program.load_method("forward")
             except RuntimeError as e:  # the runtime reports load errors with codes
                 raise AsrqError(f"{path}: the ExecuTorch runtime cannot load it ({e})") from e
             self._programs[name] = program

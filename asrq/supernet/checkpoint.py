@@ -45,6 +45,10 @@ def load_supernet(path: str | Path) -> LoadedSupernet:
         raise AsrqError(f"{path}: not a supernet checkpoint (its config has no supernet: section)")
     space = SearchSpace(cfg.supernet.search_space, cfg.model, where=f"{path}:supernet.search_space")
     model = build_model(cfg.model)
+    if cfg.qat is not None:  # a QAT supernet: fake-quantized, its step sizes load below
+        from asrq.quant.modules import quantize_
+
+        quantize_(model, cfg.qat.quant, init_scales=False)
     try:
         model.load_state_dict(ckpt.get("model_avg") or ckpt["model"])
     except RuntimeError as e:
@@ -77,12 +81,15 @@ def slice_checkpoint(
         resolved = sup.space.validate(spec)
     else:
         resolved = load_spec(spec, sup.space)
-    sn = Supernet(sup.model, sup.config.model)
+    quant = sup.config.qat.quant if sup.config.qat is not None else None
+    sn = Supernet(sup.model, sup.config.model, quant=quant)
     largest = sn.num_params(sup.space.largest())
     dropout = adaptive_dropout(
         sup.config.supernet, sn.num_params(resolved), largest, sup.config.model.encoder.dropout
     )
-    plain, model_cfg = slice_model(sup.model, sup.config.model, resolved, dropout=dropout)
+    plain, model_cfg = slice_model(
+        sup.model, sup.config.model, resolved, dropout=dropout, quant=quant
+    )
     cfg = copy.deepcopy(sup.config)
     cfg.model = model_cfg
     cfg.supernet = None

@@ -39,6 +39,15 @@ Folding (``fold > 1``) works the same way: the subnet folds its d channels into 
 ``d / fold`` and its folded projections are the fronts of the supernet's (exact by the same
 argument; the sub-token boundaries move with d). The ``ctc_attention`` head is not elastic
 (:func:`asrq.supernet.spec.check_sliceable` rejects it).
+
+**Quantization-aware supernets** (``Supernet(..., quant=QuantConfig)``, a supernet fine-tuned
+with ``asrq qat train``): the supernet and every template are made fake-quantized with
+:func:`asrq.quant.quantize_` (same config), so every subnet runs quantization-aware on sliced
+step sizes. A per-channel weight step size ``<layer>.weight_fq.scale`` ``(out, 1)`` is cut with
+its weight's rows (the same axis-0 index wherever ``<layer>.weight`` has one); grouped (int4)
+step sizes ``(out, in / G)`` take, where the weight's input channels are indexed, the groups
+those channels form, which must be whole aligned groups (else a clear error); activation step
+sizes and zero points are per tensor and shared by every subnet.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -114,7 +124,57 @@ def slicing_rules(template: nn.Module, cfg: ModelConfig) -> dict[str, Rule]:
                     f"{pre}out.weight": (None, idx),
                 }
             )
+    return _quant_rules(template, rules)
+
+
+def group_index(cols: Tensor, group_size: int, layer: str) -> Tensor:
+    """The groups of ``group_size`` input channels that channel index ``cols`` consists of,
+    in order; an :class:`~asrq.utils.io.AsrqError` unless ``cols`` is a sequence of whole,
+    aligned groups (grouped step sizes cannot follow a finer index)."""
+    from asrq.utils.io import AsrqError
+
+    c = cols.reshape(-1, group_size) if cols.numel() % group_size == 0 else None
+    if c is None or not bool(
+        ((c[:, 0] % group_size == 0) & (c == c[:, :1] + torch.arange(group_size)).all(1)).all()
+    ):
+        raise AsrqError(
+            f"quant: {layer}: its int4 step sizes are per group of {group_size} input channels, "
+            "but the subnet takes its input channels by an index that splits groups (attention "
+            "heads narrower than the supernet's); choose head widths that are multiples of "
+            f"{group_size} or keep the layer 8-bit (quant.overrides weight_dtype: int8)"
+        )
+    return c[:, 0] // group_size
+
+
+def _quant_rules(template: nn.Module, rules: dict[str, Rule]) -> dict[str, Rule]:
+    """The rules of fake-quantized layers' step sizes: a weight's axis-0 index also cuts its
+    ``weight_fq.scale`` rows; an axis-1 index cuts grouped step sizes by whole groups."""
+    for key, rule in list(rules.items()):
+        layer, _, attr = key.rpartition(".")
+        if attr != "weight":
+            continue
+        try:
+            fq = template.get_submodule(f"{layer}.weight_fq")
+        except AttributeError:
+            continue
+        rows = rule[0] if rule else None
+        cols = rule[1] if len(rule) > 1 else None
+        groups = (
+            group_index(cols, fq.group_size, layer) if cols is not None and fq.group_size else None
+        )
+        if rows is not None or groups is not None:
+            rules[f"{layer}.weight_fq.scale"] = (rows, groups)
     return rules
+
+
+def quantized_template(model: nn.Module, quant: Any) -> nn.Module:
+    """``model`` made fake-quantized with ``quant`` (a :class:`asrq.quant.QuantConfig`; None:
+    unchanged), step sizes left for the state dict to fill."""
+    if quant is None:
+        return model
+    from asrq.quant.modules import quantize_
+
+    return quantize_(model, quant, init_scales=False)
 
 
 def cut(t: Tensor, shape: torch.Size, rule: Rule | None) -> Tensor:
@@ -188,12 +248,16 @@ def bind(module: nn.Module, tensors: Mapping[str, Tensor]) -> Iterator[nn.Module
 class Supernet:
     """A supernet: ``model`` is the plain model of the largest config ``cfg``; subnets run
     inside it through :meth:`active` (see the module doc). Templates are cached per
-    (spec, dropout), at most ``cache_size`` of them (least recently used go)."""
+    (spec, dropout), at most ``cache_size`` of them (least recently used go). ``quant``: the
+    :class:`asrq.quant.QuantConfig` ``model`` was fake-quantized with (None: float)."""
 
-    def __init__(self, model: nn.Module, cfg: ModelConfig, cache_size: int = 64) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: ModelConfig, cache_size: int = 64, quant: Any = None
+    ) -> None:
         self.model = model
         self.cfg = cfg
         self.cache_size = cache_size
+        self.quant = quant
         self._plans: OrderedDict[tuple[SubnetSpec, float | None], _Plan] = OrderedDict()
 
     def plan(self, spec: SubnetSpec, dropout: float | None = None) -> _Plan:
@@ -203,7 +267,7 @@ class Supernet:
             return self._plans[key]
         cfg = subnet_model_config(self.cfg, spec, dropout)
         with torch.device("meta"):
-            template = build_model(cfg)
+            template = quantized_template(build_model(cfg), self.quant)
         shapes = {k: v.shape for k, v in template.state_dict().items()}
         plan = _Plan(
             cfg, template, shapes, slicing_rules(template, self.cfg), count_parameters(template)
@@ -249,17 +313,22 @@ class Supernet:
 
 
 def slice_model(
-    model: nn.Module, cfg: ModelConfig, spec: SubnetSpec, dropout: float | None = None
+    model: nn.Module,
+    cfg: ModelConfig,
+    spec: SubnetSpec,
+    dropout: float | None = None,
+    quant: Any = None,
 ) -> tuple[nn.Module, ModelConfig]:
     """Cut subnet ``spec`` out of supernet ``model`` (the plain model of ``cfg``): a standalone
     model built by :func:`asrq.models.build_model` holding copies of the sliced weights, and its
     :class:`ModelConfig`. It computes exactly what ``Supernet(model, cfg).active(spec)`` does
-    and is in ``model``'s train / eval mode, on its device."""
-    sn = Supernet(model, cfg, cache_size=1)
+    and is in ``model``'s train / eval mode, on its device. ``quant``: ``model`` is
+    fake-quantized with it; the slice is too, with its sliced step sizes."""
+    sn = Supernet(model, cfg, cache_size=1, quant=quant)
     plan = sn.plan(spec, dropout)
     with torch.no_grad():
         tensors = {k: v.detach().clone() for k, v in sn.sliced_tensors(plan).items()}
-    plain = build_model(plan.cfg)
+    plain = quantized_template(build_model(plan.cfg), quant)
     plain.load_state_dict(tensors, strict=True)
     dev = next(iter(tensors.values())).device
     return plain.to(dev).train(model.training), plan.cfg

@@ -102,7 +102,9 @@ class SupernetTrainer(Trainer):
             cfg.supernet.sample_pool
         )  # errors name supernet.sample_pool[i], before any work
         super().__init__(cfg, resume=resume, progress=progress)
-        self.supernet = Supernet(self.model, self.cfg.model)
+        # a QAT run (asrq.quant.train) has made self.model fake-quantized by now
+        quant = self.cfg.qat.quant if self.cfg.qat is not None else None
+        self.supernet = Supernet(self.model, self.cfg.model, quant=quant)
         self.largest_params = self.supernet.num_params(self.space.largest())
 
     # ---- hooks of Trainer -------------------------------------------------------------------

@@ -274,6 +274,7 @@ def finish_run(settings: RunSettings, md: ModelDir, raw: dict[str, Any]) -> dict
         + ("" if settings.isolated else "; IN-PROCESS run: the harness shares the process"),
         "child": raw.get("child", "torch"),
         **({"flush_ms": round(raw["flush_s"] * 1000, 3)} if "flush_s" in raw else {}),
+        **raw.get("extra", {}),
         "torch_imported": raw["torch_imported"],
         "file_bytes": file_bytes,
         "total_file_bytes": sum(file_bytes.values()),
@@ -299,7 +300,7 @@ def check_runtime(md: ModelDir, name: str) -> None:
     supports."""
     if name in EXTRA_RUNTIMES:
         rt = EXTRA_RUNTIMES[name]
-        if rt.meta_key not in md.meta:
+        if not rt.supports(md.meta):
             raise AsrqError(f"{md.path}: no {name} files in this export; {rt.export_hint}")
         return
     get_backend(name)
@@ -366,7 +367,7 @@ def run_bench(
     model_dir, meta = md.path, md.meta
     if not backends:
         backends = [b for b in BACKENDS if b in md.backends]
-        backends += [n for n, rt in EXTRA_RUNTIMES.items() if rt.meta_key in md.meta]
+        backends += [n for n, rt in EXTRA_RUNTIMES.items() if rt.default and rt.supports(md.meta)]
     backends = list(backends)
     for b in backends:
         check_runtime(md, b)

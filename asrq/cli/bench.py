@@ -35,7 +35,9 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     type=click.Choice([*BACKENDS, *EXTRA_RUNTIMES]),
     multiple=True,
     help="Runtime to measure; repeat for several. sherpa-onnx needs an export made with "
-    "--sherpa. [default: every backend in the export, and sherpa-onnx when it has the layout]",
+    "--sherpa; native runs the C++ runner of export/runner (asrq-runner, built with CMake on "
+    "first use, or $ASRQ_RUNNER) on the .pte programs, in its own process. [default: every "
+    "backend in the export, and sherpa-onnx when it has the layout; native only when named]",
 )
 @click.option(
     "--threads",

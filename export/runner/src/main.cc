@@ -151,10 +151,34 @@ void write_npy(const std::string& path, const std::vector<float>& data, int rows
   f.write(reinterpret_cast<const char*>(data.data()), std::streamsize(data.size() * sizeof(float)));
 }
 
-double peak_rss_mb() {
+// `field` (VmRSS, VmHWM) of /proc/self/status in MiB; -1 without /proc.
+double status_mb(const char* field) {
+  std::ifstream f("/proc/self/status");
+  const std::string key = std::string(field) + ":";
+  for (std::string line; std::getline(f, line);)
+    if (line.compare(0, key.size(), key) == 0) return std::atof(line.c_str() + key.size()) / 1024.0;
+  return -1.0;
+}
+
+// Resident high-water mark in MiB (VmHWM; else getrusage's ru_maxrss).
+double hwm_mb() {
+  const double v = status_mb("VmHWM");
+  if (v >= 0) return v;
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   return double(ru.ru_maxrss) / 1024.0;  // Linux: KiB
+}
+
+// Reset VmHWM to the current RSS (write 5 to /proc/self/clear_refs, Linux >= 4.0).
+bool reset_hwm() {
+  {
+    std::ofstream f("/proc/self/clear_refs");
+    if (!f) return false;
+    f << "5";
+    if (!f.flush()) return false;
+  }
+  const double hwm = status_mb("VmHWM"), rss = status_mb("VmRSS");
+  return hwm >= 0 && rss >= 0 && hwm <= rss + 4.0;
 }
 
 }  // namespace
@@ -192,6 +216,11 @@ int main(int argc, char** argv) {
       }
       return 0;
     }
+    // memory baseline: the wavs are read, nothing of the model is loaded yet
+    const double hwm_before_mb = hwm_mb();
+    double rss_before_load_mb = status_mb("VmRSS");
+    const bool hwm_reset = reset_hwm();
+    if (hwm_reset) rss_before_load_mb = status_mb("VmRSS");
     const auto t_load = clock::now();
     const int threads = asrq::set_threads(args.threads);
     asrq::StreamingRnnt model(args.model_dir);
@@ -242,12 +271,18 @@ int main(int argc, char** argv) {
         << "  \"arch\": " << json_str(u.machine) << ",\n  \"model_dir\": " << json_str(args.model_dir)
         << ",\n  \"threads\": " << threads << ",\n  \"chunk_frames\": " << model.chunk_frames()
         << ",\n  \"chunk_ms_audio\": " << model.chunk_frames() * 40 << ",\n  \"load_ms\": " << load_ms
-        << ",\n  \"peak_rss_mb\": " << peak_rss_mb() << ",\n  \"audio_s\": " << audio_s
+        << ",\n  \"peak_rss_mb\": " << std::max(hwm_before_mb, hwm_mb())
+        << ",\n  \"rss_before_load_mb\": " << rss_before_load_mb
+        << ",\n  \"model_peak_mb\": " << std::max(0.0, hwm_mb() - rss_before_load_mb)
+        << ",\n  \"rss_end_mb\": " << status_mb("VmRSS")
+        << ",\n  \"hwm_reset\": " << (hwm_reset ? "true" : "false") << ",\n  \"audio_s\": " << audio_s
         << ",\n  \"compute_s\": " << compute_ms / 1000.0 << ",\n  \"rtf\": " << compute_ms / 1000.0 / audio_s
         << ",\n  \"chunk_latency_ms\": {\"count\": " << all_chunks.size()
         << ", \"p50\": " << percentile(all_chunks, 50) << ", \"p90\": " << percentile(all_chunks, 90)
         << ", \"p99\": " << percentile(all_chunks, 99) << ", \"max\": " << percentile(all_chunks, 100)
-        << "},\n  \"files\": [\n" << files.str() << "\n  ]\n}\n";
+        << "},\n  \"chunk_ms\": [";
+      for (size_t k = 0; k < all_chunks.size(); ++k) j << (k ? ", " : "") << all_chunks[k];
+      j << "],\n  \"files\": [\n" << files.str() << "\n  ]\n}\n";
       const std::string tmp = args.json + ".tmp";
       {
         std::ofstream f(tmp);

@@ -221,3 +221,45 @@ def test_aarch64_build_under_qemu_gives_identical_tokens(
     assert outs["aarch64"]["files"][0]["tokens"] == outs["x86_64"]["files"][0]["tokens"]
     assert outs["aarch64"]["files"][0]["tokens"]
     # (timings under qemu are emulation: not compared, not reported)
+
+
+def test_bench_backend_native_beside_the_python_runtimes(
+    runner: RunnerBuild,
+    exported: Path,
+    wavs: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """``asrq bench --backend native`` runs the runner in its own process on the bench inputs'
+    audio: as many chunks as onnxruntime and ExecuTorch on the same inputs, its memory figures
+    from its own /proc, and not measured unless named."""
+    from click.testing import CliRunner
+
+    from asrq.bench.native import RUNNER_ENV
+    from asrq.cli.bench import bench_cmd
+
+    monkeypatch.setenv(RUNNER_ENV, str(runner.binary))
+    out = tmp_path / "bench.json"
+    backends = [a for b in ("onnx", "executorch", "native") for a in ("--backend", b)]
+    audio = [a for w in wavs[:2] for a in ("--audio", str(w))]
+    args = [str(exported), *backends, "--threads", "1", *audio, "--out", str(out)]
+    res = CliRunner().invoke(bench_cmd, args)
+    assert res.exit_code == 0, res.output
+    runs = {r["backend"]: r for r in json.loads(out.read_text())["runs"]}
+    n = runs["native"]
+    assert n["num_chunks"] == runs["onnx"]["num_chunks"] == runs["executorch"]["num_chunks"]
+    assert n["num_chunks"] == n["runner_chunks"] and n["num_chunks"] >= 2
+    assert n["child"].startswith("asrq-runner") and n["torch_imported"] is False
+    assert "VmHWM reset" in n["memory_method"]
+    assert 0 < n["model_peak_bytes"] < n["peak_rss_bytes"] and n["baseline_rss_bytes"] > 0
+    assert n["rtf"] > 0 and n["load_ms"] > 0 and n["chunk_latency_ms"]["p90"] > 0
+    assert n["runner_rtf_with_fbank"] >= n["rtf"]
+    assert set(n["file_bytes"]) == {"encoder_streaming.pte", "predictor.pte", "joiner.pte"}
+    assert "native" in res.output
+    # a plain `asrq bench` (no --backend) leaves the native runner out
+    plain = tmp_path / "plain.json"
+    res = CliRunner().invoke(
+        bench_cmd, [str(exported), "--threads", "1", "--seconds", "1", "--out", str(plain)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "native" not in {r["backend"] for r in json.loads(plain.read_text())["runs"]}

@@ -236,7 +236,7 @@ def test_bench_backend_native_beside_the_python_runtimes(
     from click.testing import CliRunner
 
     from asrq.bench.native import RUNNER_ENV
-    from asrq.cli.bench import bench_cmd
+    from asrq.cli.bench import bench as bench_cmd
 
     monkeypatch.setenv(RUNNER_ENV, str(runner.binary))
     out = tmp_path / "bench.json"

@@ -126,10 +126,8 @@ def plot_runs(report: dict[str, Any], path: str | Path) -> Path:
     runs = report["runs"]
     labels = [f"{r['backend']}\n{r['threads']} thr" for r in runs]
     order = list(BACKENDS)
-    colors = [
-        _COLORS[(order.index(r["backend"]) if r["backend"] in order else len(order)) % len(_COLORS)]
-        for r in runs
-    ]
+    order += [b for b in dict.fromkeys(r["backend"] for r in runs) if b not in order]
+    colors = [_COLORS[order.index(r["backend"]) % len(_COLORS)] for r in runs]  # one per runtime
     panels = [
         ("RTF (lower is better)", [r["rtf"] for r in runs]),
         ("p90 chunk latency (ms)", [r["chunk_latency_ms"]["p90"] for r in runs]),

@@ -28,6 +28,7 @@ intervals.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -220,3 +221,25 @@ def paired_by_id(
     return paired_wer_diff(
         [ka[i] for i in ids], [kb[i] for i in ids], n_boot=n_boot, seed=seed, level=level
     )
+
+
+def read_utterances(path: str | Path) -> list[list[Any]]:
+    """The per-utterance ``[cut_id, errors, ref_words]`` rows of a decode JSON
+    (``wer-*.json`` of ``asrq decode`` / the recipe's decode stage)."""
+    import json
+
+    p = Path(path)
+    try:
+        rows = json.loads(p.read_text())["utterances"]
+    except FileNotFoundError as e:
+        raise AsrqError(f"{p}: decode result not found") from e
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise AsrqError(
+            f"{p}: no per-utterance rows (`utterances`); decode again with this version"
+        ) from e
+    return rows
+
+
+def paired_files(a: str | Path, b: str | Path, **kw: Any) -> dict[str, Any]:
+    """:func:`paired_by_id` of two decode JSONs (A minus B, percentage points)."""
+    return paired_by_id(read_utterances(a), read_utterances(b), **kw)

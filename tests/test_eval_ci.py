@@ -93,3 +93,34 @@ def test_test_other_missing_is_skipped_and_bad_transcripts_fail(
     assert score_real([("x/other.flac", "HELLO")], bad.parent, exp) is None
     r = score_real([("x/1-2-0000.flac", "hello")], bad.parent, exp)
     assert r is not None and r["wer"] == 50.0 and r["num_utts"] == 1
+
+
+def test_compare_records_carry_intervals_and_paired_diffs(
+    tiny_data: TinyData, tmp_path: Path
+) -> None:
+    """asrq.experiments.compare's rows (what models.json holds) from two real decodes of two
+    different tiny models on the same utterances."""
+    from asrq.experiments.compare import Variant, add_paired, markdown_table, record
+    from asrq.pipeline import decode_splits
+    from asrq.testing.models import make_tiny_checkpoint
+
+    records = []
+    for seed, name in ((0, "base"), (1, "other")):
+        exp = tmp_path / name
+        cfg = _cfg(tiny_data, exp)
+        make_tiny_checkpoint(exp / "model.pt", seed=seed)  # a different model per variant
+        summary = decode_splits(cfg, exp / "model.pt", exp, echo=lambda s: None)
+        records.append(record(Variant(name, []), cfg, summary))
+    add_paired(records)
+    assert "vs_baseline" not in records[0]
+    vs = records[1]["vs_baseline"]
+    assert vs["baseline"] == "base" and set(vs) == {"baseline", "dev", "test_clean", "test_other"}
+    for split, key in (("dev", "wer_dev"), ("test_clean", "wer_test_clean")):
+        d = vs[split]
+        assert d["lo"] <= d["diff"] <= d["hi"] and d["num_utts"] == 2
+        want = records[1][key]["wer"] - records[0][key]["wer"]
+        assert d["diff"] == pytest.approx(want, abs=0.02)
+    table = markdown_table(records)
+    e, d = records[1]["wer_test_clean"], vs["test_clean"]
+    assert f"{e['wer']:.2f} [{e['lo']:.2f}, {e['hi']:.2f}]" in table
+    assert f"{d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]" in table

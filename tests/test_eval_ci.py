@@ -124,3 +124,18 @@ def test_compare_records_carry_intervals_and_paired_diffs(
     e, d = records[1]["wer_test_clean"], vs["test_clean"]
     assert f"{e['wer']:.2f} [{e['lo']:.2f}, {e['hi']:.2f}]" in table
     assert f"{d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]" in table
+
+
+def test_training_dev_curve_points_carry_intervals(tiny_data: TinyData, tmp_path: Path) -> None:
+    import torch
+
+    from asrq.testing.data import tiny_train_config
+    from asrq.testing.models import tiny_config
+    from asrq.train.loop import train
+
+    torch.set_num_threads(1)
+    cfg = tiny_train_config(tiny_config(vocab_size=0), tiny_data, tmp_path / "exp", max_steps=1)
+    cfg.train.eval_every_minutes = 1000.0  # only the final point
+    (point,) = train(cfg, progress=False)["wer_curve"]
+    assert point["step"] == 1
+    assert point["wer_dev_lo"] <= round(point["wer_dev"], 2) <= point["wer_dev_hi"], point

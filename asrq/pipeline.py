@@ -142,27 +142,7 @@ def run_pipeline(
             )
             summary["wer_curve_png"] = str(png) if png else None
         elif stage == "decode":
-            from asrq.decode.evaluate import evaluate
-            from asrq.decode.wer import write_errors
-            from asrq.train.checkpoint import load_model
-
-            loaded = load_model(model_path)
-            split = cfg.data.test_split
-            for streaming in (False, True):
-                res = evaluate(
-                    loaded,
-                    _cuts(cfg, split),
-                    method=cfg.decode.method,
-                    streaming=streaming,
-                    beam=cfg.decode.beam,
-                    ctc_weight=cfg.decode.ctc_weight,
-                )
-                tag = f"{split}-{cfg.decode.method}" + ("-streaming" if streaming else "")
-                write_errors(exp_dir / f"errs-{tag}.txt", res.results, title=tag)
-                atomic_write_json(exp_dir / f"wer-{tag}.json", res.summary())
-                key = "wer_test_streaming" if streaming else "wer_test"
-                summary[key] = round(res.wer, 2)
-                echo(f"{tag}: WER {res.wer:.2f}% ({res.errors}/{res.num_words})")
+            summary.update(decode_splits(cfg, model_path, exp_dir, echo))
         elif stage == "export":
             from asrq.export.pipeline import export_model
 
@@ -201,11 +181,123 @@ def run_pipeline(
             summary["transcripts_real"] = {str(p): text for p, text in lines}
             for p, text in lines:
                 echo(f"{p}\t{text}")
+            real = score_real(lines, real_audio_dir, exp_dir)
+            summary["wer_real"] = real
+            if real is None:
+                echo(f"no *.trans.txt transcripts under {real_audio_dir}: no real-speech WER")
+            else:
+                echo(f"real recordings: {_fmt(real)} on {real['num_utts']} transcribed files")
         timings[stage] = round(time.perf_counter() - t0, 1)
         save()
     summary["total_stage_minutes"] = round(sum(timings.values()) / 60, 2)
     save()
     return summary
+
+
+#: summary key -> (split attribute of ``cfg.data``, streaming) of what the decode stage scores.
+#: ``wer_dev`` is there for choosing (settings, checkpoints, variants); the test splits only
+#: report. A split whose cuts do not exist is skipped (test-other of an older corpus).
+DECODE_RUNS: tuple[tuple[str, str, bool], ...] = (
+    ("wer_dev", "dev_split", False),
+    ("wer_test_clean", "test_split", False),
+    ("wer_test_clean_streaming", "test_split", True),
+    ("wer_test_other", "test_other_split", False),
+)
+
+
+def _fmt(r: dict[str, Any]) -> str:
+    return f"WER {r['wer']:.2f}% [95% CI {r['lo']:.2f}, {r['hi']:.2f}]"
+
+
+def decode_splits(
+    cfg: ExperimentConfig, model_path: Path, exp_dir: Path, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """The decode stage: every :data:`DECODE_RUNS` entry with ``cfg.decode.method``. Writes
+    ``wer-<split>-<method>[-streaming].json`` (totals, 95% bootstrap interval, per-utterance
+    ``[cut_id, errors, words]`` for paired comparisons) and ``errs-*.txt`` in ``exp_dir``;
+    returns the summary entries ``{key: {"wer", "lo", "hi", "num_utts", "num_words", "errors",
+    "split", "streaming", "json"}}`` plus the older flat ``wer_test`` / ``wer_test_streaming``
+    (test-clean WER, percent, 2 decimals)."""
+    from asrq.decode.evaluate import evaluate
+    from asrq.decode.wer import write_errors
+    from asrq.train.checkpoint import load_model
+
+    loaded = load_model(model_path)
+    out: dict[str, Any] = {}
+    for key, attr, streaming in DECODE_RUNS:
+        split = getattr(cfg.data, attr)
+        cuts = _cuts(cfg, split) if split else None
+        if cuts is None or (key != "wer_test_clean" and not cuts.is_file()):
+            echo(f"{key}: no cuts for split {split!r}; skipped")
+            continue
+        res = evaluate(
+            loaded,
+            cuts,
+            method=cfg.decode.method,
+            streaming=streaming,
+            beam=cfg.decode.beam,
+            ctc_weight=cfg.decode.ctc_weight,
+        )
+        tag = f"{split}-{cfg.decode.method}" + ("-streaming" if streaming else "")
+        write_errors(exp_dir / f"errs-{tag}.txt", res.results, title=tag)
+        atomic_write_json(exp_dir / f"wer-{tag}.json", res.summary(per_utterance=True))
+        out[key] = _entry(res.interval(), split=split, streaming=streaming)
+        out[key]["json"] = str(exp_dir / f"wer-{tag}.json")
+        echo(f"{tag}: {_fmt(out[key])} ({res.errors}/{res.num_words})")
+    out["wer_test"] = round(out["wer_test_clean"]["wer"], 2)
+    out["wer_test_streaming"] = round(out["wer_test_clean_streaming"]["wer"], 2)
+    return out
+
+
+def _entry(ci: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    keep = ("num_utts", "num_words", "errors", "level", "n_boot")
+    return {
+        **{k: round(ci[k], 2) for k in ("wer", "lo", "hi")},
+        **{k: ci[k] for k in keep},
+        **extra,
+    }
+
+
+def read_transcripts(folder: str | Path) -> dict[str, str]:
+    """Utterance id -> reference text from every LibriSpeech-style ``*.trans.txt`` under
+    ``folder`` (``<utt-id> <TEXT>`` per line)."""
+    refs: dict[str, str] = {}
+    for path in sorted(Path(folder).rglob("*.trans.txt")):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            utt, _, text = line.strip().partition(" ")
+            if not text:
+                raise AsrqError(f"{path}:{n}: expected '<utterance-id> <TEXT>', got {line!r}")
+            refs[utt] = text
+    return refs
+
+
+def score_real(
+    lines: Sequence[tuple[str, str]], folder: str | Path, exp_dir: Path
+) -> dict[str, Any] | None:
+    """WER with its 95% bootstrap interval of the transcribed files ``lines`` (``(path,
+    text)``) that have a reference in a ``*.trans.txt`` under ``folder`` (matched by file stem);
+    writes ``wer-real.json`` / ``errs-real.txt`` in ``exp_dir``. None when no file has one.
+    Reported, never tuned on."""
+    from asrq.decode.bootstrap import wer_ci
+    from asrq.decode.wer import score_utterance, write_errors
+
+    refs = read_transcripts(folder)
+    scored = [
+        score_utterance(Path(p).stem, refs[Path(p).stem].upper(), text.upper())
+        for p, text in lines
+        if Path(p).stem in refs
+    ]
+    if not scored:
+        return None
+    write_errors(exp_dir / "errs-real.txt", scored, title=f"real recordings in {folder}")
+    ci = wer_ci(scored)
+    atomic_write_json(
+        exp_dir / "wer-real.json",
+        {**ci, "utterances": [[r.cut_id, r.errors, r.num_words] for r in scored]},
+    )
+    return {**_entry(ci, folder=str(folder)), "json": str(exp_dir / "wer-real.json")}
 
 
 def _finished(model_path: Path, cfg: ExperimentConfig) -> bool:

@@ -111,3 +111,25 @@ def test_paired_by_cut_id_and_errors():
         utterance_counts(["A B", "C"], ["A"])
     with pytest.raises(AsrqError, match="n_boot"):
         wer_ci([(1, 2)], n_boot=0)
+
+
+def test_paired_by_id_matches_rows_by_cut_id(tmp_path) -> None:
+    import json
+
+    from asrq.decode.bootstrap import paired_by_id, paired_files, read_utterances
+    from asrq.utils.io import AsrqError
+
+    a = [["u1", 3, 10], ["u2", 0, 5], ["u3", 2, 8]]
+    b = [["u3", 1, 8], ["u1", 4, 10], ["u2", 1, 5]]  # another order
+    want = paired_wer_diff([(3, 10), (0, 5), (2, 8)], [(4, 10), (1, 5), (1, 8)], seed=2)
+    assert paired_by_id(a, b, seed=2) == want
+    with pytest.raises(AsrqError, match="2 cut ids in only one system"):
+        paired_by_id(a[:2] + [["u4", 2, 8]], b)
+    with pytest.raises(AsrqError, match="duplicate cut ids"):
+        paired_by_id(a + [a[0]], b + [b[0]])
+    (tmp_path / "a.json").write_text(json.dumps({"wer": 1.0, "utterances": a}))
+    (tmp_path / "b.json").write_text(json.dumps({"wer": 1.0, "utterances": b}))
+    assert paired_files(tmp_path / "a.json", tmp_path / "b.json", seed=2) == want
+    (tmp_path / "old.json").write_text(json.dumps({"wer": 1.0}))
+    with pytest.raises(AsrqError, match=r"old.json: no per-utterance rows"):
+        read_utterances(tmp_path / "old.json")

@@ -414,6 +414,8 @@ def test_evaluate_matches_direct_decoding(tiny, tiny_cuts):
 
 
 def test_decode_cli(tiny_ckpt, tiny_cuts, tmp_path):
+    from lhotse import CutSet
+
     from asrq.cli.decode import decode
 
     runner = CliRunner()
@@ -432,6 +434,12 @@ def test_decode_cli(tiny_ckpt, tiny_cuts, tmp_path):
     assert out["errors"] == out["ins"] + out["del"] + out["sub"]
     assert out["wer"] == pytest.approx(100 * out["errors"] / out["num_words"], abs=1e-3)
     assert out["config"]["method"] == "greedy" and out["config"]["step"] == 7 and out["rtf"] > 0
+    # the 95% bootstrap interval over utterances, and the rows a paired comparison needs
+    assert out["lo"] <= out["wer"] <= out["hi"] and out["level"] == 0.95, out
+    ids = [c.id for c in CutSet.from_file(tiny_cuts)]
+    assert [u[0] for u in out["utterances"]] == ids
+    assert sum(u[1] for u in out["utterances"]) == out["errors"]
+    assert f"[95% CI {out['lo']}, {out['hi']}]" in r.output
     errs = (tiny_ckpt.parent / "errs-test-clean-greedy.txt").read_text()
     assert f"%WER = {out['wer']:.2f}" in errs and f"{out['ins']} insertions" in errs
     assert f":\tREF: {SENTENCES[1]}\n" in errs and "\tALI: (" in errs

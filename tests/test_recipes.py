@@ -76,6 +76,11 @@ def test_librispeech_recipe_runs_end_to_end(tiny_data: TinyData, tmp_path: Path)
     for tag in ("test-clean-modified_beam_search", "test-clean-modified_beam_search-streaming"):
         wer = json.loads((exp / f"wer-{tag}.json").read_text())
         assert wer["num_utts"] == 2 and wer["num_words"] > 0, wer
+        assert wer["lo"] <= wer["wer"] <= wer["hi"] and len(wer["utterances"]) == 2, wer
+    # dev and test-other are decoded too, every entry with its 95% bootstrap interval
+    for key in ("wer_dev", "wer_test_clean", "wer_test_clean_streaming", "wer_test_other"):
+        e = summary[key]
+        assert e["lo"] <= e["wer"] <= e["hi"] and e["num_utts"] == 2, (key, e)
     assert summary["onnx_bytes"] > 0
     meta = json.loads((exp / "export" / "metadata.json").read_text())
     assert meta["config"]["data"]["speed_perturb"] is True  # the recipe's own setting

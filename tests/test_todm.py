@@ -44,12 +44,35 @@ def test_deploy_many_experiment_writes_todm_json(tiny_data: TinyData, tmp_path: 
             ),
         ),
     ]
-    res = deploy_many(cfg, tmp_path / "out", sizes, steps=2, echo=lambda s: None)
+    out_of_pool = Size(
+        "out",
+        SubnetSpec(
+            num_layers=1, d_model=48, ffn_dim=128, num_heads=2, joiner_dim=64, predictor_dim=64
+        ),
+    )
+    res = deploy_many(
+        cfg, tmp_path / "out", sizes, steps=2, echo=lambda s: None, held_out=[out_of_pool]
+    )
     saved = json.loads((tmp_path / "out" / "todm.json").read_text())
     assert saved == json.loads(json.dumps(res))
-    assert [s["name"] for s in saved["sizes"]] == ["big", "mid", "small"]
-    params = [s["params"] for s in saved["sizes"]]
+    assert [s["name"] for s in saved["sizes"]] == ["big", "mid", "small", "out"]
+    # how the supernet trained each size is stated; the held-out one was never drawn
+    assert [s["sampled"] for s in saved["sizes"]] == ["every step", "pool", "every step", "never"]
+    assert [s["held_out"] for s in saved["sizes"]] == [False, False, False, True]
+    params = [s["params"] for s in saved["sizes"]][:3]
     assert params == sorted(params, reverse=True) and len(set(params)) == 3
+    for s in saved["sizes"]:
+        for who in ("supernet", "individual"):
+            for key in ("wer_dev", "wer_test_clean", "wer_test_clean_streaming", "wer_test_other"):
+                e = s[who][key]
+                assert e["lo"] <= e["wer"] <= e["hi"] and e["num_utts"] == 2, (s["name"], key, e)
+        for split, key in (("dev", "wer_dev"), ("test_clean", "wer_test_clean")):
+            d = s["diff"][split]  # paired: slice minus twin on the same utterances
+            assert d["lo"] <= d["diff"] <= d["hi"] and d["num_utts"] == 2
+            assert d["diff"] == pytest.approx(
+                s["supernet"][key]["wer"] - s["individual"][key]["wer"], abs=0.02
+            )
+    assert "| out | never |" in (tmp_path / "out" / "todm.md").read_text()
     from asrq.decode.evaluate import evaluate
 
     for s in saved["sizes"]:
@@ -70,9 +93,11 @@ def test_deploy_many_experiment_writes_todm_json(tiny_data: TinyData, tmp_path: 
         }
     ]
     assert saved["supernet_train_minutes"] > 0 and saved["individual_train_minutes_total"] > 0
-    assert "| big |" in (tmp_path / "out" / "todm.md").read_text()
+    assert "| big | every step |" in (tmp_path / "out" / "todm.md").read_text()
     with pytest.raises(AsrqError, match="K >= 3"):
         deploy_many(cfg, tmp_path / "out2", sizes[:2], steps=2)
+    with pytest.raises(AsrqError, match="held-out size mid2: .* trained directly"):
+        deploy_many(cfg, tmp_path / "out2", sizes, steps=2, held_out=[Size("mid2", sizes[1].spec)])
 
 
 def test_warmup_trains_the_largest_alone_first(tiny_data: TinyData, tmp_path: Path) -> None:

@@ -131,9 +131,11 @@ def decode(
 ) -> None:
     """Decode a CutSet with CHECKPOINT and report its word error rate.
 
-    Writes OUT_DIR/wer-<split>-<method>[-streaming].json (WER, words, ins/del/sub, utterances,
-    RTF, the settings used) and OUT_DIR/errs-<split>-<method>[-streaming].txt (per-utterance
-    reference, hypothesis and alignment).
+    Writes OUT_DIR/wer-<split>-<method>[-streaming].json (WER with its 95% bootstrap interval
+    over utterances `lo`/`hi`, words, ins/del/sub, RTF, the settings used, and per utterance
+    [cut_id, errors, words] for paired comparisons) and
+    OUT_DIR/errs-<split>-<method>[-streaming].txt (per-utterance reference, hypothesis and
+    alignment).
 
     \b
       asrq decode exp/mini/model.pt
@@ -244,11 +246,12 @@ def _decode(
     }
     wer_path = out_dir / f"wer-{name}.json"
     errs_path = out_dir / f"errs-{name}.txt"
-    atomic_write_json(wer_path, {**res.summary(), "config": settings})
+    summary = res.summary(per_utterance=True)
+    atomic_write_json(wer_path, {**summary, "config": settings})
     write_errors(errs_path, res.results, title=f"{checkpoint} {name}")
     click.echo(
         f"%WER {res.wer:.2f} [{res.errors} / {res.num_words}, {res.ins} ins, {res.dels} del, "
-        f"{res.subs} sub] "
+        f"{res.subs} sub] [95% CI {summary['lo']}, {summary['hi']}] "
         f"{name}: {res.num_utts} utts, RTF {res.rtf:.4f} ({res.seconds:.1f} s for "
         f"{res.audio_seconds:.1f} s of audio)"
     )

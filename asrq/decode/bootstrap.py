@@ -6,6 +6,8 @@ of each resample as *sum of errors / sum of reference words* (not a mean of per-
 WERs), then report the percentile interval.
 
 - :func:`wer_ci`: one system -> ``{"wer", "lo", "hi", ...}``.
+- :func:`paired_by_id`: the same for two ``[cut_id, errors, ref_words]`` lists (the
+  ``utterances`` of a decode summary JSON), matched by cut id.
 - :func:`paired_wer_diff`: two systems on the *same* utterances; each resample draws the same
   utterances for both, so what the utterances have in common (hard ones are hard for both)
   cancels, and the interval of the difference is much narrower than two separate intervals
@@ -26,6 +28,7 @@ intervals.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -190,3 +193,53 @@ def paired_wer_diff(
         "level": level,
         "seed": seed,
     }
+
+
+def paired_by_id(
+    a: Sequence[Sequence[Any]],
+    b: Sequence[Sequence[Any]],
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict[str, Any]:
+    """:func:`paired_wer_diff` of two ``[cut_id, errors, ref_words]`` lists (what
+    :meth:`asrq.decode.evaluate.EvalResult.per_utterance` writes), matched by cut id."""
+    try:
+        ka = {str(r[0]): (int(r[1]), int(r[2])) for r in a}
+        kb = {str(r[0]): (int(r[1]), int(r[2])) for r in b}
+    except (TypeError, ValueError, IndexError) as e:
+        raise AsrqError("per-utterance rows must be [cut_id, errors, ref_words]") from e
+    if len(ka) != len(a) or len(kb) != len(b):
+        raise AsrqError("paired comparison: duplicate cut ids")
+    if ka.keys() != kb.keys():
+        only = sorted(ka.keys() ^ kb.keys())
+        raise AsrqError(
+            f"paired comparison needs the same utterances: {len(only)} cut ids in only one "
+            f"system (e.g. {only[0]!r})"
+        )
+    ids = list(ka)
+    return paired_wer_diff(
+        [ka[i] for i in ids], [kb[i] for i in ids], n_boot=n_boot, seed=seed, level=level
+    )
+
+
+def read_utterances(path: str | Path) -> list[list[Any]]:
+    """The per-utterance ``[cut_id, errors, ref_words]`` rows of a decode JSON
+    (``wer-*.json`` of ``asrq decode`` / the recipe's decode stage)."""
+    import json
+
+    p = Path(path)
+    try:
+        rows = json.loads(p.read_text())["utterances"]
+    except FileNotFoundError as e:
+        raise AsrqError(f"{p}: decode result not found") from e
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise AsrqError(
+            f"{p}: no per-utterance rows (`utterances`); decode again with this version"
+        ) from e
+    return rows
+
+
+def paired_files(a: str | Path, b: str | Path, **kw: Any) -> dict[str, Any]:
+    """:func:`paired_by_id` of two decode JSONs (A minus B, percentage points)."""
+    return paired_by_id(read_utterances(a), read_utterances(b), **kw)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from asrq.decode.bootstrap import LEVEL, N_BOOT, wer_ci
 from asrq.decode.heads import DECODERS, SearchOptions
 from asrq.decode.streaming import LOG_EPSILON
 from asrq.decode.wer import UttResult, compute_wer, score_utterance
@@ -60,11 +61,28 @@ class EvalResult:
     def utts_per_second(self) -> float:
         return self.num_utts / self.seconds if self.seconds > 0 else 0.0
 
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready totals (no per-utterance results; ``wer`` None if not finite)."""
+    def interval(self, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+        """95% bootstrap interval of the WER over utterances (:func:`asrq.decode.bootstrap.wer_ci`):
+        ``{"wer", "lo", "hi", "num_utts", "num_words", "errors", "n_boot", "level", "seed"}``."""
+        return wer_ci(self.results, n_boot=n_boot, seed=seed)
+
+    def per_utterance(self) -> list[list[Any]]:
+        """``[cut_id, errors, ref_words]`` per utterance (manifest order): what a later paired
+        comparison (:func:`asrq.decode.bootstrap.paired_wer_diff`) needs."""
+        return [[r.cut_id, r.errors, r.num_words] for r in self.results]
+
+    def summary(self, per_utterance: bool = False) -> dict[str, Any]:
+        """JSON-ready totals with the WER's 95% bootstrap interval (``lo``, ``hi``, percent;
+        ``None`` without per-utterance results); ``wer`` None if not finite.
+        ``per_utterance``: also ``utterances``, :meth:`per_utterance`."""
         wer = self.wer if self.wer == self.wer and abs(self.wer) != float("inf") else None
-        return {
+        ci = self.interval() if self.results and self.num_words > 0 else None
+        out = {
             "wer": None if wer is None else round(wer, 4),
+            "lo": None if ci is None else round(ci["lo"], 4),
+            "hi": None if ci is None else round(ci["hi"], 4),
+            "level": LEVEL,
+            "n_boot": N_BOOT,
             "num_words": self.num_words,
             "errors": self.errors,
             "ins": self.ins,
@@ -76,6 +94,9 @@ class EvalResult:
             "rtf": round(self.rtf, 5),
             "utts_per_second": round(self.utts_per_second, 3),
         }
+        if per_utterance:
+            out["utterances"] = self.per_utterance()
+        return out
 
 
 # --------------------------------------------------------------------------------------------

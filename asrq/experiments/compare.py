@@ -5,6 +5,14 @@ Each variant is the recipe config plus a few dotted overrides (``model.encoder.t
 runs the recipe stages ``train, decode, export, bench, transcribe`` in ``<out_dir>/<name>/`` through
 :func:`asrq.pipeline.run_pipeline` (so a re-run skips finished variants), then collects one
 record per variant into ``models.json`` and a markdown table ``models.md``.
+
+Every WER carries its 95% bootstrap interval over utterances (``wer_test_clean``,
+``wer_test_other``, ``wer_dev``: ``{"wer", "lo", "hi", ...}``), and every variant but the
+baseline (the first one) its paired-bootstrap difference to the baseline on the same
+utterances (``vs_baseline``: ``{"test_clean": {"diff", "lo", "hi", "p_better", ...}, ...}``,
+percentage points, negative = the variant is better). Dev selects, test reports: the driver
+chooses nothing; whoever picks a variant from the table picks it on ``wer_dev``, and the test
+columns are the report.
 """
 
 from __future__ import annotations
@@ -45,7 +53,10 @@ COLUMNS = (
     ("encoder_params", "encoder params"),
     ("pte_bytes", ".pte bytes"),
     ("onnx_bytes", "ONNX bytes"),
-    ("wer_test", "WER full %"),
+    ("wer_test_clean", "WER test-clean % [95% CI]"),
+    ("diff_test_clean", "vs baseline, pp [95% CI]"),
+    ("wer_test_other", "WER test-other % [95% CI]"),
+    ("wer_dev", "WER dev %"),
     ("wer_test_streaming", "WER streaming %"),
     ("rtf_onnx_1thread", "RTF onnx 1t"),
     ("rtf_executorch_1thread", "RTF ET 1t"),
@@ -90,6 +101,10 @@ def record(variant: Variant, cfg: ExperimentConfig, summary: dict[str, Any]) -> 
         "pte_bytes": summary.get("pte_bytes"),
         "decode_method": cfg.decode.method,
         "wer_test": summary.get("wer_test"),
+        "wer_test_clean": summary.get("wer_test_clean"),
+        "wer_test_other": summary.get("wer_test_other"),
+        "wer_dev": summary.get("wer_dev"),
+        "wer_real": summary.get("wer_real"),
         "wer_test_streaming": summary.get("wer_test_streaming"),
         "rtf_onnx_1thread": summary.get("rtf_onnx_1thread"),
         "rtf_executorch_1thread": summary.get("rtf_executorch_1thread"),
@@ -102,8 +117,43 @@ def record(variant: Variant, cfg: ExperimentConfig, summary: dict[str, Any]) -> 
     }
 
 
+#: ``vs_baseline`` keys -> the summary entry whose decode JSON is paired
+PAIRED: tuple[tuple[str, str], ...] = (
+    ("dev", "wer_dev"),
+    ("test_clean", "wer_test_clean"),
+    ("test_other", "wer_test_other"),
+)
+
+
+def add_paired(records: list[dict[str, Any]]) -> None:
+    """``vs_baseline`` for every record but the first (the baseline): paired bootstrap of
+    ``WER(variant) - WER(baseline)`` on each split both decoded (from their decode JSONs)."""
+    from asrq.decode.bootstrap import paired_files
+
+    base = records[0]
+    for r in records[1:]:
+        r["vs_baseline"] = {"baseline": base["name"]}
+        for name, key in PAIRED:
+            a, b = r.get(key), base.get(key)
+            if isinstance(a, dict) and isinstance(b, dict) and "json" in a and "json" in b:
+                d = paired_files(a["json"], b["json"])
+                r["vs_baseline"][name] = {
+                    k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()
+                }
+
+
+def _cell(r: dict[str, Any], key: str) -> Any:
+    if key == "diff_test_clean":
+        return (r.get("vs_baseline") or {}).get("test_clean")
+    return r.get(key)
+
+
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     def fmt(v: Any) -> str:
+        if isinstance(v, dict) and "diff" in v:
+            return f"{v['diff']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}]"
+        if isinstance(v, dict) and "wer" in v:
+            return f"{v['wer']:.2f} [{v['lo']:.2f}, {v['hi']:.2f}]"
         if isinstance(v, float):
             return f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
         if isinstance(v, int) and v >= 10_000:
@@ -111,7 +161,7 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
         return "" if v is None else str(v)
 
     lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(r.get(k)) for k, _ in COLUMNS) + " |" for r in records]
+    lines += ["| " + " | ".join(fmt(_cell(r, k)) for k, _ in COLUMNS) + " |" for r in records]
     return "\n".join(lines) + "\n"
 
 
@@ -138,6 +188,7 @@ def compare_models(
             cfg, stages, synthesize=False, echo=echo, real_audio_dir=real_audio_dir
         )
         records.append(record(v, cfg, summary))
+        add_paired(records)
         atomic_write_json(out_dir / "models.json", records)  # partial results survive a stop
     table = markdown_table(records)
     atomic_write_text(out_dir / "models.md", table)

@@ -1,16 +1,31 @@
-"""The deploy-many experiment (TODM issue, part 4b): one supernet training against K individually
-trained models of the sizes the supernet exports, with the same per-model step budget and data.
+"""The deploy-many experiment (TODM issue, part 4b; issue 11): one supernet training against
+individually trained models of the sizes the supernet exports, with the same per-model step
+budget and data.
 
 :func:`deploy_many`:
 
-1. trains the supernet (:func:`asrq.supernet.train.train_supernet`) for ``steps`` steps;
-2. cuts each size out (:func:`asrq.supernet.checkpoint.slice_checkpoint`) and decodes test
-   (greedy, full context and streaming) with the plain sliced model;
+1. trains the supernet (:func:`asrq.supernet.train.train_supernet`) for ``steps`` steps; the
+   random subnets of each step come from ``supernet.sample_pool`` (by default the compared
+   ``sizes`` other than the largest and smallest, which train every step anyway);
+2. cuts each size out (:func:`asrq.supernet.checkpoint.slice_checkpoint`), the ``sizes`` and
+   the ``held_out`` ones: sizes that are *never* in the sample pool (nor the largest or
+   smallest), the check that a slice the supernet was not trained on directly still matches
+   its twin;
 3. trains each size alone from scratch (the sliced model's own config, ``supernet: null``) for
-   the same ``steps`` steps with the ordinary trainer, and decodes it the same way;
-4. writes ``todm.json`` (``sizes``: ``name``, ``spec``, ``params``, ``wer_supernet``,
-   ``wer_individual``, ``rel_diff_pct``...; ``supernet_train_minutes``,
-   ``individual_train_minutes_total``) and a markdown table ``todm.md``.
+   the same ``steps`` steps with the ordinary trainer;
+4. decodes every slice and every twin the way the recipe's decode stage does
+   (:func:`asrq.pipeline.decode_splits`: dev, test-clean full context and streaming,
+   test-other), each WER with its 95% bootstrap interval, and the paired-bootstrap interval of
+   *slice minus twin* on the same utterances per split;
+5. writes ``todm.json`` (``sizes``: ``name``, ``spec``, ``params``, ``sampled`` ("every step" /
+   "pool" / "never" / "random": how the supernet trained that size), ``supernet`` /
+   ``individual`` (the decode entries), ``diff`` (the paired intervals), the older flat
+   ``wer_supernet`` / ``wer_individual`` / ``rel_diff_pct`` (test-clean);
+   ``supernet_train_minutes``, ``individual_train_minutes_total``) and a markdown table ``todm.md``.
+
+Dev selects, test reports: the experiment itself chooses nothing (fixed sizes, final
+checkpoints, the config's settings); settings are to be compared on the ``dev`` columns, and
+the test columns are the report.
 
 Train minutes are the trainers' own ``train_minutes`` (the step loop, dev evaluations excluded).
 Every run lives in its own folder under ``out_dir/todm/`` and is skipped when its
@@ -67,6 +82,33 @@ DEFAULT_SIZES: tuple[Size, ...] = (
 )
 
 
+#: Two sizes never in the sample pool (nor the largest or smallest): one between the largest
+#: and L6-d120 (8 layers at width 120, a depth no pooled middle size has at that width), one
+#: between L6-d96 and the smallest in size (4 layers at width 120).
+DEFAULT_HELD_OUT: tuple[Size, ...] = (
+    Size(
+        "L8-d120",
+        SubnetSpec(
+            num_layers=8, d_model=120, ffn_dim=432, num_heads=4, joiner_dim=256, predictor_dim=256
+        ),
+    ),
+    Size(
+        "L4-d120",
+        SubnetSpec(
+            num_layers=4, d_model=120, ffn_dim=432, num_heads=4, joiner_dim=128, predictor_dim=128
+        ),
+    ),
+)
+
+#: ``diff`` keys -> the decode entry compared (slice minus individual twin)
+SPLITS: tuple[tuple[str, str], ...] = (
+    ("dev", "wer_dev"),
+    ("test_clean", "wer_test_clean"),
+    ("test_clean_streaming", "wer_test_clean_streaming"),
+    ("test_other", "wer_test_other"),
+)
+
+
 def _with(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
     return from_dict(
         ExperimentConfig,
@@ -84,39 +126,61 @@ def _train_once(
     return fn(cfg)
 
 
-def _decode(model_path: Path, cfg: ExperimentConfig) -> dict[str, float]:
-    from asrq.decode.evaluate import evaluate
-    from asrq.train.checkpoint import load_model
+def _decode(model_path: Path, cfg: ExperimentConfig) -> dict[str, Any]:
+    """The recipe decode stage's entries for ``model_path`` (decode JSONs beside it)."""
+    from asrq.pipeline import decode_splits
 
-    loaded = load_model(model_path)
     cuts = Path(cfg.data.fbank_dir) / f"librispeech_cuts_{cfg.data.test_split}.jsonl.gz"
     if not cuts.is_file():
         raise AsrqError(
             f"{cuts}: test cuts not found (run the mini recipe's synth,prepare,bpe stages first)"
         )
-    full = evaluate(loaded, cuts, method="greedy", streaming=False, progress=False)
-    stream = evaluate(loaded, cuts, method="greedy", streaming=True, progress=False)
-    return {"wer": round(full.wer, 2), "wer_streaming": round(stream.wer, 2)}
+    return decode_splits(cfg, model_path, model_path.parent, echo=lambda s: None)
+
+
+def _paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    from asrq.decode.bootstrap import paired_files
+
+    out = {}
+    for name, key in SPLITS:
+        if key in a and key in b:
+            d = paired_files(a[key]["json"], b[key]["json"])
+            out[name] = {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
+    return out
+
+
+def _ci(e: dict[str, Any] | None) -> str:
+    return "" if not e else f"{e['wer']:.2f} [{e['lo']:.2f}, {e['hi']:.2f}]"
+
+
+def _d(e: dict[str, Any] | None) -> str:
+    return "" if not e else f"{e['diff']:+.2f} [{e['lo']:+.2f}, {e['hi']:+.2f}]"
 
 
 def markdown_table(result: dict[str, Any]) -> str:
+    """The test columns report; the dev column is the one to choose settings on."""
     lines = [
-        "| size | params | WER supernet slice % | WER individual % | rel. diff % "
-        "| streaming: slice / individual % |",
-        "|---|---|---|---|---|---|",
+        "| size | trained in the supernet | params | test-clean WER: slice % [95% CI] "
+        "| individual % [95% CI] | slice - individual, pp [95% CI] | dev: slice - individual "
+        "| test-other: slice - individual | streaming test-clean: slice / individual % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in result["sizes"]:
+        sup, ind, diff = s["supernet"], s["individual"], s["diff"]
         lines.append(
-            f"| {s['name']} | {s['params']:,} | {s['wer_supernet']:.2f} "
-            f"| {s['wer_individual']:.2f} | {s['rel_diff_pct']:+.1f} "
+            f"| {s['name']} | {s['sampled']} | {s['params']:,} "
+            f"| {_ci(sup.get('wer_test_clean'))} | {_ci(ind.get('wer_test_clean'))} "
+            f"| {_d(diff.get('test_clean'))} | {_d(diff.get('dev'))} "
+            f"| {_d(diff.get('test_other'))} "
             f"| {s['wer_supernet_streaming']:.2f} / {s['wer_individual_streaming']:.2f} |"
         )
     lines.append("")
     lines.append(
         f"Training: supernet {result['supernet_train_minutes']:.1f} min ({result['steps']} "
-        f"steps, sandwich of {result['subnets_per_step']} subnets per step) vs "
-        f"{result['individual_train_minutes_total']:.1f} min for the "
-        f"{len(result['sizes'])} individual runs ({result['steps']} steps each)."
+        f"steps, sandwich of {result['subnets_per_step']} subnets per step, random ones from "
+        f"{result['random_subnets_from']}) vs {result['individual_train_minutes_total']:.1f} min "
+        f"for the {len(result['sizes'])} individual runs ({result['steps']} steps each). "
+        "Negative differences: the slice is better; an interval that excludes 0 holds at 95%."
     )
     return "\n".join(lines) + "\n"
 
@@ -133,6 +197,14 @@ def middle_sizes(cfg: ExperimentConfig, sizes: Sequence[Size]) -> list[dict[str,
     return [{k: v for k, v in s.to_dict().items() if v is not None} for s in specs if s not in ends]
 
 
+def _sampled(spec: SubnetSpec, ends: set[SubnetSpec], pool: list[SubnetSpec]) -> str:
+    if spec in ends:
+        return "every step"
+    if not pool:
+        return "random"
+    return "pool" if spec in pool else "never"
+
+
 def deploy_many(
     base: ExperimentConfig,
     out_dir: str | Path,
@@ -140,13 +212,16 @@ def deploy_many(
     steps: int = 600,
     echo: Callable[[str], None] = print,
     pool_middle: bool = True,
+    held_out: Sequence[Size] = DEFAULT_HELD_OUT,
 ) -> dict[str, Any]:
     """Run the experiment (see the module doc) for the supernet config ``base``; returns the
     result written to ``out_dir/todm.json``. ``pool_middle``: when the config has no
-    ``supernet.sample_pool``, the random subnets of each step are drawn from the compared sizes
-    other than the largest and smallest (so every compared size trains directly); False: from
-    the whole search space."""
+    ``supernet.sample_pool``, the random subnets of each step are drawn from ``sizes`` other
+    than the largest and smallest (so every compared size trains directly: stated in each
+    row's ``sampled``); False: from the whole search space. ``held_out``: sizes compared too
+    but never in the pool (an error if one is, or is the largest or smallest)."""
     from asrq.supernet.checkpoint import slice_checkpoint
+    from asrq.supernet.spec import SearchSpace
     from asrq.supernet.train import train_supernet
     from asrq.train.loop import train
 
@@ -154,6 +229,9 @@ def deploy_many(
         raise AsrqError("the todm experiment needs a supernet config (a `supernet:` section)")
     if len(sizes) < 3:
         raise AsrqError(f"the experiment compares K >= 3 sizes, got {len(sizes)}")
+    names = [s.name for s in (*sizes, *held_out)]
+    if len(set(names)) != len(names):
+        raise AsrqError(f"todm sizes: duplicate names in {names}")
     out_dir = Path(out_dir)
     root = out_dir / "todm"
     limits = [f"train.max_steps={steps}", "train.max_minutes=0"]
@@ -161,55 +239,70 @@ def deploy_many(
     assert sup_cfg.supernet is not None
     if not sup_cfg.supernet.sample_pool and pool_middle:
         sup_cfg.supernet.sample_pool = middle_sizes(sup_cfg, sizes)
-    pool = (
-        f"{len(sup_cfg.supernet.sample_pool)} pooled specs"
-        if sup_cfg.supernet.sample_pool
-        else "the search space"
-    )
+    space = SearchSpace(sup_cfg.supernet.search_space, sup_cfg.model)
+    ends = {space.largest(), space.smallest()}
+    pool = space.pool(sup_cfg.supernet.sample_pool) if sup_cfg.supernet.sample_pool else []
+    for h in held_out:
+        spec = space.validate(h.spec, where=f"todm held-out size {h.name}")
+        if _sampled(spec, ends, pool) not in ("never", "random"):
+            raise AsrqError(
+                f"todm held-out size {h.name}: {spec.short()} is trained directly by the "
+                "supernet (in supernet.sample_pool, or the largest / smallest); a held-out size "
+                "must not be"
+            )
+    drawn_from = f"{len(pool)} pooled specs" if pool else "the whole search space"
     echo(
         f"=== supernet: {steps} steps, largest + smallest + {base.supernet.num_random} random "
-        f"subnets (from {pool}) per step"
+        f"subnets (from {drawn_from}) per step; held out: {[h.name for h in held_out]}"
     )
     sup_summary = _train_once(sup_cfg, train_supernet)
     sup_model = root / "supernet" / "model.pt"
     records = []
     individual_minutes = 0.0
-    for size in sizes:
+    for size in (*sizes, *held_out):
         sliced = slice_checkpoint(sup_model, size.spec, root / "slices" / size.name)
-        wer_s = _decode(sliced.path, sliced.config)
+        dec_s = _decode(sliced.path, sliced.config)
+        sampled = _sampled(sliced.spec, ends, pool)
         echo(
-            f"--- {size.name}: slice {sliced.params:,} params, test WER {wer_s['wer']:.2f}% "
-            f"(streaming {wer_s['wer_streaming']:.2f}%)"
+            f"--- {size.name} ({sampled}): slice {sliced.params:,} params, test-clean "
+            f"{_ci(dec_s['wer_test_clean'])}%, dev {_ci(dec_s.get('wer_dev'))}%"
         )
         ind_cfg = _with(
             sliced.config, [f"train.exp_dir={root / 'individual' / size.name}", *limits]
         )
         echo(f"=== individual {size.name}: {steps} steps")
         ind_summary = _train_once(ind_cfg, train)
-        wer_i = _decode(root / "individual" / size.name / "model.pt", ind_cfg)
+        dec_i = _decode(root / "individual" / size.name / "model.pt", ind_cfg)
         individual_minutes += float(ind_summary["train_minutes"])
+        diff = _paired(dec_s, dec_i)
         echo(
-            f"--- {size.name}: individual test WER {wer_i['wer']:.2f}% "
-            f"(streaming {wer_i['wer_streaming']:.2f}%)"
+            f"--- {size.name}: individual test-clean {_ci(dec_i['wer_test_clean'])}%; slice - "
+            f"individual {_d(diff['test_clean'])} pp (dev {_d(diff.get('dev'))})"
         )
+        ws, wi = dec_s["wer_test"], dec_i["wer_test"]
         records.append(
             {
                 "name": size.name,
                 "spec": sliced.spec.to_dict(),
                 "params": sliced.params,
-                "wer_supernet": wer_s["wer"],
-                "wer_individual": wer_i["wer"],
-                "rel_diff_pct": round(
-                    100.0 * (wer_s["wer"] - wer_i["wer"]) / max(wer_i["wer"], 1e-9), 2
-                ),
-                "wer_supernet_streaming": wer_s["wer_streaming"],
-                "wer_individual_streaming": wer_i["wer_streaming"],
+                "sampled": sampled,
+                "held_out": size in held_out,
+                "supernet": {k: v for k, v in dec_s.items() if isinstance(v, dict)},
+                "individual": {k: v for k, v in dec_i.items() if isinstance(v, dict)},
+                "diff": diff,
+                "wer_supernet": ws,
+                "wer_individual": wi,
+                "rel_diff_pct": round(100.0 * (ws - wi) / max(wi, 1e-9), 2),
+                "wer_supernet_streaming": dec_s["wer_test_streaming"],
+                "wer_individual_streaming": dec_i["wer_test_streaming"],
                 "individual_train_minutes": float(ind_summary["train_minutes"]),
             }
         )
         result = {
             "steps": steps,
             "subnets_per_step": 2 + base.supernet.num_random,
+            "random_subnets_from": drawn_from,
+            "selection": "none: fixed sizes, final checkpoints; compare settings on dev",
             "supernet": {k: v for k, v in to_dict(sup_cfg.supernet).items() if k != "search_space"},
             "sizes": records,
             "supernet_train_minutes": float(sup_summary["train_minutes"]),

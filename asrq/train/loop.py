@@ -289,10 +289,13 @@ class Trainer:
                     )
                 self.model.train()
                 wer = float(res.wer)
+                ci = res.interval() if res.num_words > 0 else None  # 95% bootstrap interval
                 point = {
                     "step": self.state.step,
                     "train_minutes": round(self.state.train_seconds / 60, 3),
                     "wer_dev": wer,
+                    "wer_dev_lo": None if ci is None else round(ci["lo"], 2),
+                    "wer_dev_hi": None if ci is None else round(ci["hi"], 2),
                 }
                 self.state.wer_curve.append(point)
                 self._log_json({"event": "eval", **point})

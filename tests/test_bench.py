@@ -15,18 +15,7 @@ from asrq.bench.report import format_table, host_info, metric_records, plot_runs
 from asrq.bench.runner import SCHEMA, synthetic_audio
 from asrq.cli.bench import bench as bench_cmd
 from asrq.utils.io import atomic_write_json
-
-
-def shared_tiny_export(factory: pytest.TempPathFactory) -> Path:
-    """The session's exported tiny model (same folder and recipe as in test_export.py)."""
-    from asrq.export.pipeline import export_model
-    from asrq.testing.models import make_tiny_checkpoint
-
-    base = factory.getbasetemp() / "asrq_tiny_export"
-    out = base / "model"
-    if not (out / "metadata.json").is_file():
-        export_model(make_tiny_checkpoint(base / "tiny.pt"), out)
-    return out
+from tests.shared import shared_tiny_export
 
 
 @pytest.fixture

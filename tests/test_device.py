@@ -27,6 +27,7 @@ from asrq.device.transport import AdbTransport, LocalTransport, SshTransport, pa
 from asrq.runtime.audio import load_features
 from asrq.runtime.heads import load_exported
 from asrq.utils.io import AsrqError
+from tests.shared import shared_tiny_export
 
 REAL = Path("/work/shared/data/real")
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
@@ -143,16 +144,6 @@ def test_probe_local(tmp_path: Path):
 # --------------------------------------------------------------------------------------------
 # slow: the harness for real
 # --------------------------------------------------------------------------------------------
-def shared_tiny_export(factory: pytest.TempPathFactory) -> Path:
-    """The session's exported tiny model (same folder and recipe as in test_export.py)."""
-    from asrq.export.pipeline import export_model
-    from asrq.testing.models import make_tiny_checkpoint
-
-    base = factory.getbasetemp() / "asrq_tiny_export"
-    out = base / "model"
-    if not (out / "metadata.json").is_file():
-        export_model(make_tiny_checkpoint(base / "tiny.pt"), out)
-    return out
 
 
 @pytest.fixture(scope="module")

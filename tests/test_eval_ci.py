@@ -16,7 +16,7 @@ from asrq.utils.io import AsrqError
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.test_bench import shared_tiny_export
+    from tests.shared import shared_tiny_export
 
     return shared_tiny_export(tmp_path_factory)
 

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 
 from asrq.cli.export import export as export_cmd
 from asrq.config import to_dict
-from asrq.export.pipeline import export_model
 from asrq.export.rewrites import DecomposedLayerNorm, xnnpack_friendly
 from asrq.export.rnnt import program_specs
 from asrq.runtime.heads import load_exported
@@ -22,20 +21,9 @@ from asrq.runtime.model_dir import encoder_input_frames
 from asrq.runtime.rnnt import PROGRAMS, ExportedRnnt
 from asrq.testing.models import make_tiny_checkpoint
 from asrq.train.checkpoint import load_model
+from tests.shared import shared_tiny_export
 
 REAL = Path("/work/shared/data/real")
-
-
-def shared_tiny_export(factory: pytest.TempPathFactory) -> Path:
-    """A tiny random checkpoint exported (ONNX + ExecuTorch) once per session; the same folder
-    is reused by test_transcribe.py and test_bench.py (the export is atomic, so a present
-    metadata.json means a complete export)."""
-    base = factory.getbasetemp() / "asrq_tiny_export"
-    out = base / "model"
-    if not (out / "metadata.json").is_file():
-        ckpt = make_tiny_checkpoint(base / "tiny.pt")
-        export_model(ckpt, out)
-    return out
 
 
 @pytest.fixture(scope="module")

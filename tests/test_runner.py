@@ -23,23 +23,12 @@ from asrq.device.build import RunnerBuild, build_runner
 from asrq.runtime.audio import compute_fbank, load_audio, load_features
 from asrq.runtime.heads import load_exported
 from asrq.runtime.transcribe import transcribe
+from tests.shared import shared_tiny_export
 
 REAL = Path("/work/shared/data/real")
 SPEECH = sorted((REAL / "LibriSpeech" / "test-clean").rglob("*.flac"))
 
 pytestmark = pytest.mark.slow
-
-
-def shared_tiny_export(factory: pytest.TempPathFactory) -> Path:
-    """The session's exported tiny model (same folder and recipe as in test_export.py)."""
-    from asrq.export.pipeline import export_model
-    from asrq.testing.models import make_tiny_checkpoint
-
-    base = factory.getbasetemp() / "asrq_tiny_export"
-    out = base / "model"
-    if not (out / "metadata.json").is_file():
-        export_model(make_tiny_checkpoint(base / "tiny.pt"), out)
-    return out
 
 
 @pytest.fixture(scope="module")

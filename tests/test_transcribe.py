@@ -16,22 +16,11 @@ from click.testing import CliRunner
 from asrq.cli.transcribe import transcribe as transcribe_cmd
 from asrq.runtime.audio import compute_fbank, load_audio, load_features
 from asrq.utils.io import AsrqError
+from tests.shared import shared_tiny_export
 
 REAL = Path("/work/shared/data/real")
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg"}
 REAL_FILES = sorted(p for p in REAL.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-
-
-def shared_tiny_export(factory: pytest.TempPathFactory) -> Path:
-    """The session's exported tiny model (same folder and recipe as in test_export.py)."""
-    from asrq.export.pipeline import export_model
-    from asrq.testing.models import make_tiny_checkpoint
-
-    base = factory.getbasetemp() / "asrq_tiny_export"
-    out = base / "model"
-    if not (out / "metadata.json").is_file():
-        export_model(make_tiny_checkpoint(base / "tiny.pt"), out)
-    return out
 
 
 @pytest.fixture(scope="module")

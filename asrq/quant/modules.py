@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asrq.quant.config import ModuleQuantSettings, QuantConfig
+from asrq.quant.config import DEFAULT_QMAX, ModuleQuantSettings, QuantConfig
 from asrq.quant.fake_quant import ActFakeQuant, WeightFakeQuant
 from asrq.utils.io import AsrqError
 
@@ -77,7 +77,8 @@ def quantize_(model: nn.Module, cfg: QuantConfig, init_scales: bool = True) -> n
     sizes by :func:`calibrate` (or, failing that, from the first training batch).
 
     Raises AsrqError when an ``int4`` layer's ``in_features`` is not a multiple of
-    ``cfg.group_size`` (naming the layer: give it an 8-bit override or choose such widths).
+    ``cfg.group_size`` (naming the layer: give it an 8-bit override, choose such widths, or set
+    ``int4_unaligned: int8``).
     """
     done = 0
     for name, mod in list(model.named_modules()):
@@ -91,6 +92,10 @@ def quantize_(model: nn.Module, cfg: QuantConfig, init_scales: bool = True) -> n
                 settings = ModuleQuantSettings(
                     "int8", 127, 0, settings.activations, settings.outputs
                 )  # 8da4w covers linear layers only: convolutions keep 8-bit weights
+            elif mod.in_features % settings.group_size and cfg.int4_unaligned == "int8":
+                settings = ModuleQuantSettings(
+                    "int8", DEFAULT_QMAX["int8"], 0, settings.activations, settings.outputs
+                )
             elif mod.in_features % settings.group_size:
                 raise AsrqError(
                     f"quant: int4 layer {name!r} has in_features {mod.in_features}, not a multiple "

@@ -1,0 +1,108 @@
+"""The compression table driver (asrq.experiments.quant) and what it is built on: scoring an
+exported directory through its runtime (asrq.runtime.evaluate) and int4 QAT of layers whose
+inputs XNNPACK's 8da4w cannot group (``int4_unaligned``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from asrq.config import ExperimentConfig
+from asrq.quant.config import QuantConfig
+from asrq.quant.modules import quantize_, quantized_layers
+from asrq.testing.data import TinyData, tiny_train_config
+from asrq.testing.models import tiny_config
+from asrq.train.loop import Trainer
+from asrq.utils.io import AsrqError
+
+
+def test_int4_unaligned_layers_error_or_fall_back_to_int8() -> None:
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 8))
+
+    with pytest.raises(AsrqError, match="'0' has in_features 48"):
+        quantize_(net(), QuantConfig(weight_dtype="int4", overrides=[]))
+    m = quantize_(net(), QuantConfig(weight_dtype="int4", int4_unaligned="int8", overrides=[]))
+    layers = quantized_layers(m)
+    assert (layers["0"].weight_fq.group_size, layers["0"].weight_fq.qmax) == (0, 127)
+    assert (layers["2"].weight_fq.group_size, layers["2"].weight_fq.qmax) == (32, 7)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data: TinyData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    exp = tmp_path_factory.mktemp("quant_table_fp32")
+    cfg = tiny_train_config(tiny_config(vocab_size=0), tiny_data, exp, max_steps=6)
+    Trainer(cfg, progress=False).run()
+    return exp / "model.pt"
+
+
+def _dev_cuts(tiny: TinyData) -> Path:
+    return tiny.fbank_dir / f"librispeech_cuts_{ExperimentConfig().data.dev_split}.jsonl.gz"
+
+
+def test_evaluate_export_scores_what_eager_decoding_scores(
+    trained: Path, tiny_data: TinyData, tmp_path: Path
+) -> None:
+    from asrq.decode.evaluate import evaluate
+    from asrq.export.pipeline import export_model
+    from asrq.runtime.evaluate import evaluate_export
+    from asrq.train.checkpoint import load_model
+
+    out = tmp_path / "export"
+    export_model(trained, out, executorch=False)
+    cuts = _dev_cuts(tiny_data)
+    for streaming in (False, True):
+        got = evaluate_export(out, cuts, "onnx", streaming=streaming)
+        ref = evaluate(load_model(trained), cuts, streaming=streaming, progress=False)
+        assert got.num_utts == ref.num_utts > 0
+        assert [r.cut_id for r in got.results] == [r.cut_id for r in ref.results]
+        # fp32 ONNX == eager to ~1e-6: the same hypotheses, utterance by utterance
+        assert [r.hyp for r in got.results] == [r.hyp for r in ref.results]
+        assert got.wer == pytest.approx(ref.wer)
+
+
+@pytest.mark.slow
+def test_compression_table_rows_files_and_pairing(trained: Path, tmp_path: Path) -> None:
+    from asrq.experiments.quant import Base, compression_table
+
+    torch.set_num_threads(1)
+    res = compression_table(
+        [Base("tiny", trained)],
+        tmp_path,
+        steps=2,
+        lr=0.002,
+        estimators=("ste",),
+        stages=("qat", "export", "score"),
+        only=("qat-int8-ste", "ptq-int4"),
+        echo=lambda s: None,
+        progress=False,
+    )
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert list(rows) == ["fp32", "qat-int8-ste", "ptq-int4"]
+    on_disk = json.loads((tmp_path / "quant.json").read_text())
+    assert [r["variant"] for r in on_disk["rows"]] == list(rows)
+    fp32, q8 = rows["fp32"], rows["qat-int8-ste"]
+    # int8 programs are smaller than fp32 in both runtimes (the tiny model: embeddings and
+    # float parts weigh more than in a real one)
+    for key in ("onnx", "executorch"):
+        assert 0 < q8["bytes"][key] < 0.8 * fp32["bytes"][key]
+    assert q8["quantization"]["source"] == "qat" and q8["quantization"]["estimator"] == "ste"
+    assert rows["ptq-int4"]["quantization"]["scheme"] == "w4a8"
+    # every quantized row: WER with interval, paired difference against fp32 on the same utts
+    for r in (q8, rows["ptq-int4"]):
+        for split in ("dev", "test_clean"):
+            w = r[f"wer_{split}"]
+            assert w["lo"] <= w["wer"] <= w["hi"]
+            d = r[f"diff_{split}"]
+            assert d["diff"] == pytest.approx(w["wer"] - fp32[f"wer_{split}"]["wer"], abs=1e-2)
+    # the QAT row also scored its eager fake-quant model: the parity in WER points
+    assert "wer_test_clean_eager" in q8 and "export_minus_eager_test_clean" in q8
+    assert q8["qat"]["train"]["steps"] == 2
+    md = (tmp_path / "quant.md").read_text()
+    assert md.count("\n| tiny |") == 3
+    assert (tmp_path / "quant_size_wer.png").stat().st_size > 1000

@@ -106,3 +106,25 @@ def test_compression_table_rows_files_and_pairing(trained: Path, tmp_path: Path)
     md = (tmp_path / "quant.md").read_text()
     assert md.count("\n| tiny |") == 3
     assert (tmp_path / "quant_size_wer.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_int8_speed_profiles_and_benches_both_exports(trained: Path, tmp_path: Path) -> None:
+    from asrq.experiments.int8_speed import int8_speed
+
+    torch.set_num_threads(1)
+    res = int8_speed(
+        trained, tmp_path, widths=(64,), threads=(1,), max_files=2, echo=lambda s: None
+    )
+    (w,) = res["widths"]
+    for kind in ("fp32", "int8"):
+        assert set(w[kind]) == {"onnx@1", "executorch@1"}
+        assert all(v["encoder_p50_ms"] > 0 for v in w[kind].values())
+    # int8 programs are smaller; the int8 ONNX encoder runs integer kernels between Q/DQ nodes
+    assert w["int8"]["onnx@1"]["streaming_file_bytes"] < w["fp32"]["onnx@1"]["streaming_file_bytes"]
+    p8, p32 = w["profile"]["int8"], w["profile"]["fp32"]
+    assert p32["qdq_share"] == 0 and p8["qdq_share"] > 0
+    assert any("Integer" in op or op.startswith("QLinear") for op in p8["ops"]), list(p8["ops"])
+    assert "MatMul" in p32["ops"] or "FusedMatMul" in p32["ops"] or "Gemm" in p32["ops"]
+    assert json.loads((tmp_path / "int8_speed.json").read_text())["widths"][0]["d_model"] == 64
+    assert "| 64 |" in (tmp_path / "int8_speed.md").read_text()

@@ -42,7 +42,7 @@ REAL_AUDIO = HERE.parents[1].parent / "shared" / "data" / "real"
     help="Folder of audio to transcribe at the end.",
 )
 def main(config: str, overrides: tuple[str, ...], stages: str, real_audio: str) -> None:
-    """Run the mini recipe end to end (about 30 minutes on 2 CPU cores)."""
+    """Run the mini recipe end to end (about 20 minutes on 2 quiet CPU cores)."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -128,3 +128,17 @@ def test_int8_speed_profiles_and_benches_both_exports(trained: Path, tmp_path: P
     assert "MatMul" in p32["ops"] or "FusedMatMul" in p32["ops"] or "Gemm" in p32["ops"]
     assert json.loads((tmp_path / "int8_speed.json").read_text())["widths"][0]["d_model"] == 64
     assert "| 64 |" in (tmp_path / "int8_speed.md").read_text()
+
+
+def test_min_sqnr_overrides_the_schemes_bound(tmp_path: Path) -> None:
+    from asrq.export.parity import ParityError
+    from asrq.export.pipeline import export_model
+    from asrq.testing.models import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    kw = {"quant": "w4a8", "executorch": False, "programs": ["encoder_streaming"]}
+    with pytest.raises(ParityError, match="min SQNR 500.0 dB"):
+        export_model(ckpt, tmp_path / "strict", min_sqnr=500.0, **kw)
+    assert not (tmp_path / "strict").exists()  # nothing half-written
+    res = export_model(ckpt, tmp_path / "ok", **kw)
+    assert res.metadata["parity"]["min_sqnr_db"] == 10.0  # w4a8 PTQ: the scheme's own bound

@@ -89,6 +89,13 @@ from asrq.utils.io import AsrqError
     help="Cuts manifest for --quant int8 from an fp32 checkpoint. [default: the config's dev cuts]",
 )
 @click.option(
+    "--min-sqnr",
+    type=float,
+    default=None,
+    help="SQNR bound (dB) of a --quant export against its eager reference. [default: the "
+    "scheme's: 30 for int8, 20 for int8-dynamic, 10 / 15 for w4a8 PTQ / QAT]",
+)
+@click.option(
     "--calib-utts",
     type=click.IntRange(min=1),
     default=32,
@@ -109,6 +116,7 @@ def export(
     sherpa: bool,
     quant: str | None,
     calib_cuts: Path | None,
+    min_sqnr: float | None,
     calib_utts: int,
 ) -> None:
     """Export CHECKPOINT to a deployable model directory.
@@ -150,6 +158,7 @@ def export(
             quant=quant,
             calib_cuts=calib_cuts,
             calib_utts=calib_utts,
+            min_sqnr=min_sqnr,
         )
     except AsrqError as e:  # the root group does the same; this keeps ``export`` alone consistent
         click.echo(f"error: {e}", err=True)

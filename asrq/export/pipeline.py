@@ -229,6 +229,7 @@ def export_loaded(
     sherpa: bool = False,
     log_fn: Callable[[str], None] | None = None,
     quant: Any = None,
+    min_sqnr: float | None = None,
 ) -> ExportResult:
     """Export an already loaded model (``asrq.train.checkpoint.LoadedModel``: ``.model``,
     ``.config``, ``.sp``, ``.bpe_model_bytes``, ``.meta``) into ``out_dir``.
@@ -277,7 +278,10 @@ def export_loaded(
         meta["quantization"] = quant.metadata
     files = file_metadata(meta, head)
     meta["programs"] = {}
-    min_sqnr = None if quant is None else quant.min_sqnr
+    if quant is None:
+        min_sqnr = None
+    elif min_sqnr is None:
+        min_sqnr = quant.min_sqnr
     report = P.ParityReport(tol, min_sqnr=min_sqnr)
     staging = _staging_dir(out_dir)
     try:

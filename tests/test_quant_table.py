@@ -142,3 +142,8 @@ def test_min_sqnr_overrides_the_schemes_bound(tmp_path: Path) -> None:
     assert not (tmp_path / "strict").exists()  # nothing half-written
     res = export_model(ckpt, tmp_path / "ok", **kw)
     assert res.metadata["parity"]["min_sqnr_db"] == 10.0  # w4a8 PTQ: the scheme's own bound
+    # onnxruntime dynamic int8 of the joiner alone (its value_info once broke quantize_dynamic)
+    res = export_model(
+        ckpt, tmp_path / "dyn", quant="int8-dynamic", executorch=False, programs=["joiner"]
+    )
+    assert res.metadata["parity"]["min_sqnr_db"] == 20.0

@@ -463,12 +463,21 @@ def onnx_initializer_scales(path: str | Path) -> dict[str, list[Any]]:
 def ptq_onnx_dynamic(fp32_path: str | Path, path: str | Path) -> QuantArtifact:
     """onnxruntime dynamic int8: MatMul only (its ConvInteger is 3.7x slower than fp32 here),
     per-channel weights, ``reduce_range`` (7-bit weights; the u8s8 kernels on x86 need it)."""
+    import tempfile
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = Path(path)
-    with atomic_path(path) as tmp:
+    # the exporter's stored value_info can disagree with onnx's own shape inference (a tiny
+    # joiner: 64 vs 48 on a MatMul output), which quantize_dynamic re-runs: drop it first
+    model = onnx.load(str(fp32_path))
+    del model.graph.value_info[:]
+    with tempfile.TemporaryDirectory(prefix="asrq-ort-dyn-") as td, atomic_path(path) as tmp:
+        src = Path(td) / "fp32.onnx"
+        onnx.save(model, str(src))
         quantize_dynamic(
-            str(fp32_path),
+            str(src),
             str(tmp),
             op_types_to_quantize=["MatMul"],
             per_channel=True,

@@ -48,6 +48,8 @@ def _dev_cuts(tiny: TinyData) -> Path:
 def test_evaluate_export_scores_what_eager_decoding_scores(
     trained: Path, tiny_data: TinyData, tmp_path: Path
 ) -> None:
+    import onnx
+
     from asrq.decode.evaluate import evaluate
     from asrq.export.pipeline import export_model
     from asrq.runtime.evaluate import evaluate_export
@@ -55,6 +57,10 @@ def test_evaluate_export_scores_what_eager_decoding_scores(
 
     out = tmp_path / "export"
     export_model(trained, out, executorch=False)
+    # deployable files carry no per-node debug metadata (stack traces, fx node names)
+    enc = onnx.load(str(out / "encoder_streaming.onnx"))
+    assert enc.graph.node and not any(n.metadata_props for n in enc.graph.node)
+    assert {p.key for p in enc.metadata_props} >= {"head", "config"}
     cuts = _dev_cuts(tiny_data)
     for streaming in (False, True):
         got = evaluate_export(out, cuts, "onnx", streaming=streaming)

@@ -95,8 +95,22 @@ def cast_bool_where(model: Any) -> int:
     return changed
 
 
+def strip_node_metadata(model: Any) -> int:
+    """Drop the exporter's per-node debug metadata (``pkg.torch.onnx.stack_trace``, ``fx_node``,
+    ``namespace``, ``class_hierarchy``, ...) from an ``onnx_ir`` model, in place: ~0.55 MB of the
+    mini fp32 streaming encoder's 17.4 MB and ~0.8 MB of its int8 QDQ form's 5.9 MB, nothing a
+    runtime reads. Returns the number of entries removed."""
+    removed = 0
+    for node in model.graph.all_nodes():
+        removed += len(node.metadata_props)
+        node.metadata_props.clear()
+    return removed
+
+
 def save_onnx_program(program: Any, path: str | Path, meta: dict[str, Any]) -> Path:
-    """Stage 3: attach metadata and write atomically (weights inline: the models are < 2 GB)."""
+    """Stage 3: drop per-node debug metadata, attach ours and write atomically (weights inline:
+    the models are < 2 GB)."""
+    strip_node_metadata(program.model)
     program.model.metadata_props.update(metadata_props(meta))
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings():

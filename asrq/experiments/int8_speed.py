@@ -172,8 +172,10 @@ def int8_speed(
     threads: Sequence[int] = (1, 2),
     max_files: int = 5,
     echo: Callable[[str], None] = print,
+    bench: bool = True,
 ) -> dict[str, Any]:
-    """Run the comparison (module doc) from the fp32 ``template`` checkpoint's config."""
+    """Run the comparison (module doc) from the fp32 ``template`` checkpoint's config.
+    ``bench=False``: only the exports (they need no quiet machine; the timing does)."""
     from asrq.bench.runner import run_bench
     from asrq.decode.evaluate import load_eval_cuts
     from asrq.export.pipeline import export_model
@@ -206,9 +208,11 @@ def int8_speed(
                 export_model(ckpt, ex, name=f"d{w}-{kind}", quant=quant, programs=PROGRAMS)
             meta = json.loads((ex / "metadata.json").read_text())
             params = params or int(meta["model"].get("num_parameters") or 0)
-            bench = ex / "bench.json"
-            if bench.is_file():
-                rep = json.loads(bench.read_text())
+            if not bench:
+                continue
+            bench_json = ex / "bench.json"
+            if bench_json.is_file():
+                rep = json.loads(bench_json.read_text())
             else:
                 rep = run_bench(
                     ex,
@@ -216,14 +220,15 @@ def int8_speed(
                     threads=list(threads),
                     cuts=cuts,
                     max_files=max_files,
-                    out=bench,
+                    out=bench_json,
                     plot=False,
                 )
             entry[kind] = _bench_entry(rep)
             entry["profile"][kind] = ort_profile(ex / "encoder_streaming.onnx", meta, feats)
             echo(f"--- d={w} {kind}: " + json.dumps(entry[kind]))
         entry["params"] = params
-        result["widths"].append(entry)
+        if bench:
+            result["widths"].append(entry)
         atomic_write_json(Path(out_dir) / "int8_speed.json", result)
     table = markdown_table(result)
     atomic_write_text(Path(out_dir) / "int8_speed.md", table)

@@ -30,7 +30,12 @@ from asrq.utils.io import AsrqError
 @click.option("--threads", default="1,2", show_default=True, help="Thread counts to bench.")
 @click.option("--max-files", default=5, show_default=True, help="Dev utterances streamed.")
 @click.option("--out", default="exp/mini", show_default=True, help="Where the JSON / md go.")
-def main(template: str, widths: str, threads: str, max_files: int, out: str) -> None:
+@click.option(
+    "--export-only", is_flag=True, help="Only the exports (the benchmark needs a quiet machine)."
+)
+def main(
+    template: str, widths: str, threads: str, max_files: int, out: str, export_only: bool
+) -> None:
     """fp32 and PTQ static int8 exports of random-init models at each width, benchmarked side
     by side (chunk and encoder latency), and their onnxruntime kernel time per op type."""
     logging.basicConfig(
@@ -43,6 +48,7 @@ def main(template: str, widths: str, threads: str, max_files: int, out: str) -> 
             widths=[int(w) for w in widths.split(",") if w.strip()],
             threads=[int(t) for t in threads.split(",") if t.strip()],
             max_files=max_files,
+            bench=not export_only,
         )
     except AsrqError as e:
         raise click.ClickException(str(e)) from e

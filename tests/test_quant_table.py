@@ -84,12 +84,12 @@ def test_compression_table_rows_files_and_pairing(trained: Path, tmp_path: Path)
         lr=0.002,
         estimators=("ste",),
         stages=("qat", "export", "score"),
-        only=("qat-int8-ste", "ptq-int4"),
+        only=("fp32-ft", "qat-int8-ste", "ptq-int4"),
         echo=lambda s: None,
         progress=False,
     )
     rows = {r["variant"]: r for r in res["rows"]}
-    assert list(rows) == ["fp32", "qat-int8-ste", "ptq-int4"]
+    assert list(rows) == ["fp32", "fp32-ft", "qat-int8-ste", "ptq-int4"]
     on_disk = json.loads((tmp_path / "quant.json").read_text())
     assert [r["variant"] for r in on_disk["rows"]] == list(rows)
     fp32, q8 = rows["fp32"], rows["qat-int8-ste"]
@@ -109,8 +109,16 @@ def test_compression_table_rows_files_and_pairing(trained: Path, tmp_path: Path)
     # the QAT row also scored its eager fake-quant model: the parity in WER points
     assert "wer_test_clean_eager" in q8 and "export_minus_eager_test_clean" in q8
     assert q8["qat"]["train"]["steps"] == 2
+    # fp32-ft: the same 2 fine-tuning steps without quantizers, the QAT rows' fair baseline
+    ft = rows["fp32-ft"]
+    assert ft["qat"]["train"]["steps"] == 2 and ft.get("quantization") is None
+    assert "diff_test_clean" not in fp32 and "diff_test_clean" in ft
+    d = q8["diff_ft_test_clean"]
+    assert d["diff"] == pytest.approx(
+        q8["wer_test_clean"]["wer"] - ft["wer_test_clean"]["wer"], abs=1e-2
+    )
     md = (tmp_path / "quant.md").read_text()
-    assert md.count("\n| tiny |") == 3
+    assert md.count("\n| tiny |") == 4
     assert (tmp_path / "quant_size_wer.png").stat().st_size > 1000
 
 

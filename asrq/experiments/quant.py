@@ -4,7 +4,10 @@ sliced from the supernet), every row an *exported* model directory measured thro
 
 :func:`compression_table`, per base model and :class:`Variant`:
 
-1. ``qat-*`` variants fine-tune the base checkpoint with :func:`asrq.quant.train.qat_train`
+1. ``fp32-ft`` fine-tunes the base in fp32 with the same steps and rate as QAT (what the extra
+   steps alone buy a model that is still improving: the fair baseline of the QAT rows, whose
+   ``diff_ft_*`` is *QAT minus fp32-ft*); ``qat-*`` variants fine-tune the base checkpoint
+   with :func:`asrq.quant.train.qat_train`
    (``train.max_steps`` = ``steps``, fine-tuning ``lr``, no weight averaging: the EMA of a
    short run would be mostly the fp32 start); int8: 7-bit weights (onnxruntime's u8s8 kernels on
    x86 without VNNI), per-tensor int8 activations in and out; int4: grouped (32) int4 weights of
@@ -65,8 +68,9 @@ class Variant:
 
 
 def variants(estimators: Sequence[str] = ESTIMATORS) -> list[Variant]:
-    """fp32, PTQ int8, QAT int8 per estimator, PTQ int4, QAT int4 per estimator."""
-    out = [Variant("fp32"), Variant("ptq-int8", "int8")]
+    """fp32, fp32 fine-tuned as long as QAT (no quantizers: what the extra steps alone buy),
+    PTQ int8, QAT int8 per estimator, PTQ int4, QAT int4 per estimator."""
+    out = [Variant("fp32"), Variant("fp32-ft", None, "fp32"), Variant("ptq-int8", "int8")]
     out += [Variant(f"qat-int8-{e}", "int8", "int8", e) for e in estimators]
     out.append(Variant("ptq-int4", "w4a8"))
     out += [Variant(f"qat-int4-{e}", "w4a8", "int4", e) for e in estimators]
@@ -106,7 +110,7 @@ def qat_config(
     """The QAT fine-tuning config of ``variant`` from the base model's own config."""
     from asrq.quant.config import QatConfig, QuantConfig
 
-    assert variant.qat_dtype is not None and variant.estimator is not None
+    assert variant.qat_dtype is not None
     cfg = copy.deepcopy(base_cfg)
     t = cfg.train
     t.exp_dir = str(exp_dir)
@@ -115,6 +119,10 @@ def qat_config(
     t.average_decay = 0.0  # the final weights: an EMA over a short run is mostly the start
     t.optim.lr = lr
     t.optim.warmup_batches = min(t.optim.warmup_batches, max(1.0, steps / 10))
+    if variant.qat_dtype == "fp32":  # the same fine-tuning without quantizers
+        cfg.qat = None
+        return cfg
+    assert variant.estimator is not None
     if variant.qat_dtype == "int8":
         quant = QuantConfig(weight_dtype="int8", weight_qmax=63, estimator=variant.estimator)
     else:
@@ -177,7 +185,15 @@ def run_qat(row: Row, base_cfg: ExperimentConfig, steps: int, lr: float, progres
     if not row.variant.qat_dtype or row.checkpoint.is_file():
         return
     cfg = qat_config(base_cfg, row.base.checkpoint, row.qat_dir, row.variant, steps, lr)
-    qat_train(cfg, progress=progress)
+    if cfg.qat is not None:
+        qat_train(cfg, progress=progress)
+        return
+    from asrq.quant.train import _init_weights
+    from asrq.train.loop import Trainer
+
+    trainer = Trainer(cfg, progress=progress)  # fp32-ft: start from the base's weights
+    trainer.model.load_state_dict(_init_weights(row.base.checkpoint, cfg.model))
+    trainer.run()
 
 
 def run_export(row: Row) -> None:
@@ -206,7 +222,7 @@ def run_score(row: Row, base_cfg: ExperimentConfig, eager: bool) -> dict[str, An
     for name, attr in SPLITS:
         cuts = _cuts(base_cfg, attr)
         out["export"][name] = _entry(evaluate_export(row.export_dir, cuts, "onnx", streaming=True))
-    if eager and row.variant.qat_dtype:
+    if eager and row.variant.quant and row.variant.qat_dtype:
         from asrq.quant.train import load_qat_model
 
         loaded = load_qat_model(row.checkpoint)
@@ -241,9 +257,10 @@ def _paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
 
 
-def _record(row: Row, fp32: Row, qat_info: dict[str, Any] | None) -> dict[str, Any]:
+def _record(row: Row, fp32: Row, ft: Row, qat_info: dict[str, Any] | None) -> dict[str, Any]:
     scores = json.loads(row.scores.read_text()) if row.scores.is_file() else None
     ref = json.loads(fp32.scores.read_text()) if fp32.scores.is_file() else None
+    ref_ft = json.loads(ft.scores.read_text()) if ft.scores.is_file() else None
     rec: dict[str, Any] = {
         "base": row.base.name,
         "variant": row.variant.name,
@@ -261,8 +278,10 @@ def _record(row: Row, fp32: Row, qat_info: dict[str, Any] | None) -> dict[str, A
         for split in scores["export"]:
             e = scores["export"][split]
             rec[f"wer_{split}"] = {k: v for k, v in e.items() if k != "utterances"}
-            if ref and row is not fp32:
+            if ref and row.variant.name != "fp32":
                 rec[f"diff_{split}"] = _paired(e, ref["export"][split])
+            if ref_ft and row.variant.quant and row.variant.qat_dtype:  # QAT vs fp32-ft
+                rec[f"diff_ft_{split}"] = _paired(e, ref_ft["export"][split])
             if split in scores.get("eager", {}):
                 g = scores["eager"][split]
                 rec[f"wer_{split}_eager"] = {k: v for k, v in g.items() if k != "utterances"}
@@ -293,10 +312,11 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     """The report: test-clean (streaming greedy, ONNX) with intervals, dev, sizes, speed."""
     fp32 = {r["base"]: r for r in records if r["variant"] == "fp32"}
     lines = [
-        "| model | variant | test-clean WER % [95% CI] | - fp32, pp [paired 95% CI] | dev WER % "
+        "| model | variant | test-clean WER % [95% CI] | - fp32, pp [paired 95% CI] "
+        "| QAT - fp32-ft, pp [paired 95% CI] | dev WER % "
         "| export - eager (test) | encoder SQNR dB ORT / ET | ONNX bytes (% fp32) "
         "| .pte bytes (% fp32) | ORT p90 ms / RTF | ET p90 ms / RTF |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         f = fp32.get(r["base"], {})
@@ -320,7 +340,7 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
         sqnr = " / ".join("" if v is None else f"{v:.1f}" for v in enc) if any(enc) else ""
         lines.append(
             f"| {r['base']} | {r['variant']} | {_ci(r.get('wer_test_clean'))} "
-            f"| {_d(r.get('diff_test_clean'))} | {dev_s} "
+            f"| {_d(r.get('diff_test_clean'))} | {_d(r.get('diff_ft_test_clean'))} | {dev_s} "
             f"| {'' if pe is None else f'{pe:+.2f}'} | {sqnr} "
             f"| {size('onnx')} | {size('executorch')} "
             f"| {speed('onnx')} | {speed('executorch')} |"
@@ -392,6 +412,7 @@ def compression_table(
             raise AsrqError(f"{base.checkpoint}: checkpoint of base {base.name!r} not found")
         base_cfg = checkpoint_config(Path(base.checkpoint))
         fp32 = Row(root, base, vs[0])
+        ft = Row(root, base, Variant("fp32-ft", None, "fp32"))
         for v in vs:
             row = Row(root, base, v)
             echo(f"=== {base.name} / {v.name}")
@@ -415,7 +436,7 @@ def compression_table(
                     "lr": lr,
                     "train": json.loads(summ.read_text()) if summ.is_file() else None,
                 }
-            records.append(_record(row, fp32, qat_info))
+            records.append(_record(row, fp32, ft, qat_info))
         result = {
             "schema": "asrq.quant_table/1",
             "wer": "streaming greedy through onnxruntime (ONNX export), dev and test-clean",

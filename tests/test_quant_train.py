@@ -17,7 +17,7 @@ from asrq.quant.config import QatConfig
 from asrq.quant.fake_quant import WeightFakeQuant
 from asrq.quant.modules import quantized_layers
 from asrq.quant.train import QatTrainer, load_qat_model
-from asrq.testing.data import TinyData
+from asrq.testing.data import TinyData, tiny_train_config
 from asrq.testing.models import tiny_config
 from asrq.train.loop import Trainer
 from asrq.utils.io import AsrqError
@@ -27,21 +27,12 @@ def _cfg(tiny: TinyData, exp_dir: Path, qat: bool = True, **train) -> Experiment
     base = tiny_config(vocab_size=0)
     fields = {k: getattr(base, k) for k in base.__dataclass_fields__}
     cfg = ExperimentConfig(**{**fields, "qat": QatConfig() if qat else None})
-    cfg.data.fbank_dir = str(tiny.fbank_dir)
-    cfg.data.lang_dir = str(tiny.lang_dir)
-    cfg.data.max_duration = 12.0
-    cfg.data.num_buckets = 2
-    cfg.data.num_workers = 0
-    cfg.train.exp_dir = str(exp_dir)
-    cfg.train.log_every = 1
-    cfg.train.save_every = 0
+    tiny_train_config(cfg, tiny, exp_dir, **train)
     cfg.train.optim.warmup_batches = 2
     cfg.train.loss.warm_steps = 2
     if qat:
         cfg.qat.calib_batches = 2
         cfg.train.average_decay = 0.0  # model.pt holds the trained (not averaged) step sizes
-    for k, v in train.items():
-        setattr(cfg.train, k, v)
     return cfg
 
 

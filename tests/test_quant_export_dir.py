@@ -52,6 +52,10 @@ def _run(args: list[str]) -> str:
 def test_qat_int8_export_transcribes_like_the_fake_quant_model(
     checkpoints: dict[str, Path], tiny_data: TinyData, tmp_path: Path
 ) -> None:
+    from collections import Counter
+
+    import onnx
+
     from asrq.decode.evaluate import evaluate_model
     from asrq.quant.train import load_qat_model
 
@@ -67,6 +71,16 @@ def test_qat_int8_export_transcribes_like_the_fake_quant_model(
     )
     assert meta["parity"]["sqnr_db"]["onnx"]["encoder"] >= 30.0
     assert meta["programs"]["onnx"]["encoder"]["ort_ops"].get("MatMulIntegerToFloat", 0) >= 10
+    # ONNX keeps each layer's input quantizer and drops its output quantizer (float out)
+    assert q["activations"]["outputs_by_backend"] == {"executorch": True, "onnx": False}
+    # (with output quantizers the Q -> DQ pairs after each layer feed residual adds, norms)
+    nodes = onnx.load(str(out / "encoder.onnx")).graph.node
+    quantized = {n.output[0] for n in nodes if n.op_type == "QuantizeLinear"}
+    dq_out = {
+        n.output[0] for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in quantized
+    }
+    users = Counter(n.op_type for n in nodes if set(n.input) & dq_out)
+    assert set(users) <= {"MatMul", "Gemm", "Conv"} and sum(users.values()) >= 10, users
     assert (out / "bpe.model").is_file() and (out / "encoder.onnx").is_file()
     # greedy transcripts of the test set: the exported int8 programs vs the fake-quant model
     cuts = tiny_data.test_cuts

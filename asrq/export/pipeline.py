@@ -286,7 +286,9 @@ def export_loaded(
     staging = _staging_dir(out_dir)
     try:
         for target in targets:
-            specs = head.program_specs(model, chunk, left, target, max_steps)
+            # a quantized plan may build a backend's programs from a variant of its model
+            model_t = model if quant is None else quant.model_for(target)
+            specs = head.program_specs(model_t, chunk, left, target, max_steps)
             writer = get_exporter(target) if quant is None else quant.exporter(target)
             meta["programs"][target] = {
                 pname: _export_one(target, specs[pname], staging, files, opset, say, writer)
@@ -296,7 +298,7 @@ def export_loaded(
             t0 = time.perf_counter()
             batched = BACKENDS[target].batched_encoders
             report.checks += P.check_encoders(specs, run, target, batched, tol, programs, min_sqnr)
-            for pname, cases in head.parity_cases(model, specs, target).items():
+            for pname, cases in head.parity_cases(model_t, specs, target).items():
                 if pname in programs:
                     report.checks += P.check_program(
                         specs[pname], run, target, cases, tol, min_sqnr

@@ -13,7 +13,12 @@ quantized model directory unchanged.
 
 - ``int8``, source qat: static int8 with the learned step sizes (PT2E,
   :func:`asrq.quant.pt2e.convert_learned`) in both runtimes (ONNX QDQ); parity reference: the
-  fake-quant model.
+  fake-quant model. The ONNX programs keep the input and weight quantizers but not the layers'
+  output quantizers (:attr:`QuantPlan.drop_outputs`; reference: the fake-quant model without
+  them): XNNPACK's static int8 GEMM needs an int8 output, onnxruntime's
+  ``MatMulIntegerToFloat`` writes float, and the output Q/DQ pairs cost a fifth of the int8
+  encoder's time there and most of its parity gap on the trained demo model (measured:
+  README, "int8 speed").
 - ``int8``, source ptq: the same after :func:`asrq.quant.quantize_` (7-bit weights, MSE step
   init) calibrated on dev cuts (:func:`asrq.quant.ptq.calibrate_on_cuts`); reference: the
   calibrated fake-quant model.
@@ -70,6 +75,20 @@ class QuantPlan:
     group_scales: dict[int, Any] = field(default_factory=dict)
     group_size: int = PTQ_GROUP_SIZE
     max_weight_qmax: int = 0
+    #: backends whose programs are exported from ``model`` without its layers' output
+    #: quantizers (and measured against that model): static int8 ONNX, where the output
+    #: Q/DQ pairs only cost time (onnxruntime fuses the linears into ``MatMulIntegerToFloat``,
+    #: float out) and add a rounding step the next layer's input quantizer repeats
+    drop_outputs: tuple[str, ...] = ()
+    _by_target: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+
+    def model_for(self, backend: str) -> nn.Module:
+        """The model ``backend``'s programs are built from and checked against."""
+        if backend not in self.drop_outputs:
+            return self.model
+        if backend not in self._by_target:
+            self._by_target[backend] = without_output_quant(self.model)
+        return self._by_target[backend]
 
     def exporter(self, backend: str) -> Exporter:
         """The program writer of this plan for ``backend``."""
@@ -155,14 +174,33 @@ def prepare_int8(loaded: Any, calib_cuts: Path | None, calib_utts: int) -> Quant
         meta = _int8_meta(model, cfg, "ptq", calibration={"cuts": str(calib_cuts), "utterances": n})
         source = "ptq"
     qmax = max(m.weight_fq.qmax for m in quantized_layers(model).values())
+    meta["activations"]["outputs_by_backend"] = {
+        "executorch": meta["activations"]["outputs"],
+        "onnx": False,
+    }
     return QuantPlan(
         "int8",
         source,
         model.eval(),
         30.0,
-        {**meta, "reference": "fake-quant eager model"},
+        {
+            **meta,
+            "reference": "fake-quant eager model (ONNX: without the layers' output quantizers)",
+        },
         max_weight_qmax=qmax,
+        drop_outputs=("onnx",),
     )
+
+
+def without_output_quant(model: nn.Module) -> nn.Module:
+    """A copy of a fake-quantized ``model`` whose layers keep their input and weight quantizers
+    but no output quantizer."""
+    from asrq.quant.modules import quantized_layers
+
+    m = copy.deepcopy(model).eval()
+    for layer in quantized_layers(m).values():
+        layer.output_fq = None
+    return m
 
 
 def float_model(model: nn.Module) -> nn.Module:

@@ -3,6 +3,7 @@ step-size gradient by hand, the noise schedule, SQuAT's alternation, a tiny mode
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -241,6 +242,34 @@ def test_int4_needs_in_features_divisible_by_group() -> None:
     )
     quantize_(model, cfg)
     assert model[0].weight_fq.qmax == 127 and model[0].weight_fq.scale.shape == (64, 1)
+
+
+def test_int4_unaligned_pad_quantizes_a_short_last_group() -> None:
+    """``int4_unaligned: pad``: a 48-wide layer has group scales (out, 2), the second over 16
+    columns, and its fake-quant weight equals explicit per-group quantize-dequantize of the
+    weight zero-padded to 64 columns; the export's PaddedLinear computes the same layer."""
+    from asrq.quant.export import PaddedLinear, pad_unaligned_linears
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 8))
+    quantize_(model, QuantConfig(weight_dtype="int4", int4_unaligned="pad", overrides=[]))
+    wfq = model[0].weight_fq
+    s = wfq.effective_scale()
+    assert s.shape == (8, 2)
+    padded = F.pad(model[0].weight.detach(), (0, 16)).reshape(8, 2, 32)
+    explicit = torch.clamp(torch.round(padded / s[..., None]), -7, 7) * s[..., None]
+    torch.testing.assert_close(
+        wfq(model[0].weight), explicit.reshape(8, 64)[:, :48], rtol=0, atol=0
+    )
+    # the short group's scale fits its 16 columns: init from their max, not diluted by zeros
+    assert torch.all(s[:, 1] <= model[0].weight[:, 32:].abs().amax(1) / 7 + 1e-7)
+    # export side: the input zero-padded to a whole group gives the same output
+    plain = nn.Sequential(nn.Linear(48, 8), nn.Linear(64, 8))
+    ref = copy.deepcopy(plain)
+    assert pad_unaligned_linears(plain, 32) == {"0": "0.linear"}
+    assert isinstance(plain[0], PaddedLinear) and plain[0].linear.in_features == 64
+    x = torch.randn(3, 5, 48)
+    torch.testing.assert_close(plain[0](x), ref[0](x), rtol=0, atol=1e-6)
 
 
 def test_configs_load_and_validate() -> None:

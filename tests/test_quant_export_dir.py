@@ -138,23 +138,27 @@ def test_quant_refusals(checkpoints: dict[str, Path], tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_w4a8_from_an_int4_qat_model_injects_learned_group_scales(tmp_path: Path) -> None:
-    """An int4 fake-quant model (embed projection kept 8-bit: its in_features do not divide by
-    32) -> 8da4w programs whose int4 layers carry the learned scales: parity against the float
-    model with the learned int4 weights."""
+    """An int4 fake-quant model whose layers' in_features (48) do not divide by 32
+    (``int4_unaligned: pad``: a last group of the remaining columns) -> 8da4w ``.pte`` (input
+    padded to a whole group) and ``MatMulNBits`` ONNX programs whose int4 layers carry the
+    learned scales: parity against the float model with the learned int4 weights."""
+    import onnx
+    from onnx import numpy_helper
+
     from asrq.export.pipeline import export_loaded
     from asrq.export.quant import quant_plan
     from asrq.models import build_model
-    from asrq.quant.config import ModuleOverride, _default_overrides
-    from asrq.quant.modules import calibrating, quantize_
+    from asrq.quant.modules import calibrating, quantize_, quantized_layers
     from asrq.testing.models import tiny_bpe_bytes
     from asrq.train.checkpoint import LoadedModel, sentencepiece_from_bytes
 
     torch.manual_seed(0)
-    cfg = tiny_config(vocab_size=32)
+    cfg = tiny_config(vocab_size=32, encoder={"d_model": 48})  # 48-wide inputs: 32 + 16
     model = build_model(cfg.model)
-    keep8 = ModuleOverride(pattern="encoder.embed.*", weight_dtype="int8")
-    qc = QuantConfig(weight_dtype="int4", overrides=[*_default_overrides(), keep8])
+    qc = QuantConfig(weight_dtype="int4", int4_unaligned="pad")
     quantize_(model, qc)
+    proj = model.encoder.layers[0].ff1.w1
+    assert proj.in_features == 48 and proj.weight_fq.scale.shape[1] == 2
     cfg.train.loss.rnnt_type = "full"
     feats, lens = torch.randn(2, 83, 80), torch.tensor([83, 71])
     ys, ylens = torch.tensor([[3, 5, 7, 9], [4, 6, 8, -1]]), torch.tensor([4, 3])
@@ -165,11 +169,26 @@ def test_w4a8_from_an_int4_qat_model_injects_learned_group_scales(tmp_path: Path
     loaded = LoadedModel(model.eval(), cfg, sentencepiece_from_bytes(bpe), bpe, {"step": 1})
     plan = quant_plan("w4a8", loaded)
     assert plan.source == "qat" and plan.group_scales
-    res = export_loaded(
-        loaded, tmp_path / "w4", programs=("encoder",), quant=plan, onnx=False, executorch=True
-    )
+    res = export_loaded(loaded, tmp_path / "w4", programs=("encoder",), quant=plan)
     nodes = res.metadata["programs"]["executorch"]["encoder"]["delegate_nodes"]
-    assert nodes.get("XNNFullyConnected qdint8 x qbint4 -> fp32", 0) >= 10, nodes
+    n_int4 = sum(
+        1
+        for n, m in quantized_layers(model).items()
+        if m.weight_fq.group_size and n.startswith("encoder.")
+    )
+    # every int4 layer of the encoder is an int4 GEMM in the delegate (a layer may run twice)
+    assert nodes.get("XNNFullyConnected qdint8 x qbint4 -> fp32", 0) >= n_int4, nodes
+    assert nodes.get("XNNStaticConstantPad fp32 -> fp32", 0) >= 1, nodes  # padded inputs
     assert res.parity.min_sqnr_db("executorch", "encoder") >= 30.0
+    assert res.parity.min_sqnr_db("onnx", "encoder") >= 30.0
+    ort_ops = res.metadata["programs"]["onnx"]["encoder"]["ort_ops"]
+    assert ort_ops.get("MatMulNBits", 0) >= n_int4, ort_ops
+    # a 48-wide layer's learned scales (2 per row, the second over 16 columns)
+    onnx_model = onnx.load(str(tmp_path / "w4" / "encoder.onnx"))
+    scales = [
+        numpy_helper.to_array(i) for i in onnx_model.graph.initializer if i.name.endswith("_scales")
+    ]
+    learned = proj.weight_fq.effective_scale().numpy()
+    assert any(a.shape == learned.shape and (a == learned).all() for a in scales)
     with pytest.raises(AsrqError, match="int4"):
         quant_plan("int8", loaded)

@@ -71,6 +71,10 @@ def test_slicing_keeps_step_sizes_with_their_channels() -> None:
 
 def test_group_scales_need_whole_groups() -> None:
     assert group_index(torch.arange(64, 128), 32, "l").tolist() == [2, 3]
+    # a leading part of the last group (int4_unaligned: pad): 144 of 192 channels
+    assert group_index(torch.arange(144), 32, "l").tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(AsrqError, match="splits groups"):
+        group_index(torch.arange(8, 152), 32, "l")
     with pytest.raises(AsrqError, match="splits groups"):
         group_index(torch.cat([torch.arange(16), 32 + torch.arange(16)]), 32, "l")
 

@@ -10,10 +10,10 @@ sliced from the supernet), every row an *exported* model directory measured thro
    with :func:`asrq.quant.train.qat_train`
    (``train.max_steps`` = ``steps``, fine-tuning ``lr``, no weight averaging: the EMA of a
    short run would be mostly the fp32 start); int8: 7-bit weights (onnxruntime's u8s8 kernels on
-   x86 without VNNI), per-tensor int8 activations in and out; int4: grouped (32) int4 weights of
-   the linear layers whose inputs divide by 32, the others per-channel int8
-   (``int4_unaligned: int8``), no activation quantizers (8da4w quantizes activations
-   dynamically per token);
+   x86 without VNNI), per-tensor int8 activations in and out (the ONNX programs drop the
+   output quantizers); int4: grouped (32) int4 weights of every linear layer, a short last
+   group where the inputs do not divide by 32 (``int4_unaligned: pad``: d=144), no
+   activation quantizers (8da4w quantizes activations dynamically per token);
 2. every variant is exported with :func:`asrq.export.pipeline.export_model` (``fp32``: no
    ``quant``; ``*-int8``: ``--quant int8``, PTQ calibrated on dev; ``*-int4``: ``--quant w4a8``),
    the streaming programs only (``encoder_streaming``, ``predictor``, ``joiner``: what a device
@@ -128,7 +128,7 @@ def qat_config(
     else:
         quant = QuantConfig(
             weight_dtype="int4",
-            int4_unaligned="int8",
+            int4_unaligned="pad",
             activations=False,
             outputs=False,
             estimator=variant.estimator,

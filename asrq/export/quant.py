@@ -25,8 +25,10 @@ quantized model directory unchanged.
 - ``int8-dynamic`` (ptq): ExecuTorch XNNPACKQuantizer dynamic int8 on ``nn.Linear``; ONNX
   ``quantize_dynamic`` (MatMul, 7-bit weights); reference: the float model.
 - ``w4a8``, source qat: XNNPACK 8da4w with the learned int4 group step sizes injected; ONNX
-  ``MatMulNBits`` int4 (onnxruntime's own block scales); reference: the float model with the
-  learned int4 weights. Source ptq: torchao's scales; reference: the float model.
+  ``MatMulNBits`` int4 with the same learned block scales; reference: the float model with the
+  learned int4 weights. Source ptq: torchao's scales, onnxruntime's ``MatMulNBitsQuantizer``;
+  reference: the float model. Unaligned layers (``in_features % 32``, e.g. d=144) are int4
+  too: the ``.pte`` pads their input to a whole group.
 """
 
 from __future__ import annotations
@@ -237,17 +239,15 @@ def prepare_w4a8(loaded: Any, calib_cuts: Path | None, calib_utts: int) -> Quant
     model = loaded.model
     layers = quantized_layers(model)
     if not layers:
-        names = sorted(
-            n
-            for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and m.in_features % PTQ_GROUP_SIZE == 0
-        )
+        linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        padded = sorted(n for n, m in linears.items() if m.in_features % PTQ_GROUP_SIZE)
         meta = {
             "scheme": "w4a8",
             "source": "ptq",
             "weights": {"dtype": "int4", "bits": 4, "granularity": f"group {PTQ_GROUP_SIZE}"},
             "activations": {"dtype": "int8", "granularity": "per-token", "static": False},
-            "quantized_layers": names,
+            "quantized_layers": sorted(linears),
+            "padded_inputs": padded,
             "estimator": None,
             "reference": "float eager model",
         }
@@ -277,7 +277,9 @@ def prepare_w4a8(loaded: Any, calib_cuts: Path | None, calib_utts: int) -> Quant
         "quantized_layers": sorted(grouped),
         "float_layers": sorted(n for n in table if n not in grouped),
         "estimator": loaded.config.qat.quant.estimator,
-        "onnx": "MatMulNBits int4 with onnxruntime's own block scales over the learned weights",
+        "onnx": "MatMulNBits int4 with the learned block scales",
+        "padded_inputs": "linear layers whose in_features is not a multiple of the group size "
+        "get their input zero-padded to a whole group in the .pte (MatMulNBits pads itself)",
         "reference": "float eager model with the learned int4 weights",
     }
     g = next(iter(grouped.values())).weight_fq.group_size
@@ -382,9 +384,16 @@ def _ort_dynamic(fp32: Path, path: Path, plan: QuantPlan) -> Any:
 
 
 def _ort_int4(fp32: Path, path: Path, plan: QuantPlan) -> Any:
-    from asrq.quant.export import ptq_onnx_int4
+    from asrq.quant.export import onnx_int4_learned, ptq_onnx_int4
 
-    return ptq_onnx_int4(fp32, path, block_size=plan.group_size)
+    if plan.source != "qat":
+        return ptq_onnx_int4(fp32, path, block_size=plan.group_size)
+    layers = [
+        (m.weight, q.weight_scale, q.weight_qmax)
+        for m in plan.model.modules()
+        if (q := plan.group_scales.get(id(m))) is not None
+    ]
+    return onnx_int4_learned(fp32, path, layers, block_size=plan.group_size)
 
 
 def _pte_dynamic(
@@ -403,7 +412,12 @@ def _pte_dynamic(
 def _pte_w4a8(
     spec: ProgramSpec, path: Path, files: FileMetadata, opset: int, *, plan: QuantPlan
 ) -> dict[str, Any]:
-    from asrq.quant.export import _apply_8da4w, inject_group_scales, lower_to_pte
+    from asrq.quant.export import (
+        _apply_8da4w,
+        inject_group_scales,
+        lower_to_pte,
+        pad_unaligned_linears,
+    )
 
     t0 = time.perf_counter()
     # the learned scales by the layers' names inside this program's module
@@ -415,11 +429,14 @@ def _pte_w4a8(
     m = xnnpack_friendly(spec.module).eval()  # a deep copy: same layer names
     if plan.source == "qat":
         if table:
+            renamed = pad_unaligned_linears(m, plan.group_size, set(table))
+            table = {renamed.get(n, n): q for n, q in table.items()}
             floats = {n: m.get_submodule(n).weight.detach().clone() for n in table}
             _apply_8da4w(m, plan.group_size, set(table))
             inject_group_scales(m, table, floats)
         scheme = "w4a8-learned"
     else:
+        pad_unaligned_linears(m, plan.group_size)
         _apply_8da4w(m, plan.group_size)
         scheme = "w4a8-ptq"
     art = lower_to_pte(m, spec.example_inputs, spec.dynamic_shapes, path, scheme, files.constants)

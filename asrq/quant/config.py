@@ -103,8 +103,10 @@ class QuantConfig:
     ``squat_rho`` alternating with step-size steps).
 
     ``int4_unaligned``: what an ``int4`` linear layer whose ``in_features`` is not a multiple of
-    ``group_size`` gets: ``error`` (the default: name the layer) or ``int8`` (per-channel 8-bit
-    weights; the d=144 models, whose 144-wide inputs XNNPACK's 8da4w cannot group, need it).
+    ``group_size`` gets (XNNPACK's 8da4w groups only whole multiples of 32, and d=144 is not):
+    ``error`` (the default: name the layer), ``pad`` (int4 with a last group of ``in % G``
+    columns, quantized as if zero-padded; the ``.pte`` pads the layer's input to a whole group,
+    ONNX ``MatMulNBits`` pads itself) or ``int8`` (per-channel 8-bit weights).
 
     ``weight_init``: initial weight step sizes, ``max`` (max-abs / qmax per channel or group) or
     ``mse`` (the clipping ratio in [0.5, 1] with the least squared error, per row / group).
@@ -113,7 +115,7 @@ class QuantConfig:
     weight_dtype: WeightDtype = "int8"
     weight_qmax: int = 0
     group_size: int = 32
-    int4_unaligned: Literal["error", "int8"] = "error"
+    int4_unaligned: Literal["error", "pad", "int8"] = "error"
     weight_init: Literal["max", "mse"] = "mse"
     activations: bool = True
     outputs: bool = True

@@ -18,8 +18,10 @@ int4 with learned scales: the QAT model's group scales ``(out, in / 32)`` are wr
 weights of torchao's 8da4w (``Int8DynamicActivationIntxWeightConfig``) layers before export
 (:func:`export_executorch_8da4w` with ``learned=True``; int4 qdata recomputed from them); the
 activations of 8da4w are quantized dynamically per token at run time, so learned activation
-scales do not apply there. ONNX int4 uses onnxruntime's ``MatMulNBitsQuantizer`` (its own
-scales: learned group scales are not injected into ``MatMulNBits``).
+scales do not apply there; linear layers whose ``in_features`` is not a multiple of 32 get
+their input zero-padded to a whole group (:class:`PaddedLinear`). ONNX int4: ``MatMulNBits``
+(which pads the last block itself) with the learned group scales written in place of those
+onnxruntime's quantizer computes (:func:`onnx_int4_learned`).
 
 Post-training baselines: :func:`ptq_onnx_dynamic` (onnxruntime dynamic int8, MatMul only,
 per-channel, ``reduce_range``), :func:`ptq_pt2e_static` (XNNPACKQuantizer static int8
@@ -277,6 +279,46 @@ def _apply_8da4w(module: nn.Module, group_size: int, names: set[str] | None = No
     )
 
 
+class PaddedLinear(nn.Module):
+    """A linear layer whose input is zero-padded to ``in + pad`` columns (its weight too), so
+    that XNNPACK's 8da4w, which groups only whole multiples of 32 input channels, can take a
+    144-wide layer: ``linear(pad(x)) == original(x)`` (the padded columns are zero)."""
+
+    def __init__(self, layer: nn.Linear, multiple: int) -> None:
+        super().__init__()
+        self.pad = -layer.in_features % multiple
+        self.linear = nn.Linear(
+            layer.in_features + self.pad, layer.out_features, bias=layer.bias is not None
+        )
+        with torch.no_grad():
+            self.linear.weight.copy_(nn.functional.pad(layer.weight.detach(), (0, self.pad)))
+            if layer.bias is not None:
+                self.linear.bias.copy_(layer.bias.detach())
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
+        return self.linear(nn.functional.pad(x, (0, self.pad)))
+
+
+def pad_unaligned_linears(
+    module: nn.Module, group_size: int, names: set[str] | None = None
+) -> dict[str, str]:
+    """In place: every ``nn.Linear`` named in ``names`` (None: every one) whose
+    ``in_features`` is not a multiple of ``group_size`` becomes a :class:`PaddedLinear`;
+    returns ``{old name: name of its inner linear}`` for the layers changed."""
+    renamed = {}
+    for name, mod in list(module.named_modules()):
+        if not isinstance(mod, nn.Linear) or mod.in_features % group_size == 0:
+            continue
+        if names is not None and name not in names:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(
+            module.get_submodule(parent) if parent else module, leaf, PaddedLinear(mod, group_size)
+        )
+        renamed[name] = f"{name}.linear"
+    return renamed
+
+
 @torch.no_grad()
 def inject_group_scales(
     module: nn.Module, table: dict[str, LayerQParams], float_weights: dict[str, Tensor]
@@ -324,15 +366,21 @@ def export_executorch_8da4w(
     ``learned``: ``module`` is fake-quantized (int4 layers with ``group_size``): its learned
     group scales replace torchao's (:func:`inject_group_scales`); its 8-bit and float layers
     stay float in this program (8da4w has no static int8 path).
-    Otherwise ``module`` is a float module and torchao computes the scales (PTQ)."""
+    Otherwise ``module`` is a float module and torchao computes the scales (PTQ).
+    Layers whose ``in_features`` is not a multiple of ``group_size`` are padded
+    (:func:`pad_unaligned_linears`)."""
     m = copy.deepcopy(module).eval()
     if learned:
         m, table = strip_fake_quant(m)
-        floats = {n: mod.weight.detach().clone() for n, mod in m.named_modules() if n in table}
-        _apply_8da4w(m, group_size, {n for n, q in table.items() if q.group_size})
-        if inject_group_scales(m, table, floats) == 0:
+        grouped = {n: q for n, q in table.items() if q.group_size}
+        renamed = pad_unaligned_linears(m, group_size, set(grouped))
+        grouped = {renamed.get(n, n): q for n, q in grouped.items()}
+        floats = {n: m.get_submodule(n).weight.detach().clone() for n in grouped}
+        _apply_8da4w(m, group_size, set(grouped))
+        if inject_group_scales(m, grouped, floats) == 0:
             raise ValueError("export_executorch_8da4w(learned=True): the module has no int4 layer")
     else:
+        pad_unaligned_linears(m, group_size)
         _apply_8da4w(m, group_size)
     return lower_to_pte(
         m,
@@ -503,6 +551,98 @@ def ptq_onnx_int4(fp32_path: str | Path, path: str | Path, block_size: int = 32)
         onnx.save(q.model.model, str(tmp))
     return QuantArtifact(
         path, path.stat().st_size, "int4-weight", ort_ops=ort_optimized_op_counts(path)
+    )
+
+
+def pack_int4_blocks(w: Tensor, scale: Tensor, qmax: int, block_size: int) -> tuple[Any, Any]:
+    """A weight ``(N, K)`` on a learned grid and its group step sizes ``(N, ceil(K / B))`` ->
+    onnxruntime ``MatMulNBits`` initializers (symmetric, no zero-point input, so the runtime's
+    zero point is 8): ``B`` uint8 ``(N, blocks, B / 2)`` holding ``round(w / s) + 8``, two
+    per byte, the lower ``k`` in the low nibble, the last block zero-padded; ``scales`` float32
+    ``(N, blocks)``."""
+    import numpy as np
+
+    n, k = w.shape
+    blocks = -(-k // block_size)
+    if tuple(scale.shape) != (n, blocks):
+        raise ValueError(f"group scales {tuple(scale.shape)} do not fit a ({n}, {k}) weight")
+    wp = nn.functional.pad(w.detach().float(), (0, blocks * block_size - k))
+    rows = wp.reshape(n, blocks, block_size)
+    q = torch.clamp(torch.round(rows / scale.float()[..., None]), -qmax, qmax).to(torch.int64)
+    u = (q + 8).numpy().astype(np.uint8)  # (N, blocks, B)
+    packed = (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
+    return packed, scale.detach().float().numpy().astype(np.float32)
+
+
+def onnx_int4_learned(
+    fp32_path: str | Path,
+    path: str | Path,
+    layers: Iterable[tuple[Tensor, Tensor, int]],
+    block_size: int = 32,
+) -> QuantArtifact:
+    """int4 ``MatMulNBits`` with learned group step sizes. ``fp32_path``: the ONNX export of a
+    model whose int4 layers hold their fake-quantized weights; ``layers``: ``(weight (N, K),
+    group scales (N, ceil(K / block_size)), qmax)`` of those layers. Each ``MatMul`` whose
+    constant ``B (K, N)`` equals a layer's ``weight.T`` becomes ``MatMulNBits`` with
+    :func:`pack_int4_blocks` of the learned scales (the graph rewrite is onnxruntime's
+    ``MatMulNBitsQuantizer``; its computed block scales and data are replaced); every other
+    ``MatMul`` stays float, as in the reference model."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    def key(a: Any) -> tuple[Any, ...]:
+        return (a.shape, hashlib.sha1(a.astype("float32").tobytes()).hexdigest())
+
+    by_key = {}
+    for w, scale, qmax in layers:
+        wt = w.detach().float().t().contiguous().numpy()  # (K, N), as ONNX stores B
+        by_key[key(wt)] = (w, scale, qmax)
+    model = onnx.load(str(fp32_path))
+    inits = {i.name: i for i in model.graph.initializer}
+    learned: dict[str, tuple[Tensor, Tensor, int]] = {}
+    exclude = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        b = inits.get(node.input[1])
+        hit = by_key.get(key(numpy_helper.to_array(b))) if b is not None else None
+        if hit is None:
+            exclude.append(node.name)
+        else:
+            learned[b.name] = hit
+    if not learned:
+        raise ValueError(f"{fp32_path}: no MatMul weight equals a learned int4 layer's")
+    q = MatMulNBitsQuantizer(
+        model, bits=4, block_size=block_size, is_symmetric=True, nodes_to_exclude=exclude
+    )
+    q.process()
+    out = q.model.model
+    replaced = 0
+    for init in out.graph.initializer:
+        base, _, suffix = init.name.rpartition("_")
+        if base not in learned or suffix not in ("Q4", "scales"):
+            continue
+        w, scale, qmax = learned[base]
+        packed, scales = pack_int4_blocks(w, scale, qmax, block_size)
+        new = packed if suffix == "Q4" else scales
+        old = numpy_helper.to_array(init)
+        if old.shape != new.shape:
+            raise RuntimeError(f"{init.name}: onnxruntime wrote {old.shape}, learned {new.shape}")
+        init.CopyFrom(numpy_helper.from_array(new.astype(old.dtype), init.name))
+        replaced += 1
+    if replaced != 2 * len(learned):
+        raise RuntimeError(
+            f"{fp32_path}: replaced {replaced} MatMulNBits initializers, expected "
+            f"{2 * len(learned)} (onnxruntime's naming changed?)"
+        )
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        onnx.save(out, str(tmp))
+    return QuantArtifact(
+        path, path.stat().st_size, "int4-learned", ort_ops=ort_optimized_op_counts(path)
     )
 
 

@@ -117,7 +117,10 @@ class _Quantizer(nn.Module):
 
 class WeightFakeQuant(_Quantizer):
     """Symmetric fake quantizer of a weight ``(out, ...)``: ``scale`` ``(out, 1)`` per channel or
-    ``(out, in / G)`` per group (``group_size`` G > 0; 2-D weights only)."""
+    ``(out, ceil(in / G))`` per group (``group_size`` G > 0; 2-D weights only). When ``in`` is not
+    a multiple of ``G`` the last group holds the remaining ``in % G`` columns: the weight is
+    quantized as if zero-padded to a whole group (zeros stay zero), which is exactly what an
+    export that pads the layer's input to a multiple of ``G`` computes."""
 
     def __init__(
         self,
@@ -133,12 +136,11 @@ class WeightFakeQuant(_Quantizer):
         self.qmax = int(qmax)
         self.group_size = int(group_size)
         if group_size:
-            if weight.dim() != 2 or weight.shape[1] % group_size:
+            if weight.dim() != 2:
                 raise ValueError(
-                    f"grouped weights need a 2-D weight whose in_features divide by {group_size}, "
-                    f"got shape {tuple(weight.shape)}"
+                    f"grouped weights need a 2-D weight, got shape {tuple(weight.shape)}"
                 )
-            shape = (out, weight.shape[1] // group_size)
+            shape = (out, -(-weight.shape[1] // group_size))
         else:
             shape = (out, 1)
         self.scale = nn.Parameter(torch.ones(shape, dtype=weight.dtype))
@@ -148,7 +150,10 @@ class WeightFakeQuant(_Quantizer):
         return self.scale.detach().abs().clamp(min=1e-12)
 
     def _rows(self, w: Tensor) -> Tensor:
-        """The weight as ``(out, groups, G)`` (per channel: ``(out, 1, in * k...)``)."""
+        """The weight as ``(out, groups, G)``, zero-padded to whole groups (per channel:
+        ``(out, 1, in * k...)``)."""
+        if self.group_size and w.shape[1] % self.group_size:
+            w = nn.functional.pad(w, (0, self.group_size - w.shape[1] % self.group_size))
         return w.reshape(w.shape[0], self.scale.shape[1], -1)
 
     @torch.no_grad()
@@ -180,7 +185,8 @@ class WeightFakeQuant(_Quantizer):
         def q_fn(v: Tensor) -> Tensor:
             return fake_quant(v, s, 0.0, -self.qmax, self.qmax)
 
-        return self._estimate(rows, q_fn).reshape(w.shape)
+        q = self._estimate(rows, q_fn).reshape(w.shape[0], -1)  # (out, padded in)
+        return q[:, : w.shape[1]].reshape(w.shape) if w.dim() == 2 else q.reshape(w.shape)
 
     def extra_repr(self) -> str:
         return f"qmax={self.qmax}, group_size={self.group_size}, estimator={self.estimator}"

@@ -78,7 +78,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig, init_scales: bool = True) -> n
 
     Raises AsrqError when an ``int4`` layer's ``in_features`` is not a multiple of
     ``cfg.group_size`` (naming the layer: give it an 8-bit override, choose such widths, or set
-    ``int4_unaligned: int8``).
+    ``int4_unaligned: pad`` or ``int8``).
     """
     done = 0
     for name, mod in list(model.named_modules()):
@@ -96,12 +96,14 @@ def quantize_(model: nn.Module, cfg: QuantConfig, init_scales: bool = True) -> n
                 settings = ModuleQuantSettings(
                     "int8", DEFAULT_QMAX["int8"], 0, settings.activations, settings.outputs
                 )
+            elif mod.in_features % settings.group_size and cfg.int4_unaligned == "pad":
+                pass  # the last group is zero-padded (WeightFakeQuant); export pads the input
             elif mod.in_features % settings.group_size:
                 raise AsrqError(
                     f"quant: int4 layer {name!r} has in_features {mod.in_features}, not a multiple "
                     f"of group_size {settings.group_size} (XNNPACK 8da4w); add an override "
-                    f"{{pattern: {name!r}, weight_dtype: int8}} or choose widths that divide by "
-                    f"{settings.group_size}"
+                    f"{{pattern: {name!r}, weight_dtype: int8}}, choose widths that divide by "
+                    f"{settings.group_size}, or set quant.int4_unaligned: pad (or int8)"
                 )
         est = cfg.estimator
         wfq = WeightFakeQuant(

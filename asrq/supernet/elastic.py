@@ -130,20 +130,32 @@ def slicing_rules(template: nn.Module, cfg: ModelConfig) -> dict[str, Rule]:
 def group_index(cols: Tensor, group_size: int, layer: str) -> Tensor:
     """The groups of ``group_size`` input channels that channel index ``cols`` consists of,
     in order; an :class:`~asrq.utils.io.AsrqError` unless ``cols`` is a sequence of whole,
-    aligned groups (grouped step sizes cannot follow a finer index)."""
+    aligned groups (grouped step sizes cannot follow a finer index), the last of which may be
+    a leading part of its group (a layer with ``quant.int4_unaligned: pad``: e.g. 144 of 192
+    channels take groups 0-4, the fifth with 16 columns)."""
     from asrq.utils.io import AsrqError
 
-    c = cols.reshape(-1, group_size) if cols.numel() % group_size == 0 else None
-    if c is None or not bool(
+    n = cols.numel()
+    full = n - n % group_size
+    c = cols[:full].reshape(-1, group_size)
+    ok = bool(
         ((c[:, 0] % group_size == 0) & (c == c[:, :1] + torch.arange(group_size)).all(1)).all()
-    ):
+    )
+    tail = cols[full:]
+    if tail.numel():
+        ok = ok and int(tail[0]) % group_size == 0
+        ok = ok and bool((tail == tail[0] + torch.arange(tail.numel())).all())
+    if not ok:
         raise AsrqError(
             f"quant: {layer}: its int4 step sizes are per group of {group_size} input channels, "
             "but the subnet takes its input channels by an index that splits groups (attention "
             "heads narrower than the supernet's); choose head widths that are multiples of "
             f"{group_size} or keep the layer 8-bit (quant.overrides weight_dtype: int8)"
         )
-    return c[:, 0] // group_size
+    groups = c[:, 0] // group_size
+    if tail.numel():
+        groups = torch.cat([groups, tail[:1] // group_size])
+    return groups
 
 
 def _quant_rules(template: nn.Module, rules: dict[str, Rule]) -> dict[str, Rule]:

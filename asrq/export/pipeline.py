@@ -203,6 +203,7 @@ def export_model(
             d = loaded.config.data
             calib_cuts = Path(d.fbank_dir) / f"librispeech_cuts_{d.dev_split}.jsonl.gz"
         plan = quant_plan(quant, loaded, calib_cuts, calib_utts)
+        plan.set_parity_speech(calib_cuts)
     else:
         from asrq.export.quant import float_model
 
@@ -282,7 +283,10 @@ def export_loaded(
         min_sqnr = None
     elif min_sqnr is None:
         min_sqnr = quant.min_sqnr
+    speech = list(getattr(quant, "speech", ()) or ())
     report = P.ParityReport(tol, min_sqnr=min_sqnr)
+    if speech:
+        report.inputs = f"speech: {quant.speech_source}"
     staging = _staging_dir(out_dir)
     try:
         for target in targets:
@@ -297,7 +301,9 @@ def export_loaded(
             run = open_programs(staging, target, threads=1).run
             t0 = time.perf_counter()
             batched = BACKENDS[target].batched_encoders
-            report.checks += P.check_encoders(specs, run, target, batched, tol, programs, min_sqnr)
+            report.checks += P.check_encoders(
+                specs, run, target, batched, tol, programs, min_sqnr, speech, 4 * max_steps
+            )
             for pname, cases in head.parity_cases(model_t, specs, target).items():
                 if pname in programs:
                     report.checks += P.check_program(

@@ -82,6 +82,9 @@ class QuantPlan:
     #: Q/DQ pairs only cost time (onnxruntime fuses the linears into ``MatMulIntegerToFloat``,
     #: float out) and add a rounding step the next layer's input quantizer repeats
     drop_outputs: tuple[str, ...] = ()
+    #: fbank utterances ``(T, F)`` the encoders' parity runs on (empty: random frames)
+    speech: list[Any] = field(default_factory=list)
+    speech_source: str = ""
     _by_target: dict[str, nn.Module] = field(default_factory=dict, repr=False)
 
     def model_for(self, backend: str) -> nn.Module:
@@ -91,6 +94,17 @@ class QuantPlan:
         if backend not in self._by_target:
             self._by_target[backend] = without_output_quant(self.model)
         return self._by_target[backend]
+
+    def set_parity_speech(self, cuts: str | Path | None, n: int = 2) -> None:
+        """Feed the encoders' parity checks the last ``n`` utterances of manifest ``cuts`` (the
+        dev cuts; PTQ calibrates on the first ones) when it exists; else they stay random."""
+        from asrq.decode.evaluate import load_eval_cuts
+
+        if cuts is None or not Path(cuts).is_file():
+            return
+        chosen = load_eval_cuts(cuts)[-n:]
+        self.speech = [torch.from_numpy(c.load_features()) for c in chosen]
+        self.speech_source = f"{cuts} ({', '.join(c.id for c in chosen)})"
 
     def exporter(self, backend: str) -> Exporter:
         """The program writer of this plan for ``backend``."""

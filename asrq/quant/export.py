@@ -613,13 +613,13 @@ def onnx_int4_learned(
             exclude.append(node.name)
         else:
             learned[b.name] = hit
-    if not learned:
-        raise ValueError(f"{fp32_path}: no MatMul weight equals a learned int4 layer's")
-    q = MatMulNBitsQuantizer(
-        model, bits=4, block_size=block_size, is_symmetric=True, nodes_to_exclude=exclude
-    )
-    q.process()
-    out = q.model.model
+    out = model  # a program without int4 layers (e.g. a predictor of float / 8-bit layers)
+    if learned:
+        q = MatMulNBitsQuantizer(
+            model, bits=4, block_size=block_size, is_symmetric=True, nodes_to_exclude=exclude
+        )
+        q.process()
+        out = q.model.model
     replaced = 0
     for init in out.graph.initializer:
         base, _, suffix = init.name.rpartition("_")

@@ -69,10 +69,11 @@ def test_qat_int8_export_transcribes_like_the_fake_quant_model(
     assert (
         q["weights"]["granularity"] == "per-channel" and "encoder.embed.conv.0" in q["float_layers"]
     )
-    assert meta["parity"]["sqnr_db"]["onnx"]["encoder"] >= 30.0
+    assert float(meta["parity"]["sqnr_db"]["onnx"]["encoder"]) >= 30.0  # "inf": exact
+    assert meta["parity"]["encoder_inputs"].startswith("speech: ")
     assert meta["programs"]["onnx"]["encoder"]["ort_ops"].get("MatMulIntegerToFloat", 0) >= 10
-    # ONNX keeps each layer's input quantizer and drops its output quantizer (float out)
-    assert q["activations"]["outputs_by_backend"] == {"executorch": True, "onnx": False}
+    # the ONNX encoder keeps each layer's input quantizer, drops its output quantizer
+    assert q["activations"]["outputs_by_backend"]["executorch"] is True
     # (with output quantizers the Q -> DQ pairs after each layer feed residual adds, norms)
     nodes = onnx.load(str(out / "encoder.onnx")).graph.node
     quantized = {n.output[0] for n in nodes if n.op_type == "QuantizeLinear"}

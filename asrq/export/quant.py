@@ -13,12 +13,11 @@ quantized model directory unchanged.
 
 - ``int8``, source qat: static int8 with the learned step sizes (PT2E,
   :func:`asrq.quant.pt2e.convert_learned`) in both runtimes (ONNX QDQ); parity reference: the
-  fake-quant model. The ONNX programs keep the input and weight quantizers but not the layers'
-  output quantizers (:attr:`QuantPlan.drop_outputs`; reference: the fake-quant model without
-  them): XNNPACK's static int8 GEMM needs an int8 output, onnxruntime's
-  ``MatMulIntegerToFloat`` writes float, and the output Q/DQ pairs cost a fifth of the int8
-  encoder's time there and most of its parity gap on the trained demo model (measured:
-  README, "int8 speed").
+  fake-quant model. The ONNX encoders keep the input and weight quantizers but not the layers'
+  output quantizers (:attr:`QuantPlan.drop_outputs`, :func:`without_output_quant`; reference:
+  the fake-quant model without them): XNNPACK's static int8 GEMM needs an int8 output,
+  onnxruntime's ``MatMulIntegerToFloat`` writes float, and the output Q/DQ pairs cost time
+  there (measured: README, "int8 speed").
 - ``int8``, source ptq: the same after :func:`asrq.quant.quantize_` (7-bit weights, MSE step
   init) calibrated on dev cuts (:func:`asrq.quant.ptq.calibrate_on_cuts`); reference: the
   calibrated fake-quant model.
@@ -192,7 +191,7 @@ def prepare_int8(loaded: Any, calib_cuts: Path | None, calib_utts: int) -> Quant
     qmax = max(m.weight_fq.qmax for m in quantized_layers(model).values())
     meta["activations"]["outputs_by_backend"] = {
         "executorch": meta["activations"]["outputs"],
-        "onnx": False,
+        "onnx": "joiner and predictor only (the encoder's linears write float)",
     }
     return QuantPlan(
         "int8",
@@ -208,14 +207,17 @@ def prepare_int8(loaded: Any, calib_cuts: Path | None, calib_utts: int) -> Quant
     )
 
 
-def without_output_quant(model: nn.Module) -> nn.Module:
-    """A copy of a fake-quantized ``model`` whose layers keep their input and weight quantizers
-    but no output quantizer."""
+def without_output_quant(model: nn.Module, prefix: str = "encoder.") -> nn.Module:
+    """A copy of a fake-quantized ``model`` whose layers under ``prefix`` keep their input and
+    weight quantizers but no output quantizer. Only the encoder's: its linears see 3-D inputs
+    (``MatMul`` -> ``MatMulIntegerToFloat``), while the joiner's 2-D ``Gemm`` and the predictor's
+    conv fuse into integer kernels (``QGemm``, ``QLinearConv``) only with a quantized output."""
     from asrq.quant.modules import quantized_layers
 
     m = copy.deepcopy(model).eval()
-    for layer in quantized_layers(m).values():
-        layer.output_fq = None
+    for name, layer in quantized_layers(m).items():
+        if name.startswith(prefix):
+            layer.output_fq = None
     return m
 
 

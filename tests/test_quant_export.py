@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from asrq.export.rewrites import xnnpack_friendly
 from asrq.quant import QuantConfig, quantize_
@@ -86,6 +86,40 @@ def test_converted_graph_carries_learned_scales_exactly() -> None:
     for t in (50, 13):
         xx = torch.randn(1, t, 64)
         torch.testing.assert_close(gm(xx), m(xx), rtol=0, atol=1e-5)
+
+
+def test_two_layers_reading_one_tensor_keep_their_own_learned_input_scales() -> None:
+    """A Conformer's ``attn.q`` and ``attn.kv`` both read the LayerNorm output; PT2E's implicit
+    sharing used to give both one quantizer (the other's scale lost): each keeps its own, and
+    the converted graph equals the fake-quant model."""
+
+    class TwoReaders(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(64)
+            self.q = nn.Linear(64, 64)
+            self.kv = nn.Linear(64, 128)
+
+        def forward(self, x: Tensor) -> Tensor:  # (N, T, 64) -> (N, T, 64)
+            h = self.norm(x)
+            k, v = self.kv(h).chunk(2, dim=-1)
+            return self.q(h) * k + v
+
+    torch.manual_seed(0)
+    m = quantize_(TwoReaders(), QuantConfig(weight_qmax=63, overrides=[]))
+    with calibrating(m):
+        m(torch.randn(2, 40, 64))
+    with torch.no_grad():
+        m.q.input_fq.scale.mul_(1.3)  # the two readers' learned scales differ
+    m.eval()
+    x = torch.randn(1, 40, 64)
+    gm, _ = convert_learned(m, (x,), DYN)
+    found = graph_qparams(gm)
+    for path in ("q", "kv"):
+        (act,) = [e for e in found[path] if e["kind"] == "act"]
+        want = float(m.get_submodule(path).input_fq.effective_scale())
+        assert act["scale"] == pytest.approx(want, rel=1e-7), path
+    torch.testing.assert_close(gm(x), m(x), rtol=0, atol=1e-5)
 
 
 def test_pte_int8_learned_scales_delegated_and_sqnr(tmp_path: Path) -> None:

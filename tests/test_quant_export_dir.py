@@ -170,7 +170,9 @@ def test_w4a8_from_an_int4_qat_model_injects_learned_group_scales(tmp_path: Path
     loaded = LoadedModel(model.eval(), cfg, sentencepiece_from_bytes(bpe), bpe, {"step": 1})
     plan = quant_plan("w4a8", loaded)
     assert plan.source == "qat" and plan.group_scales
-    res = export_loaded(loaded, tmp_path / "w4", programs=("encoder",), quant=plan)
+    # the predictor program holds no int4 layer (its conv keeps 8-bit weights: float here)
+    progs = ("encoder", "predictor", "joiner")
+    res = export_loaded(loaded, tmp_path / "w4", programs=progs, quant=plan)
     nodes = res.metadata["programs"]["executorch"]["encoder"]["delegate_nodes"]
     n_int4 = sum(
         1

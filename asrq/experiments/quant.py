@@ -273,7 +273,11 @@ def _record(row: Row, fp32: Row, ft: Row, qat_info: dict[str, Any] | None) -> di
         meta = json.loads((row.export_dir / "metadata.json").read_text())
         rec["quantization"] = meta.get("quantization")
         par = meta.get("parity") or {}
-        rec["parity"] = {"min_sqnr_db": par.get("min_sqnr_db"), "sqnr_db": par.get("sqnr_db")}
+        rec["parity"] = {
+            "min_sqnr_db": par.get("min_sqnr_db"),
+            "sqnr_db": par.get("sqnr_db"),
+            "encoder_inputs": par.get("encoder_inputs", "random"),
+        }
     if scores:
         for split in scores["export"]:
             e = scores["export"][split]
@@ -314,7 +318,7 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     lines = [
         "| model | variant | test-clean WER % [95% CI] | - fp32, pp [paired 95% CI] "
         "| QAT - fp32-ft, pp [paired 95% CI] | dev WER % "
-        "| export - eager (test) | encoder SQNR dB ORT / ET | ONNX bytes (% fp32) "
+        "| export - eager (test) | encoder SQNR dB ORT / ET (speech) | ONNX bytes (% fp32) "
         "| .pte bytes (% fp32) | ORT p90 ms / RTF | ET p90 ms / RTF |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -335,9 +339,12 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
         dev = r.get("wer_dev")
         dev_s = "" if not dev else f"{dev['wer']:.2f}"
         pe = r.get("export_minus_eager_test_clean")
-        sq = (r.get("parity") or {}).get("sqnr_db") or {}
+        par = r.get("parity") or {}
+        sq = par.get("sqnr_db") or {}
         enc = [(sq.get(b) or {}).get("encoder_streaming") for b in ("onnx", "executorch")]
-        sqnr = " / ".join("" if v is None else f"{v:.1f}" for v in enc) if any(enc) else ""
+        sqnr = " / ".join("" if v is None else f"{float(v):.1f}" for v in enc) if any(enc) else ""
+        if sqnr and str(par.get("encoder_inputs", "random")) == "random":
+            sqnr += " (noise)"  # parity on random frames (fp32 rows, older exports)
         lines.append(
             f"| {r['base']} | {r['variant']} | {_ci(r.get('wer_test_clean'))} "
             f"| {_d(r.get('diff_test_clean'))} | {_d(r.get('diff_ft_test_clean'))} | {dev_s} "

@@ -184,6 +184,10 @@ def test_w4a8_from_an_int4_qat_model_injects_learned_group_scales(tmp_path: Path
     assert nodes.get("XNNStaticConstantPad fp32 -> fp32", 0) >= 1, nodes  # padded inputs
     assert res.parity.min_sqnr_db("executorch", "encoder") >= 30.0
     assert res.parity.min_sqnr_db("onnx", "encoder") >= 30.0
+    # the joiner's 8-bit output layer: dynamic int8 x learned per-channel int8 (8da8w)
+    joiner = res.metadata["programs"]["executorch"]["joiner"]["delegate_nodes"]
+    assert joiner.get("XNNFullyConnected qdint8 x qcint8 -> fp32", 0) == 1, joiner
+    assert res.metadata["quantization"]["int8_layers"]["layers"] == ["joiner.output_linear"]
     ort_ops = res.metadata["programs"]["onnx"]["encoder"]["ort_ops"]
     assert ort_ops.get("MatMulNBits", 0) >= n_int4, ort_ops
     # a 48-wide layer's learned scales (2 per row, the second over 16 columns)

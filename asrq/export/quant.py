@@ -72,7 +72,8 @@ class QuantPlan:
     min_sqnr: float
     #: ``metadata.json``'s ``quantization`` entry
     metadata: dict[str, Any]
-    #: w4a8 from QAT: learned group step sizes by ``id(layer)`` of ``model``'s layers
+    #: w4a8 from QAT: learned weight step sizes (int4 groups; 8-bit linear layers per channel)
+    #: by ``id(layer)`` of ``model``'s layers
     group_scales: dict[int, Any] = field(default_factory=dict)
     group_size: int = PTQ_GROUP_SIZE
     max_weight_qmax: int = 0
@@ -280,8 +281,12 @@ def prepare_w4a8(loaded: Any, calib_cuts: Path | None, calib_utts: int) -> Quant
     ref = copy.deepcopy(model).eval()
     fq = {n: m.weight_fq(m.weight).detach().clone() for n, m in quantized_layers(ref).items()}
     ref, table = strip_fake_quant(ref)
+    # int4 layers, and 8-bit linear layers (8da8w in the .pte), hold their learned weights
+    eight = sorted(
+        n for n in table if n not in grouped and isinstance(ref.get_submodule(n), nn.Linear)
+    )
     scales = {}
-    for name in grouped:
+    for name in [*grouped, *eight]:
         layer = ref.get_submodule(name)
         layer.weight.copy_(fq[name])
         scales[id(layer)] = table[name]
@@ -291,12 +296,17 @@ def prepare_w4a8(loaded: Any, calib_cuts: Path | None, calib_utts: int) -> Quant
         "weights": {"dtype": "int4", "bits": 4, "granularity": f"group {sizes.pop()}"},
         "activations": {"dtype": "int8", "granularity": "per-token", "static": False},
         "quantized_layers": sorted(grouped),
-        "float_layers": sorted(n for n in table if n not in grouped),
+        "int8_layers": {
+            "layers": eight,
+            "executorch": "dynamic int8 activations x learned per-channel int8 weights (8da8w)",
+            "onnx": "float MatMul / Gemm of the learned int8 weights",
+        },
+        "float_layers": sorted(n for n in table if n not in grouped and n not in eight),
         "estimator": loaded.config.qat.quant.estimator,
         "onnx": "MatMulNBits int4 with the learned block scales",
         "padded_inputs": "linear layers whose in_features is not a multiple of the group size "
         "get their input zero-padded to a whole group in the .pte (MatMulNBits pads itself)",
-        "reference": "float eager model with the learned int4 weights",
+        "reference": "float eager model with the learned int4 / int8 weights",
     }
     g = next(iter(grouped.values())).weight_fq.group_size
     return QuantPlan("w4a8", "qat", ref, 15.0, meta, group_scales=scales, group_size=g)
@@ -407,7 +417,7 @@ def _ort_int4(fp32: Path, path: Path, plan: QuantPlan) -> Any:
     layers = [
         (m.weight, q.weight_scale, q.weight_qmax)
         for m in plan.model.modules()
-        if (q := plan.group_scales.get(id(m))) is not None
+        if (q := plan.group_scales.get(id(m))) is not None and q.group_size
     ]
     return onnx_int4_learned(fp32, path, layers, block_size=plan.group_size)
 
@@ -428,12 +438,7 @@ def _pte_dynamic(
 def _pte_w4a8(
     spec: ProgramSpec, path: Path, files: FileMetadata, opset: int, *, plan: QuantPlan
 ) -> dict[str, Any]:
-    from asrq.quant.export import (
-        _apply_8da4w,
-        inject_group_scales,
-        lower_to_pte,
-        pad_unaligned_linears,
-    )
+    from asrq.quant.export import _apply_8da4w, learned_w4a8_, lower_to_pte, pad_unaligned_linears
 
     t0 = time.perf_counter()
     # the learned scales by the layers' names inside this program's module
@@ -445,11 +450,7 @@ def _pte_w4a8(
     m = xnnpack_friendly(spec.module).eval()  # a deep copy: same layer names
     if plan.source == "qat":
         if table:
-            renamed = pad_unaligned_linears(m, plan.group_size, set(table))
-            table = {renamed.get(n, n): q for n, q in table.items()}
-            floats = {n: m.get_submodule(n).weight.detach().clone() for n in table}
-            _apply_8da4w(m, plan.group_size, set(table))
-            inject_group_scales(m, table, floats)
+            learned_w4a8_(m, table, plan.group_size)
         scheme = "w4a8-learned"
     else:
         pad_unaligned_linears(m, plan.group_size)

@@ -279,6 +279,44 @@ def _apply_8da4w(module: nn.Module, group_size: int, names: set[str] | None = No
     )
 
 
+def _apply_8da8w(module: nn.Module, names: set[str]) -> None:
+    """torchao dynamic-int8-activation, per-channel int8-weight linear layers (XNNPACK
+    ``qdint8 x qcint8``) for the ``nn.Linear`` layers named in ``names``: the 8-bit layers of
+    an int4 QAT model (e.g. the joiner's output layer), which 8da4w would leave float."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis
+
+    if not names:
+        return
+    quantize_(
+        module,
+        Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=torch.int8, weight_granularity=PerAxis(0)
+        ),
+        filter_fn=lambda m, name: isinstance(m, nn.Linear) and name in names,
+    )
+
+
+def learned_w4a8_(module: nn.Module, table: dict[str, LayerQParams], group_size: int) -> int:
+    """In place, on a float module (fake quantizers stripped) and its learned table: the int4
+    layers become 8da4w (inputs padded to whole groups where needed) and the 8-bit linear
+    layers 8da8w, both with their learned weight scales (:func:`inject_group_scales`); returns
+    the layers changed."""
+    grouped = {n: q for n, q in table.items() if q.group_size}
+    renamed = pad_unaligned_linears(module, group_size, set(grouped))
+    grouped = {renamed.get(n, n): q for n, q in grouped.items()}
+    channel = {
+        n: q
+        for n, q in table.items()
+        if not q.group_size and isinstance(module.get_submodule(n), nn.Linear)
+    }
+    learned = {**grouped, **channel}
+    floats = {n: module.get_submodule(n).weight.detach().clone() for n in learned}
+    _apply_8da4w(module, group_size, set(grouped))
+    _apply_8da8w(module, set(channel))
+    return inject_group_scales(module, learned, floats)
+
+
 class PaddedLinear(nn.Module):
     """A linear layer whose input is zero-padded to ``in + pad`` columns (its weight too), so
     that XNNPACK's 8da4w, which groups only whole multiples of 32 input channels, can take a
@@ -323,13 +361,14 @@ def pad_unaligned_linears(
 def inject_group_scales(
     module: nn.Module, table: dict[str, LayerQParams], float_weights: dict[str, Tensor]
 ) -> int:
-    """Overwrite the scales and int4 data of torchao 8da4w weights (``IntxUnpackedToInt8Tensor``:
-    ``qdata`` (out, in) int8, ``scale`` / ``zero_point`` (out, in / G)) with the learned group
-    scales of ``table`` and ``round(w / s)`` of the float weights; returns the layers changed."""
+    """Overwrite the scales and integer data of torchao 8da4w / 8da8w weights
+    (``IntxUnpackedToInt8Tensor``: ``qdata`` (out, in) int8, ``scale`` / ``zero_point`` (out,
+    in / G) or (out, 1)) with the learned scales of ``table`` and ``round(w / s)`` of the float
+    weights; returns the layers changed."""
     n = 0
     for name, mod in module.named_modules():
         q = table.get(name)
-        if q is None or not q.group_size or not isinstance(mod, nn.Linear):
+        if q is None or not isinstance(mod, nn.Linear) or name not in float_weights:
             continue
         w = mod.weight
         if not all(hasattr(w, a) for a in ("qdata", "scale", "zero_point")):
@@ -364,21 +403,18 @@ def export_executorch_8da4w(
     """int4 grouped weights (``qbint4``) with dynamic int8 activations (XNNPACK 8da4w).
 
     ``learned``: ``module`` is fake-quantized (int4 layers with ``group_size``): its learned
-    group scales replace torchao's (:func:`inject_group_scales`); its 8-bit and float layers
-    stay float in this program (8da4w has no static int8 path).
+    group scales replace torchao's (:func:`learned_w4a8_`); its 8-bit linear layers become
+    dynamic-activation int8 (8da8w) with their learned per-channel scales; convolutions and
+    float layers stay float (8da4w / 8da8w cover linear layers only).
     Otherwise ``module`` is a float module and torchao computes the scales (PTQ).
     Layers whose ``in_features`` is not a multiple of ``group_size`` are padded
     (:func:`pad_unaligned_linears`)."""
     m = copy.deepcopy(module).eval()
     if learned:
         m, table = strip_fake_quant(m)
-        grouped = {n: q for n, q in table.items() if q.group_size}
-        renamed = pad_unaligned_linears(m, group_size, set(grouped))
-        grouped = {renamed.get(n, n): q for n, q in grouped.items()}
-        floats = {n: m.get_submodule(n).weight.detach().clone() for n in grouped}
-        _apply_8da4w(m, group_size, set(grouped))
-        if inject_group_scales(m, grouped, floats) == 0:
+        if not any(q.group_size for q in table.values()):
             raise ValueError("export_executorch_8da4w(learned=True): the module has no int4 layer")
+        learned_w4a8_(m, table, group_size)
     else:
         pad_unaligned_linears(m, group_size)
         _apply_8da4w(m, group_size)

@@ -192,7 +192,7 @@ def prepare_int8(loaded: Any, calib_cuts: Path | None, calib_utts: int) -> Quant
     qmax = max(m.weight_fq.qmax for m in quantized_layers(model).values())
     meta["activations"]["outputs_by_backend"] = {
         "executorch": meta["activations"]["outputs"],
-        "onnx": "joiner and predictor only (the encoder's linears write float)",
+        "onnx": "convolutions and joiner.output_linear only (other linears write float)",
     }
     return QuantPlan(
         "int8",
@@ -208,16 +208,20 @@ def prepare_int8(loaded: Any, calib_cuts: Path | None, calib_utts: int) -> Quant
     )
 
 
-def without_output_quant(model: nn.Module, prefix: str = "encoder.") -> nn.Module:
-    """A copy of a fake-quantized ``model`` whose layers under ``prefix`` keep their input and
-    weight quantizers but no output quantizer. Only the encoder's: its linears see 3-D inputs
-    (``MatMul`` -> ``MatMulIntegerToFloat``), while the joiner's 2-D ``Gemm`` and the predictor's
-    conv fuse into integer kernels (``QGemm``, ``QLinearConv``) only with a quantized output."""
-    from asrq.quant.modules import quantized_layers
+def without_output_quant(
+    model: nn.Module, keep: tuple[str, ...] = ("joiner.output_linear",)
+) -> nn.Module:
+    """A copy of a fake-quantized ``model`` whose linear layers keep their input and weight
+    quantizers but no output quantizer, except those named in ``keep``. The linears on 3-D
+    inputs (encoder, projections) run as ``MatMul`` -> ``MatMulIntegerToFloat`` (float out);
+    the joiner's output layer is a 2-D ``Gemm``, and the convolutions, that onnxruntime fuse
+    into integer kernels (``QGemm``, ``QLinearConv``: faster than the float depthwise conv
+    here) only with a quantized output."""
+    from asrq.quant.modules import QuantLinear, quantized_layers
 
     m = copy.deepcopy(model).eval()
     for name, layer in quantized_layers(m).items():
-        if name.startswith(prefix):
+        if isinstance(layer, QuantLinear) and name not in keep:
             layer.output_fq = None
     return m
 

@@ -465,8 +465,44 @@ def onnx_from_graph(
         )
     cast_bool_where(program.model)
     path = save_onnx_program(program, path, {**(meta or {}), "quant_scheme": scheme})
+    model = onnx.load(str(path))
+    if unique_dequantize(model):
+        with atomic_path(path) as tmp:
+            onnx.save(model, str(tmp))
     onnx.checker.check_model(str(path))
     return QuantArtifact(path, path.stat().st_size, scheme, ort_ops=ort_optimized_op_counts(path))
+
+
+def unique_dequantize(model: Any) -> int:
+    """Give every consumer of a shared ``DequantizeLinear`` its own copy (in place, an ONNX
+    ``ModelProto``); returns the copies made. PT2E shares one Q/DQ pair between the layers that
+    read one tensor with equal scales (a calibrated ``attn.q`` and ``attn.kv``), and
+    onnxruntime fuses ``DQ -> MatMul`` into ``MatMulIntegerToFloat`` only where the DQ has a
+    single consumer (measured: 16 of the d=144 encoder's 74 linear layers left as float
+    ``MatMul`` with their weights dequantized every chunk)."""
+    graph = model.graph
+    users: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for name in n.input:
+            users.setdefault(name, []).append(n)
+    nodes, made = [], 0
+    for n in graph.node:
+        nodes.append(n)
+        if n.op_type != "DequantizeLinear" or len(users.get(n.output[0], [])) < 2:
+            continue
+        for k, user in enumerate(users[n.output[0]][1:], start=1):
+            dup = copy.deepcopy(n)
+            dup.name = f"{n.name}_dup{k}"
+            dup.output[0] = f"{n.output[0]}_dup{k}"
+            for i, name in enumerate(user.input):
+                if name == n.output[0]:
+                    user.input[i] = dup.output[0]
+            nodes.append(dup)
+            made += 1
+    if made:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return made
 
 
 def export_onnx_int8(

@@ -13,11 +13,11 @@ quantized model directory unchanged.
 
 - ``int8``, source qat: static int8 with the learned step sizes (PT2E,
   :func:`asrq.quant.pt2e.convert_learned`) in both runtimes (ONNX QDQ); parity reference: the
-  fake-quant model. The ONNX encoders keep the input and weight quantizers but not the layers'
-  output quantizers (:attr:`QuantPlan.drop_outputs`, :func:`without_output_quant`; reference:
-  the fake-quant model without them): XNNPACK's static int8 GEMM needs an int8 output,
-  onnxruntime's ``MatMulIntegerToFloat`` writes float, and the output Q/DQ pairs cost time
-  there (measured: README, "int8 speed").
+  fake-quant model. The ONNX programs keep every input and weight quantizer, but the linear
+  layers' output quantizers only on the joiner's output ``Gemm`` (:attr:`QuantPlan.drop_outputs`,
+  :func:`without_output_quant`; reference: the fake-quant model without the dropped ones):
+  XNNPACK's static int8 GEMM needs an int8 output, onnxruntime's ``MatMulIntegerToFloat``
+  writes float, and the output Q/DQ pairs cost time there (measured: README, "int8 speed").
 - ``int8``, source ptq: the same after :func:`asrq.quant.quantize_` (7-bit weights, MSE step
   init) calibrated on dev cuts (:func:`asrq.quant.ptq.calibrate_on_cuts`); reference: the
   calibrated fake-quant model.

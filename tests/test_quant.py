@@ -248,7 +248,7 @@ def test_int4_unaligned_pad_quantizes_a_short_last_group() -> None:
     """``int4_unaligned: pad``: a 48-wide layer has group scales (out, 2), the second over 16
     columns, and its fake-quant weight equals explicit per-group quantize-dequantize of the
     weight zero-padded to 64 columns; the export's PaddedLinear computes the same layer."""
-    from asrq.quant.export import PaddedLinear, pad_unaligned_linears
+    from asrq.quant.int4 import PaddedLinear, pad_unaligned_linears
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(48, 8))

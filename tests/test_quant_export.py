@@ -15,17 +15,16 @@ from torch import Tensor, nn
 from asrq.export.rewrites import xnnpack_friendly
 from asrq.quant import QuantConfig, quantize_
 from asrq.quant.export import (
-    export_executorch_8da4w,
     export_executorch_int8,
     export_onnx_int8,
     lower_to_pte,
     onnx_from_graph,
     onnx_initializer_scales,
     ptq_onnx_dynamic,
-    ptq_onnx_int4,
     ptq_pt2e_static,
     sqnr_db,
 )
+from asrq.quant.int4 import export_executorch_8da4w, ptq_onnx_int4
 from asrq.quant.modules import calibrating
 from asrq.quant.pt2e import convert_learned, graph_qparams
 

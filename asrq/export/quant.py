@@ -414,7 +414,7 @@ def _ort_dynamic(fp32: Path, path: Path, plan: QuantPlan) -> Any:
 
 
 def _ort_int4(fp32: Path, path: Path, plan: QuantPlan) -> Any:
-    from asrq.quant.export import onnx_int4_learned, ptq_onnx_int4
+    from asrq.quant.int4 import onnx_int4_learned, ptq_onnx_int4
 
     if plan.source != "qat":
         return ptq_onnx_int4(fp32, path, block_size=plan.group_size)
@@ -442,7 +442,8 @@ def _pte_dynamic(
 def _pte_w4a8(
     spec: ProgramSpec, path: Path, files: FileMetadata, opset: int, *, plan: QuantPlan
 ) -> dict[str, Any]:
-    from asrq.quant.export import _apply_8da4w, learned_w4a8_, lower_to_pte, pad_unaligned_linears
+    from asrq.quant.export import lower_to_pte
+    from asrq.quant.int4 import _apply_8da4w, learned_w4a8_, pad_unaligned_linears
 
     t0 = time.perf_counter()
     # the learned scales by the layers' names inside this program's module

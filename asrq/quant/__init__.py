@@ -20,10 +20,10 @@ schemes are the table :data:`asrq.export.quant.QUANT_SCHEMES`)::
     res.metadata["quantization"], res.metadata["sizes"], res.parity.min_sqnr_db()
 
 PTQ baselines from an fp32 checkpoint: :func:`asrq.quant.export.ptq_onnx_dynamic`,
-:func:`~asrq.quant.export.ptq_onnx_int4` (from the fp32 ``.onnx``),
+:func:`~asrq.quant.int4.ptq_onnx_int4` (from the fp32 ``.onnx``),
 :func:`~asrq.quant.export.ptq_pt2e_static` then :func:`~asrq.quant.export.lower_to_pte` /
 :func:`~asrq.quant.export.onnx_from_graph`, and
-:func:`~asrq.quant.export.export_executorch_8da4w` (``learned=False``; ``learned=True`` takes a
+:func:`~asrq.quant.int4.export_executorch_8da4w` (``learned=False``; ``learned=True`` takes a
 QAT int4 model's group scales).
 """
 

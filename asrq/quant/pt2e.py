@@ -120,7 +120,7 @@ def weight_spec(q: LayerQParams) -> QuantizationSpec:
     if q.group_size:
         raise NotImplementedError(
             "grouped (int4) weights have no PT2E per-group spec here; export int4 through "
-            "asrq.quant.export.export_executorch_8da4w / export_onnx_int4"
+            "asrq.quant.int4.export_executorch_8da4w / onnx_int4_learned"
         )
     return QuantizationSpec(
         dtype=torch.int8,

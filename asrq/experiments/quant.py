@@ -20,8 +20,9 @@ sliced from the supernet), every row an *exported* model directory measured thro
    runs), ONNX and ExecuTorch, each with the export's own parity / SQNR check;
 3. scores the ONNX files on dev and test-clean, streaming greedy
    (:func:`asrq.runtime.evaluate.evaluate_export`), each WER with its 95% bootstrap interval and
-   the paired interval of *variant minus fp32* on the same utterances; QAT int8 rows also score
-   their eager fake-quant model (the export's reference: the parity in WER points);
+   the paired interval of *variant minus fp32* on the same utterances; QAT rows also score
+   their eager fake-quant model, and QAT int8 rows the model the ONNX programs are built from
+   (without the linears' output quantizers): the parity in WER points;
 4. benchmarks every export at 1 thread in onnxruntime and ExecuTorch
    (:func:`asrq.bench.runner.run_bench`, isolated processes): chunk latency p90 and RTF.
 
@@ -216,19 +217,32 @@ def run_score(row: Row, base_cfg: ExperimentConfig, eager: bool) -> dict[str, An
     from asrq.decode.evaluate import evaluate
     from asrq.runtime.evaluate import evaluate_export
 
-    if row.scores.is_file():
-        return json.loads(row.scores.read_text())
     out: dict[str, Any] = {"export": {}, "eager": {}}
-    for name, attr in SPLITS:
-        cuts = _cuts(base_cfg, attr)
-        out["export"][name] = _entry(evaluate_export(row.export_dir, cuts, "onnx", streaming=True))
-    if eager and row.variant.quant and row.variant.qat_dtype:
+    if row.scores.is_file():
+        out = json.loads(row.scores.read_text())
+    else:
+        for name, attr in SPLITS:
+            cuts = _cuts(base_cfg, attr)
+            res = evaluate_export(row.export_dir, cuts, "onnx", streaming=True)
+            out["export"][name] = _entry(res)
+    qat = eager and row.variant.quant and row.variant.qat_dtype
+    if qat and not out["eager"]:
         from asrq.quant.train import load_qat_model
 
         loaded = load_qat_model(row.checkpoint)
         for name, attr in SPLITS:
             res = evaluate(loaded, _cuts(base_cfg, attr), streaming=True, progress=False)
             out["eager"][name] = _entry(res)
+    if qat and row.variant.quant == "int8" and "onnx_reference" not in out:
+        # the ONNX int8 programs are built from the model without the linears' output
+        # quantizers (asrq.export.quant.without_output_quant): score that reference too
+        from asrq.export.quant import without_output_quant
+        from asrq.quant.train import load_qat_model
+
+        loaded = load_qat_model(row.checkpoint)
+        loaded.model = without_output_quant(loaded.model)
+        res = evaluate(loaded, _cuts(base_cfg, "test_split"), streaming=True, progress=False)
+        out["onnx_reference"] = {"test_clean": _entry(res)}
     atomic_write_json(row.scores, out)
     return out
 
@@ -290,6 +304,10 @@ def _record(row: Row, fp32: Row, ft: Row, qat_info: dict[str, Any] | None) -> di
                 g = scores["eager"][split]
                 rec[f"wer_{split}_eager"] = {k: v for k, v in g.items() if k != "utterances"}
                 rec[f"export_minus_eager_{split}"] = round(e["wer"] - g["wer"], 3)
+            if split in scores.get("onnx_reference", {}):  # int8: ONNX vs its own reference
+                rec[f"export_minus_onnx_reference_{split}"] = _paired(
+                    e, scores["onnx_reference"][split]
+                )
     if row.bench.is_file():
         rep = json.loads(row.bench.read_text())
         rec["bench"] = {
@@ -318,7 +336,8 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     lines = [
         "| model | variant | test-clean WER % [95% CI] | - fp32, pp [paired 95% CI] "
         "| QAT - fp32-ft, pp [paired 95% CI] | dev WER % "
-        "| export - eager (test) | encoder SQNR dB ORT / ET (speech) | ONNX bytes (% fp32) "
+        "| export - eager (test; ref: ONNX - its reference model, paired) "
+        "| encoder SQNR dB ORT / ET (speech) | ONNX bytes (% fp32) "
         "| .pte bytes (% fp32) | ORT p90 ms / RTF | ET p90 ms / RTF |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -339,6 +358,7 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
         dev = r.get("wer_dev")
         dev_s = "" if not dev else f"{dev['wer']:.2f}"
         pe = r.get("export_minus_eager_test_clean")
+        pr = r.get("export_minus_onnx_reference_test_clean")
         par = r.get("parity") or {}
         sq = par.get("sqnr_db") or {}
         enc = [(sq.get(b) or {}).get("encoder_streaming") for b in ("onnx", "executorch")]
@@ -348,7 +368,8 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['base']} | {r['variant']} | {_ci(r.get('wer_test_clean'))} "
             f"| {_d(r.get('diff_test_clean'))} | {_d(r.get('diff_ft_test_clean'))} | {dev_s} "
-            f"| {'' if pe is None else f'{pe:+.2f}'} | {sqnr} "
+            f"| {'' if pe is None else f'{pe:+.2f}'}{'' if pr is None else f' (ref {_d(pr)})'} "
+            f"| {sqnr} "
             f"| {size('onnx')} | {size('executorch')} "
             f"| {speed('onnx')} | {speed('executorch')} |"
         )

@@ -1,5 +1,5 @@
 """Per-device latency tables: `asrq bench --layer-table` builds one for a supernet's whole search
-space, `asrq search --latency-table` predicts from it (asrq.supernet.search.LatencyTable)."""
+space, `asrq search --latency-table` predicts from it (asrq.supernet.latency_table.LatencyTable)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from asrq.cli.main import cli
 from asrq.supernet import SearchSpace, SubnetSpec
-from asrq.supernet.search import LatencyTable
+from asrq.supernet.latency_table import LatencyTable
 from asrq.testing.data import TinyData
 from asrq.testing.models import make_tiny_supernet_checkpoint, tiny_supernet_config
 from asrq.utils.io import AsrqError
@@ -131,7 +131,7 @@ def _bench_report(path: Path, params: int, peaks: dict[str, int]) -> Path:
 def test_search_max_mb_budgets_measured_memory_from_a_device_table(
     table_setup: tuple[Path, Path], tiny_data: TinyData, tmp_path: Path
 ) -> None:
-    from asrq.supernet.search import MemoryFit
+    from asrq.supernet.latency_table import MemoryFit
 
     sup, path = table_setup
     mib = 2**20

@@ -15,7 +15,7 @@ from asrq.config import SearchSpaceConfig
 from asrq.export.latency import RuntimePartTimer, part_specs
 from asrq.export.rnnt import StreamingEncoderProgram
 from asrq.supernet import SubnetSpec
-from asrq.supernet.search import LatencyTable
+from asrq.supernet.latency_table import LatencyTable
 from asrq.testing.data import TinyData
 from asrq.testing.models import tiny_bpe_bytes, tiny_config, tiny_supernet
 from asrq.train.checkpoint import model_payload, save_checkpoint

@@ -225,7 +225,7 @@ def _layer_table(
     symbols_per_frame: float = 1.0,
     cache_dir: Path | None = None,
 ) -> None:
-    from asrq.supernet.search import build_latency_table
+    from asrq.supernet.latency_table import build_latency_table
 
     out = out or checkpoint.parent / "latency_table.json"
     try:

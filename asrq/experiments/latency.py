@@ -6,7 +6,7 @@ evenly spaced ones between, by parameter count):
 1. **predicted**: a latency table of the parts of those subnets timed through the deployment
    runtime (:class:`asrq.export.latency.RuntimePartTimer`: each part exported as its own small
    program, timed with the runtime's program runner), ``embed + L * layer + head``
-   (:meth:`asrq.supernet.search.LatencyTable.predict`);
+   (:meth:`asrq.supernet.latency_table.LatencyTable.predict`);
 2. **measured**: each subnet sliced (``asrq slice``), its streaming programs exported
    (``encoder_streaming``, ``predictor``, ``joiner``; ``asrq export``) and benchmarked end to end
    with :func:`asrq.bench.runner.run_bench` (``asrq bench``: same runtime and threads, each run in
@@ -41,7 +41,7 @@ from asrq.export.pipeline import export_model, version_info
 from asrq.runtime.model_dir import read_model_dir
 from asrq.supernet.checkpoint import load_supernet, slice_checkpoint
 from asrq.supernet.elastic import Supernet
-from asrq.supernet.search import LatencyTable, build_latency_table
+from asrq.supernet.latency_table import LatencyTable, build_latency_table
 from asrq.supernet.spec import SearchSpace, SubnetSpec
 from asrq.utils.host import host_info
 from asrq.utils.io import AsrqError, atomic_write_json, atomic_write_text

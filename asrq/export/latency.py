@@ -254,7 +254,7 @@ class _PartHead:
 @dataclass
 class RuntimePartTimer:
     """Times the parts of :data:`PARTS` through ``backend``'s runtime with ``threads`` threads
-    (module doc); the timer :meth:`asrq.supernet.search.LatencyTable.measure` takes."""
+    (module doc); the timer :meth:`asrq.supernet.latency_table.LatencyTable.measure` takes."""
 
     backend: str
     threads: int

@@ -162,6 +162,8 @@ def test_predicted_vs_measured_on_executorch(tmp_path: Path) -> None:
     for s in r["subnets"]:
         assert s["predicted_ms"] > 0 and s["measured_chunk_p50_ms"] > 0
         assert 0.0 <= s["measured_symbols_per_frame"] <= 1.0
-        # loose: the machine running the tests is shared; the recipe reports the real error
-        assert abs(s["error_pct"]) < 60.0, s
+        # the error is reported, not bounded here: timing belongs to the benchmark scripts (the
+        # machine running the tests is shared); check that it is the stated function of the two
+        want = 100.0 * (s["predicted_ms"] - s["measured_chunk_p50_ms"]) / s["measured_chunk_p50_ms"]
+        assert s["error_pct"] == pytest.approx(want, abs=0.02), s
     assert (tmp_path / "pvm" / "latency_pred_vs_measured.md").read_text().count("| L") == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -71,24 +72,16 @@ def test_qat_int8_export_transcribes_like_the_fake_quant_model(
     )
     assert float(meta["parity"]["sqnr_db"]["onnx"]["encoder"]) >= 30.0  # "inf": exact
     assert meta["parity"]["encoder_inputs"].startswith("speech: ")
+    assert len(meta["parity"]["floor"]["encoder_streaming_sqnr_db"]) == 3  # the model's own floor
     assert meta["programs"]["onnx"]["encoder"]["ort_ops"].get("MatMulIntegerToFloat", 0) >= 10
-    # the ONNX encoder keeps each layer's input quantizer, drops its linear layers' output
-    # quantizers (a bias Add after a MatMul is never quantized; the depthwise conv keeps its)
-    nodes = onnx.load(str(out / "encoder.onnx")).graph.node
-    made_by = {o: n for n in nodes for o in n.output}
-
-    def linear_output(name: str) -> bool:
-        n = made_by.get(name)
-        if n is not None and n.op_type == "Add":
-            n = next((made_by[i] for i in n.input if i in made_by), None)
-        return n is not None and n.op_type in ("MatMul", "Gemm")
-
-    quantized = [n.input[0] for n in nodes if n.op_type == "QuantizeLinear"]
-    assert quantized and not [x for x in quantized if linear_output(x)], [
-        (x, made_by[x].op_type, [made_by[i].op_type for i in made_by[x].input if i in made_by])
-        for x in quantized
-        if linear_output(x)
-    ]
+    # the ONNX encoder is the trained model: every linear layer's output is quantized (after
+    # its bias Add); with --onnx-float-outputs (below) none is
+    graph = onnx.load(str(out / "encoder.onnx")).graph
+    nodes = graph.node
+    linear_outs = _linear_outputs(graph)
+    quantized = {n.input[0] for n in nodes if n.op_type == "QuantizeLinear"}
+    assert len(linear_outs) >= 10 and linear_outs <= quantized, linear_outs - quantized
+    assert meta["quantization"]["activations"]["outputs_by_backend"]["onnx"] is True
     # every dequantized activation has one consumer (onnxruntime fuses DQ -> MatMul only then)
     dq_out = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
     uses = Counter(i for n in nodes for i in n.input if i in dq_out)
@@ -106,6 +99,22 @@ def test_qat_int8_export_transcribes_like_the_fake_quant_model(
     assert set(hyps) == set(exported), (exported, hyps)
     same = sum(exported[k] == v for k, v in hyps.items())
     assert same >= len(hyps) - 1, (exported, hyps)
+    # --onnx-float-outputs: the linear layers write float; measured against that model
+    from asrq.export.pipeline import export_model
+
+    fast = export_model(
+        checkpoints["qat"],
+        tmp_path / "fast",
+        quant="int8",
+        executorch=False,
+        programs=["encoder"],
+        onnx_float_outputs=True,
+    )
+    graph = onnx.load(str(tmp_path / "fast" / "encoder.onnx")).graph
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert len(_linear_outputs(graph)) >= 10 and not _linear_outputs(graph) & quantized
+    assert fast.metadata["quantization"]["reference"].endswith("output quantizers)")
+    assert fast.parity.min_sqnr_db("onnx", "encoder") >= 30.0
 
 
 @pytest.mark.slow
@@ -146,6 +155,10 @@ def test_quant_refusals(checkpoints: dict[str, Path], tmp_path: Path) -> None:
         )
     with pytest.raises(AsrqError, match="unknown --quant"):
         export_model(checkpoints["fp32"], tmp_path / "c", quant="int3")
+    with pytest.raises(AsrqError, match="--onnx-float-outputs is an option of --quant int8"):
+        export_model(checkpoints["qat"], tmp_path / "d", quant="w4a8", onnx_float_outputs=True)
+    with pytest.raises(AsrqError, match="--onnx-float-outputs needs --quant int8"):
+        export_model(checkpoints["fp32"], tmp_path / "e", onnx_float_outputs=True)
 
 
 @pytest.mark.slow
@@ -210,3 +223,20 @@ def test_w4a8_from_an_int4_qat_model_injects_learned_group_scales(tmp_path: Path
     assert any(a.shape == learned.shape and (a == learned).all() for a in scales)
     with pytest.raises(AsrqError, match="int4"):
         quant_plan("int8", loaded)
+
+
+def _linear_outputs(graph: Any) -> set[str]:
+    """The ONNX tensors the linear layers write: the output of a ``MatMul`` / ``Gemm`` whose
+    weight is a (dequantized, transposed) initializer, or of the ``Add`` of its bias."""
+    nodes, consts = graph.node, {t.name for t in graph.initializer}
+    made_by = {o: n for n in nodes for o in n.output}
+
+    def constant(name: str) -> bool:  # an initializer, maybe dequantized and / or transposed
+        n = made_by.get(name)
+        while n is not None and n.op_type in ("Transpose", "DequantizeLinear"):
+            name, n = n.input[0], made_by.get(n.input[0])
+        return name in consts or (n is not None and n.op_type == "Constant")
+
+    outs = {n.output[0] for n in nodes if n.op_type in ("MatMul", "Gemm") and constant(n.input[1])}
+    bias = {n.input[0]: n.output[0] for n in nodes if n.op_type == "Add" and n.input[0] in outs}
+    return {bias.get(o, o) for o in outs}

@@ -96,6 +96,13 @@ from asrq.utils.io import AsrqError
     "scheme's: 30 for int8, 20 for int8-dynamic, 10 / 15 for w4a8 PTQ / QAT]",
 )
 @click.option(
+    "--onnx-float-outputs",
+    is_flag=True,
+    help="--quant int8: the ONNX linear layers write float (their output Q/DQ pairs dropped; "
+    "faster in onnxruntime). The program is then not the trained model: parity is measured "
+    "against the fake-quant model without those quantizers. [default: every quantizer kept]",
+)
+@click.option(
     "--calib-utts",
     type=click.IntRange(min=1),
     default=32,
@@ -118,6 +125,7 @@ def export(
     calib_cuts: Path | None,
     min_sqnr: float | None,
     calib_utts: int,
+    onnx_float_outputs: bool,
 ) -> None:
     """Export CHECKPOINT to a deployable model directory.
 
@@ -158,6 +166,7 @@ def export(
             quant=quant,
             calib_cuts=calib_cuts,
             calib_utts=calib_utts,
+            onnx_float_outputs=onnx_float_outputs,
             min_sqnr=min_sqnr,
         )
     except AsrqError as e:  # the root group does the same; this keeps ``export`` alone consistent

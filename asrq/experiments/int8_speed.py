@@ -6,7 +6,8 @@
 1. a randomly initialised model of that width (speed does not depend on training; the BPE of a
    template checkpoint) exported twice, streaming programs only: fp32 and ``--quant int8`` (PTQ
    static int8 calibrated on dev cuts: 7-bit weights, per-tensor int8 activations in and out of
-   every linear / conv layer, the same graph a QAT checkpoint exports);
+   every linear / conv layer, the same graph a QAT checkpoint exports; ONNX with
+   ``--onnx-float-outputs``, onnxruntime's fastest int8 graph here);
 2. both benchmarked with ``asrq bench`` (isolated processes, onnxruntime and ExecuTorch, each
    thread count): streaming chunk latency p50 / p90 (encoder + greedy search) and the encoder
    alone, side by side in one run;
@@ -193,7 +194,8 @@ def int8_speed(
         "schema": "asrq.int8_speed/1",
         "host": host_info(),
         "inputs": f"{len(feats)} dev utterances ({cuts})",
-        "int8": "PTQ static int8 (asrq export --quant int8): the graph a QAT checkpoint exports",
+        "int8": "PTQ static int8 (asrq export --quant int8 --onnx-float-outputs): the graph a QAT "
+        "checkpoint exports",
         "widths": [],
     }
     for w in widths:
@@ -205,7 +207,14 @@ def int8_speed(
             ex = wdir / kind
             if not (ex / "metadata.json").is_file():
                 echo(f"=== d={w}: export {kind}")
-                export_model(ckpt, ex, name=f"d{w}-{kind}", quant=quant, programs=PROGRAMS)
+                export_model(
+                    ckpt,
+                    ex,
+                    name=f"d{w}-{kind}",
+                    quant=quant,
+                    programs=PROGRAMS,
+                    onnx_float_outputs=quant is not None,
+                )
             meta = json.loads((ex / "metadata.json").read_text())
             params = params or int(meta["model"].get("num_parameters") or 0)
             if not bench:

@@ -218,9 +218,9 @@ def run_score(row: Row, base_cfg: ExperimentConfig, eager: bool) -> dict[str, An
     from asrq.runtime.evaluate import evaluate_export
 
     out: dict[str, Any] = {"export": {}, "eager": {}}
-    if row.scores.is_file():
-        out = json.loads(row.scores.read_text())
-    else:
+    if row.scores.is_file():  # what is there stays (delete an entry to score it again)
+        out = {**out, **json.loads(row.scores.read_text())}
+    if not out["export"]:
         for name, attr in SPLITS:
             cuts = _cuts(base_cfg, attr)
             res = evaluate_export(row.export_dir, cuts, "onnx", streaming=True)
@@ -233,9 +233,9 @@ def run_score(row: Row, base_cfg: ExperimentConfig, eager: bool) -> dict[str, An
         for name, attr in SPLITS:
             res = evaluate(loaded, _cuts(base_cfg, attr), streaming=True, progress=False)
             out["eager"][name] = _entry(res)
-    if qat and row.variant.quant == "int8" and "onnx_reference" not in out:
-        # the ONNX int8 programs are built from the model without the linears' output
-        # quantizers (asrq.export.quant.without_output_quant): score that reference too
+    if qat and row.variant.quant == "int8" and "onnx_reference" not in out and _float_outputs(row):
+        # ONNX int8 programs exported with float linear outputs (--onnx-float-outputs) are built
+        # from the model without those quantizers (without_output_quant): score that reference
         from asrq.export.quant import without_output_quant
         from asrq.quant.train import load_qat_model
 
@@ -245,6 +245,13 @@ def run_score(row: Row, base_cfg: ExperimentConfig, eager: bool) -> dict[str, An
         out["onnx_reference"] = {"test_clean": _entry(res)}
     atomic_write_json(row.scores, out)
     return out
+
+
+def _float_outputs(row: Row) -> bool:
+    """Whether the row's ONNX programs were exported with float linear outputs."""
+    meta = json.loads((row.export_dir / "metadata.json").read_text())
+    q = meta.get("quantization") or {}
+    return isinstance(q.get("activations", {}).get("outputs_by_backend", {}).get("onnx"), str)
 
 
 def run_row_bench(row: Row, base_cfg: ExperimentConfig, threads: int) -> dict[str, Any]:
@@ -431,7 +438,11 @@ def compression_table(
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise AsrqError(f"unknown stage(s) {bad}; choose from {list(STAGES)}")
-    vs = [v for v in variants(estimators) if not only or v.name in only or v.name == "fp32"]
+    every = variants(estimators)
+    unknown = sorted(set(only) - {v.name for v in every})
+    if unknown:
+        raise AsrqError(f"unknown variant(s) {unknown}; the table has {[v.name for v in every]}")
+    vs = [v for v in every if not only or v.name in only or v.name == "fp32"]
     out_dir = Path(out_dir)
     root = out_dir / "quant"
     records = []

@@ -184,6 +184,7 @@ def export_model(
     quant: str | None = None,
     calib_cuts: str | Path | None = None,
     calib_utts: int = 32,
+    onnx_float_outputs: bool = False,
     **options: Any,
 ) -> ExportResult:
     """Export a checkpoint (see the module doc): :func:`export_loaded` on the loaded model, with
@@ -191,8 +192,10 @@ def export_model(
     ``max_seconds``, ``opset``, ``tol``, ``programs``, ``sherpa``, ``log_fn``). ``name`` defaults to
     the checkpoint's file stem. ``quant``: a scheme of :data:`asrq.export.quant.QUANT_SCHEMES`
     (``int8`` from an fp32 checkpoint calibrates on ``calib_cuts``, default the config's dev
-    cuts; ``calib_utts`` utterances). Without ``quant`` a QAT checkpoint exports its weights as
-    float. Raises :class:`~asrq.export.parity.ParityError` when a program misses its bound."""
+    cuts; ``calib_utts`` utterances; ``onnx_float_outputs``: see
+    :meth:`asrq.export.quant.QuantPlan.float_linear_outputs`). Without ``quant`` a QAT
+    checkpoint exports its weights as float. Raises :class:`~asrq.export.parity.ParityError`
+    when a program misses its bound."""
     loaded = load_for_export(checkpoint)
     name = name or Path(checkpoint).stem
     plan = None
@@ -202,15 +205,33 @@ def export_model(
         if calib_cuts is None:
             d = loaded.config.data
             calib_cuts = Path(d.fbank_dir) / f"librispeech_cuts_{d.dev_split}.jsonl.gz"
-        plan = quant_plan(quant, loaded, calib_cuts, calib_utts)
+        plan = quant_plan(quant, loaded, calib_cuts, calib_utts, onnx_float_outputs)
         plan.set_parity_speech(calib_cuts)
     else:
+        if onnx_float_outputs:
+            raise AsrqError("--onnx-float-outputs needs --quant int8")
         from asrq.export.quant import float_model
 
         loaded.model = float_model(loaded.model)
     return export_loaded(
         loaded, out_dir, checkpoint=str(checkpoint), name=name, quant=plan, **options
     )
+
+
+def _quant_floor(
+    model: Any, head: ExportHead, chunk: int, left: int, max_steps: int, speech: Any
+) -> dict:
+    """The quantized model's own noise floor (:mod:`asrq.quant.sensitivity`): its streaming
+    encoder against itself on the first speech window scaled by ``1 + 1e-6 N(0, 1)``, the
+    reference for the runtimes' SQNR (two correct int8 implementations differ that much)."""
+    from asrq.quant.sensitivity import DEFAULT_REL, output_floor
+
+    spec = head.program_specs(model, chunk, left, "executorch", max_steps)["encoder_streaming"]
+    return {
+        "rel": DEFAULT_REL,
+        "encoder_streaming_sqnr_db": output_floor(spec, speech, DEFAULT_REL),
+        "what": "the eager model against itself on 1e-6-perturbed inputs (3 seeds)",
+    }
 
 
 def export_loaded(
@@ -325,6 +346,9 @@ def export_loaded(
             meta["sherpa"] = export_sherpa(model, loaded.sp, staging, chunk, left, opset)
             say(f"sherpa-onnx layout in {out_dir / 'sherpa'}")
         meta["parity"] = report.to_dict()
+        if speech and "encoder_streaming" in programs:
+            floor = _quant_floor(quant.model, head, chunk, left, max_steps, speech[0])
+            meta["parity"]["floor"] = floor
         meta["sizes"] = {
             t: {
                 **{p: e["bytes"] for p, e in entries.items()},

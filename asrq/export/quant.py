@@ -13,11 +13,13 @@ quantized model directory unchanged.
 
 - ``int8``, source qat: static int8 with the learned step sizes (PT2E,
   :func:`asrq.quant.pt2e.convert_learned`) in both runtimes (ONNX QDQ); parity reference: the
-  fake-quant model. The ONNX programs keep every input and weight quantizer, but the linear
-  layers' output quantizers only on the joiner's output ``Gemm`` (:attr:`QuantPlan.drop_outputs`,
-  :func:`without_output_quant`; reference: the fake-quant model without the dropped ones):
-  XNNPACK's static int8 GEMM needs an int8 output, onnxruntime's ``MatMulIntegerToFloat``
-  writes float, and the output Q/DQ pairs cost time there (measured: README, "int8 speed").
+  fake-quant model, every quantizer of it in both programs. With ``onnx_float_outputs``
+  (``asrq export --onnx-float-outputs``) the ONNX programs keep every input and weight
+  quantizer, but the linear layers' output quantizers only on the joiner's output ``Gemm``
+  (:attr:`QuantPlan.drop_outputs`, :func:`without_output_quant`): onnxruntime's
+  ``MatMulIntegerToFloat`` writes float and the output Q/DQ pairs cost time there (measured:
+  README, "int8 speed"), but the program is then not the trained model (its reference is the
+  fake-quant model without the dropped quantizers; README: the WER this costs).
 - ``int8``, source ptq: the same after :func:`asrq.quant.quantize_` (7-bit weights, MSE step
   init) calibrated on dev cuts (:func:`asrq.quant.ptq.calibrate_on_cuts`); reference: the
   calibrated fake-quant model.
@@ -77,10 +79,10 @@ class QuantPlan:
     group_scales: dict[int, Any] = field(default_factory=dict)
     group_size: int = PTQ_GROUP_SIZE
     max_weight_qmax: int = 0
-    #: backends whose programs are exported from ``model`` without its layers' output
-    #: quantizers (and measured against that model): static int8 ONNX, where the output
-    #: Q/DQ pairs only cost time (onnxruntime fuses the linears into ``MatMulIntegerToFloat``,
-    #: float out) and add a rounding step the next layer's input quantizer repeats
+    #: backends whose programs are exported from ``model`` without its linear layers' output
+    #: quantizers (and measured against that model): static int8 ONNX on request
+    #: (:meth:`float_linear_outputs`), where the output Q/DQ pairs cost time (onnxruntime fuses
+    #: the linears into ``MatMulIntegerToFloat``, float out)
     drop_outputs: tuple[str, ...] = ()
     #: fbank utterances ``(T, F)`` the encoders' parity runs on (empty: random frames)
     speech: list[Any] = field(default_factory=list)
@@ -94,6 +96,20 @@ class QuantPlan:
         if backend not in self._by_target:
             self._by_target[backend] = without_output_quant(self.model)
         return self._by_target[backend]
+
+    def float_linear_outputs(self, backend: str) -> None:
+        """Export ``backend``'s programs without the linear layers' output quantizers (see
+        :func:`without_output_quant`), measured against the model without them."""
+        if self.scheme != "int8":
+            raise AsrqError(f"float linear outputs: an option of --quant int8, not {self.scheme}")
+        self.drop_outputs = tuple(sorted({*self.drop_outputs, backend}))
+        self._by_target.pop(backend, None)
+        by = self.metadata["activations"]["outputs_by_backend"]
+        by[backend] = "convolutions and joiner.output_linear only (other linears write float)"
+        self.metadata["reference"] = (
+            f"fake-quant eager model ({', '.join(self.drop_outputs)}: without the linear "
+            "layers' output quantizers)"
+        )
 
     def set_parity_speech(self, cuts: str | Path | None, n: int = 2) -> None:
         """Feed the encoders' parity checks the last ``n`` utterances of manifest ``cuts`` (the
@@ -190,22 +206,10 @@ def prepare_int8(loaded: Any, calib_cuts: Path | None, calib_utts: int) -> Quant
         meta = _int8_meta(model, cfg, "ptq", calibration={"cuts": str(calib_cuts), "utterances": n})
         source = "ptq"
     qmax = max(m.weight_fq.qmax for m in quantized_layers(model).values())
-    meta["activations"]["outputs_by_backend"] = {
-        "executorch": meta["activations"]["outputs"],
-        "onnx": "convolutions and joiner.output_linear only (other linears write float)",
-    }
-    return QuantPlan(
-        "int8",
-        source,
-        model.eval(),
-        30.0,
-        {
-            **meta,
-            "reference": "fake-quant eager model (ONNX: without the layers' output quantizers)",
-        },
-        max_weight_qmax=qmax,
-        drop_outputs=("onnx",),
-    )
+    outputs = meta["activations"]["outputs"]
+    meta["activations"]["outputs_by_backend"] = {"executorch": outputs, "onnx": outputs}
+    meta["reference"] = "fake-quant eager model"
+    return QuantPlan("int8", source, model.eval(), 30.0, meta, max_weight_qmax=qmax)
 
 
 def without_output_quant(
@@ -501,11 +505,21 @@ QUANT_SCHEMES: dict[str, QuantScheme] = {
 
 
 def quant_plan(
-    scheme: str, loaded: Any, calib_cuts: str | Path | None = None, calib_utts: int = 32
+    scheme: str,
+    loaded: Any,
+    calib_cuts: str | Path | None = None,
+    calib_utts: int = 32,
+    onnx_float_outputs: bool = False,
 ) -> QuantPlan:
     """The :class:`QuantPlan` of ``scheme`` for a loaded checkpoint (a QAT checkpoint loaded
-    with :func:`asrq.quant.train.load_qat_model`, fake-quantized; else fp32)."""
+    with :func:`asrq.quant.train.load_qat_model`, fake-quantized; else fp32).
+    ``onnx_float_outputs`` (int8 only): see :meth:`QuantPlan.float_linear_outputs`."""
     if scheme not in QUANT_SCHEMES:
         raise AsrqError(f"unknown --quant {scheme!r}; choose one of {list(QUANT_SCHEMES)}")
+    if onnx_float_outputs and scheme != "int8":
+        raise AsrqError(f"--onnx-float-outputs is an option of --quant int8, not {scheme}")
     cuts = Path(calib_cuts) if calib_cuts is not None else None
-    return QUANT_SCHEMES[scheme].prepare(loaded, cuts, calib_utts)
+    plan = QUANT_SCHEMES[scheme].prepare(loaded, cuts, calib_utts)
+    if onnx_float_outputs:
+        plan.float_linear_outputs("onnx")
+    return plan

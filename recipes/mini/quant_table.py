@@ -56,7 +56,12 @@ DEFAULT_BASES = (
     show_default=True,
     help="qat,export,score,bench (bench: run it on a quiet machine).",
 )
-@click.option("--only", multiple=True, help="Run only these variants (fp32 always runs).")
+@click.option(
+    "--only",
+    multiple=True,
+    help="Run only these variants, repeated or comma-separated, e.g. qat-int8-ste,ptq-int8 "
+    "(fp32 always runs).",
+)
 @click.option("--threads", default=1, show_default=True, help="Benchmark threads.")
 @click.option(
     "--out", default="exp/mini", show_default=True, help="Where quant.json and quant/ go."
@@ -97,7 +102,7 @@ def main(
             estimators=[e.strip() for e in estimators.split(",") if e.strip()],
             stages=[s.strip() for s in stages.split(",") if s.strip()],
             threads=threads,
-            only=only,
+            only=[v.strip() for o in only for v in o.split(",") if v.strip()],
         )
     except AsrqError as e:
         raise click.ClickException(str(e)) from e

@@ -1,0 +1,124 @@
+"""The noise floor of a quantized model's own outputs: how far they move when its input moves by
+far less than float rounding does between two runtimes.
+
+A fake-quantized network rounds at every quantizer, so it is a step function of its input: a
+value that lands near a rounding boundary in one layer moves by a whole step when its input
+moves by 1e-6, and the step feeds the next layer's quantizers. Two correct implementations of
+the same int8 program (the eager fake-quant model, onnxruntime's integer kernels, XNNPACK's)
+differ in float summation order and requantization arithmetic, i.e. by perturbations of that
+size, so they cannot agree more closely than the model agrees with itself under them. This
+module measures that floor, to read the exported programs' parity against:
+
+- :func:`output_floor`: SQNR of the streaming encoder's output, eager against eager on inputs
+  scaled by ``1 + rel * N(0, 1)`` per element;
+- :func:`transcript_floor`: greedy WER of the eager model on perturbed fbank frames against the
+  unperturbed run, paired by utterance, for a few perturbation seeds.
+
+A float model has no such floor (its outputs move by ~``rel``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+#: default relative input perturbation: about 8 float32 ulps, well under the rounding error of
+#: a 144-term float32 dot product
+DEFAULT_REL = 1e-6
+
+
+@contextlib.contextmanager
+def perturbed_fbank(model: nn.Module, rel: float, seed: int) -> Iterator[None]:
+    """While active, every fbank tensor ``(N, T, F)`` entering ``model.encoder.embed`` (the
+    subsampling, which the full-context and the streaming encoder both call first) is scaled by
+    ``1 + rel * N(0, 1)`` per element, from a generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+
+    def hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x: Tensor = args[0]
+        noise = torch.randn(x.shape, generator=g).to(x)
+        return (x * (1 + rel * noise), *args[1:])
+
+    handle = model.encoder.embed.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def output_floor(
+    spec: Any, speech: Tensor, rel: float = DEFAULT_REL, seeds: Sequence[int] = (0, 1, 2)
+) -> list[float | str]:
+    """SQNR (dB; ``"inf"``: equal) of a streaming encoder program's first output (``spec``: an
+    :class:`asrq.export.spec.ProgramSpec` of ``encoder_streaming``) on the first window of
+    ``speech`` ``(T, F)`` from zero states, eager against eager on the window scaled by
+    ``1 + rel * N(0, 1)``, one value per seed."""
+    from asrq.export.parity import sqnr_db
+
+    w = spec.example_inputs[0].shape[1]
+    win = speech[:w].float()
+    x = nn.functional.pad(win, (0, 0, 0, w - win.shape[0]))[None]
+    lens = torch.tensor([w], dtype=torch.int64)
+    states = [s.with_batch(1).zeros() for s in spec.states]
+    ref = spec.module(x, lens, *states)[0]
+    out = []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        xp = x * (1 + rel * torch.randn(x.shape, generator=g))
+        db = sqnr_db(ref, spec.module(xp, lens, *states)[0])
+        out.append(round(db, 2) if db != float("inf") else "inf")  # JSON has no inf
+    return out
+
+
+def transcript_floor(
+    loaded: Any,
+    cuts: str | Path,
+    rel: float = DEFAULT_REL,
+    seeds: Sequence[int] = (0, 1, 2),
+    streaming: bool = True,
+    reference: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Streaming (or full-context) greedy WER of ``loaded`` (a LoadedModel) on ``cuts`` with its
+    fbank frames perturbed (:func:`perturbed_fbank`), one run per seed, each paired by utterance
+    against the unperturbed run (``reference``: its ``EvalResult.summary(per_utterance=True)``
+    when already scored)."""
+    from asrq.decode.bootstrap import paired_by_id
+    from asrq.decode.evaluate import evaluate
+
+    def score() -> dict[str, Any]:
+        res = evaluate(loaded, cuts, streaming=streaming, progress=False)
+        return res.summary(per_utterance=True)
+
+    ref = reference or score()
+    runs = []
+    for seed in seeds:
+        with perturbed_fbank(loaded.model, rel, seed):
+            s = score()
+        d = paired_by_id(s["utterances"], ref["utterances"])
+        changed = sum(
+            a[1] != b[1]
+            for a, b in zip(sorted(s["utterances"]), sorted(ref["utterances"]), strict=True)
+        )
+        runs.append(
+            {
+                "seed": seed,
+                "wer": s["wer"],
+                "minus_unperturbed": {k: round(d[k], 3) for k in ("diff", "lo", "hi")},
+                "utterances_with_other_error_count": changed,
+            }
+        )
+    diffs = [abs(r["minus_unperturbed"]["diff"]) for r in runs]
+    return {
+        "rel": rel,
+        "streaming": streaming,
+        "unperturbed_wer": ref["wer"],
+        "num_words": ref.get("num_words"),
+        "runs": runs,
+        "max_abs_diff": max(diffs),
+    }

@@ -108,6 +108,7 @@ def test_compression_table_rows_files_and_pairing(trained: Path, tmp_path: Path)
             assert d["diff"] == pytest.approx(w["wer"] - fp32[f"wer_{split}"]["wer"], abs=1e-2)
     # the QAT row also scored its eager fake-quant model: the parity in WER points
     assert "wer_test_clean_eager" in q8 and "export_minus_eager_test_clean" in q8
+    assert {"diff", "lo", "hi"} <= set(q8["export_minus_eager_test_clean_paired"])
     assert q8["qat"]["train"]["steps"] == 2
     # fp32-ft: the same 2 fine-tuning steps without quantizers, the QAT rows' fair baseline
     ft = rows["fp32-ft"]
@@ -120,6 +121,26 @@ def test_compression_table_rows_files_and_pairing(trained: Path, tmp_path: Path)
     md = (tmp_path / "quant.md").read_text()
     assert md.count("\n| tiny |") == 4
     assert (tmp_path / "quant_size_wer.png").stat().st_size > 1000
+    # on the same rows: the noise floor (fp32 control + the QAT int8 row) and the float-outputs
+    # ONNX variant (exported, scored against the same eager model; not benched here)
+    from asrq.experiments.onnx_outputs import onnx_outputs_table
+    from asrq.experiments.quant_floor import floor_table
+
+    fl = floor_table([Base("tiny", trained)], tmp_path, seeds=(0,), log=lambda s: None)
+    assert [r["variant"] for r in fl["rows"]] == ["fp32", "qat-int8-ste"]
+    control = fl["rows"][0]["test_clean"]
+    assert control["max_abs_diff"] == 0.0  # a float model does not move under 1e-6
+    assert fl["rows"][1]["test_clean"]["unperturbed_wer"] == pytest.approx(
+        q8["wer_test_clean_eager"]["wer"]
+    )
+    oo = onnx_outputs_table([Base("tiny", trained)], tmp_path, bench=False, log=lambda s: None)
+    (o,) = oo["rows"]
+    assert o["all_quantizers"]["wer"] == pytest.approx(q8["wer_test_clean"]["wer"])
+    assert o["float_outputs"]["minus_eager"]["diff"] == pytest.approx(
+        o["float_outputs"]["wer"] - o["eager_wer"], abs=1e-2
+    )
+    assert (tmp_path / "quant_floor.md").is_file()
+    assert (tmp_path / "quant_onnx_outputs.md").is_file()
 
 
 @pytest.mark.slow

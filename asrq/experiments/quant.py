@@ -311,6 +311,7 @@ def _record(row: Row, fp32: Row, ft: Row, qat_info: dict[str, Any] | None) -> di
                 g = scores["eager"][split]
                 rec[f"wer_{split}_eager"] = {k: v for k, v in g.items() if k != "utterances"}
                 rec[f"export_minus_eager_{split}"] = round(e["wer"] - g["wer"], 3)
+                rec[f"export_minus_eager_{split}_paired"] = _paired(e, g)
             if split in scores.get("onnx_reference", {}):  # int8: ONNX vs its own reference
                 rec[f"export_minus_onnx_reference_{split}"] = _paired(
                     e, scores["onnx_reference"][split]
@@ -343,7 +344,7 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     lines = [
         "| model | variant | test-clean WER % [95% CI] | - fp32, pp [paired 95% CI] "
         "| QAT - fp32-ft, pp [paired 95% CI] | dev WER % "
-        "| export - eager (test; ref: ONNX - its reference model, paired) "
+        "| ONNX - eager, test, pp [paired 95% CI] "
         "| encoder SQNR dB ORT / ET (speech) | ONNX bytes (% fp32) "
         "| .pte bytes (% fp32) | ORT p90 ms / RTF | ET p90 ms / RTF |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -364,7 +365,7 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
 
         dev = r.get("wer_dev")
         dev_s = "" if not dev else f"{dev['wer']:.2f}"
-        pe = r.get("export_minus_eager_test_clean")
+        pe = r.get("export_minus_eager_test_clean_paired") or r.get("export_minus_eager_test_clean")
         pr = r.get("export_minus_onnx_reference_test_clean")
         par = r.get("parity") or {}
         sq = par.get("sqnr_db") or {}
@@ -375,7 +376,8 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['base']} | {r['variant']} | {_ci(r.get('wer_test_clean'))} "
             f"| {_d(r.get('diff_test_clean'))} | {_d(r.get('diff_ft_test_clean'))} | {dev_s} "
-            f"| {'' if pe is None else f'{pe:+.2f}'}{'' if pr is None else f' (ref {_d(pr)})'} "
+            f"| {_d(pe) if isinstance(pe, dict) else '' if pe is None else f'{pe:+.2f}'}"
+            f"{'' if pr is None else f' (vs its float-outputs reference: {_d(pr)})'} "
             f"| {sqnr} "
             f"| {size('onnx')} | {size('executorch')} "
             f"| {speed('onnx')} | {speed('executorch')} |"

@@ -222,7 +222,7 @@ def _quant_floor(
     model: Any, head: ExportHead, chunk: int, left: int, max_steps: int, speech: Any
 ) -> dict:
     """The quantized model's own noise floor (:mod:`asrq.quant.sensitivity`): its streaming
-    encoder against itself on the first speech window scaled by ``1 + 1e-6 N(0, 1)``, the
+    encoder against itself on the first three speech windows scaled by ``1 + 1e-6 N(0, 1)``, the
     reference for the runtimes' SQNR (two correct int8 implementations differ that much)."""
     from asrq.quant.sensitivity import DEFAULT_REL, output_floor
 

@@ -130,7 +130,8 @@ def test_compression_table_rows_files_and_pairing(trained: Path, tmp_path: Path)
     assert [r["variant"] for r in fl["rows"]] == ["fp32", "qat-int8-ste"]
     control = fl["rows"][0]["test_clean"]
     assert control["max_abs_diff"] == 0.0  # a float model does not move under 1e-6
-    assert fl["rows"][1]["test_clean"]["unperturbed_wer"] == pytest.approx(
+    assert control["other_threads"]["minus_reference"]["diff"] == 0.0  # nor with 2 threads
+    assert fl["rows"][1]["test_clean"]["reference_wer"] == pytest.approx(
         q8["wer_test_clean_eager"]["wer"]
     )
     oo = onnx_outputs_table([Base("tiny", trained)], tmp_path, bench=False, log=lambda s: None)

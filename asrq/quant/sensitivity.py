@@ -12,7 +12,8 @@ module measures that floor, to read the exported programs' parity against:
 - :func:`output_floor`: SQNR of the streaming encoder's output over a few chunks, eager against
   eager on inputs scaled by ``1 + rel * N(0, 1)`` per element;
 - :func:`transcript_floor`: greedy WER of the eager model on perturbed fbank frames against the
-  unperturbed run, paired by utterance, for a few perturbation seeds.
+  unperturbed run, paired by utterance, for a few perturbation seeds; and of the same model
+  run with another number of threads (PyTorch's own summation order, no perturbation).
 
 A float model has no such floor (its outputs move by ~``rel``).
 """
@@ -102,43 +103,47 @@ def transcript_floor(
     rel: float = DEFAULT_REL,
     seeds: Sequence[int] = (0, 1, 2),
     streaming: bool = True,
-    reference: dict[str, Any] | None = None,
+    threads: int = 1,
+    other_threads: int | None = 2,
 ) -> dict[str, Any]:
-    """Streaming (or full-context) greedy WER of ``loaded`` (a LoadedModel) on ``cuts`` with its
-    fbank frames perturbed (:func:`perturbed_fbank`), one run per seed, each paired by utterance
-    against the unperturbed run (``reference``: its ``EvalResult.summary(per_utterance=True)``
-    when already scored)."""
+    """Streaming (or full-context) greedy WER of ``loaded`` (a LoadedModel) on ``cuts``: the
+    reference run at ``threads`` intra-op threads; one run per seed with its fbank frames
+    perturbed (:func:`perturbed_fbank`), same threads; and (``other_threads``) one unperturbed
+    run at that many threads (a different float summation order, nothing else). Each is paired
+    by utterance against the reference."""
     from asrq.decode.bootstrap import paired_by_id
     from asrq.decode.evaluate import evaluate
 
-    def score() -> dict[str, Any]:
-        res = evaluate(loaded, cuts, streaming=streaming, progress=False)
+    def score(n: int) -> dict[str, Any]:
+        res = evaluate(loaded, cuts, streaming=streaming, progress=False, threads=n)
         return res.summary(per_utterance=True)
 
-    ref = reference or score()
+    def against(s: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+        d = paired_by_id(s["utterances"], ref["utterances"])
+        errs = {str(u[0]): u[1] for u in ref["utterances"]}
+        return {
+            "wer": s["wer"],
+            "minus_reference": {k: round(d[k], 3) for k in ("diff", "lo", "hi")},
+            "utterances_with_other_error_count": sum(
+                errs[str(u[0])] != u[1] for u in s["utterances"]
+            ),
+        }
+
+    ref = score(threads)
     runs = []
     for seed in seeds:
         with perturbed_fbank(loaded.model, rel, seed):
-            s = score()
-        d = paired_by_id(s["utterances"], ref["utterances"])
-        changed = sum(
-            a[1] != b[1]
-            for a, b in zip(sorted(s["utterances"]), sorted(ref["utterances"]), strict=True)
-        )
-        runs.append(
-            {
-                "seed": seed,
-                "wer": s["wer"],
-                "minus_unperturbed": {k: round(d[k], 3) for k in ("diff", "lo", "hi")},
-                "utterances_with_other_error_count": changed,
-            }
-        )
-    diffs = [abs(r["minus_unperturbed"]["diff"]) for r in runs]
-    return {
+            runs.append({"seed": seed, **against(score(threads), ref)})
+    out: dict[str, Any] = {
         "rel": rel,
         "streaming": streaming,
-        "unperturbed_wer": ref["wer"],
+        "threads": threads,
+        "reference_wer": ref["wer"],
         "num_words": ref.get("num_words"),
-        "runs": runs,
-        "max_abs_diff": max(diffs),
+        "num_utts": ref.get("num_utts"),
+        "perturbed": runs,
+        "max_abs_diff": max(abs(r["minus_reference"]["diff"]) for r in runs),
     }
+    if other_threads:
+        out["other_threads"] = {"threads": other_threads, **against(score(other_threads), ref)}
+    return out

@@ -42,6 +42,17 @@ def _explicit_weight(w: torch.Tensor, wfq: WeightFakeQuant) -> torch.Tensor:
     return qd.dequantize_per_channel(q, s[:, 0], zp, 0, -wfq.qmax, wfq.qmax, torch.int8)
 
 
+def _explicit_bias(layer: nn.Module) -> torch.Tensor:
+    """The bias as XNNPACK / onnxruntime add it: int32 levels of input x weight scale (float
+    for grouped int4 weights, which have no static input quantizer's scale to build it)."""
+    if layer.weight_fq.group_size or layer.input_fq is None:
+        return layer.bias
+    s = (layer.input_fq.effective_scale() * layer.weight_fq.effective_scale()).reshape(-1)
+    q = torch.round(layer.bias / s)
+    assert q.abs().max() < 2**31  # int32 levels
+    return q * s
+
+
 @pytest.mark.parametrize("dtype,qmax", [("int8", 0), ("int8", 63), ("int4", 0)])
 def test_fake_quant_linear_equals_explicit_quantize_dequantize(dtype: str, qmax: int) -> None:
     torch.manual_seed(0)
@@ -57,7 +68,9 @@ def test_fake_quant_linear_equals_explicit_quantize_dequantize(dtype: str, qmax:
     assert isinstance(lin, QuantLinear)
     assert lin.weight_fq.qmax == (qmax or (127 if dtype == "int8" else 7))
     expect = F.linear(
-        _explicit_act(x, lin.input_fq), _explicit_weight(lin.weight, lin.weight_fq), lin.bias
+        _explicit_act(x, lin.input_fq),
+        _explicit_weight(lin.weight, lin.weight_fq),
+        _explicit_bias(lin),
     )
     expect = _explicit_act(expect, lin.output_fq)
     torch.testing.assert_close(lin(x), expect, rtol=0, atol=1e-6)
@@ -79,7 +92,10 @@ def test_fake_quant_depthwise_conv_equals_explicit() -> None:
     c = conv[0]
     assert isinstance(c, QuantConv1d) and c.weight_fq.scale.shape == (16, 1)
     expect = F.conv1d(
-        _explicit_act(x, c.input_fq), _explicit_weight(c.weight, c.weight_fq), c.bias, groups=16
+        _explicit_act(x, c.input_fq),
+        _explicit_weight(c.weight, c.weight_fq),
+        _explicit_bias(c),
+        groups=16,
     )
     expect = _explicit_act(expect, c.output_fq)
     torch.testing.assert_close(c(x), expect, rtol=0, atol=1e-6)

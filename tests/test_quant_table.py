@@ -109,6 +109,8 @@ def test_compression_table_rows_files_and_pairing(trained: Path, tmp_path: Path)
     # the QAT row also scored its eager fake-quant model: the parity in WER points
     assert "wer_test_clean_eager" in q8 and "export_minus_eager_test_clean" in q8
     assert {"diff", "lo", "hi"} <= set(q8["export_minus_eager_test_clean_paired"])
+    assert {"diff", "lo", "hi"} <= set(q8["executorch_minus_eager_test_clean_paired"])
+    assert q8["wer_test_clean_executorch"]["num_utts"] == q8["wer_test_clean"]["num_utts"]
     assert q8["qat"]["train"]["steps"] == 2
     # fp32-ft: the same 2 fine-tuning steps without quantizers, the QAT rows' fair baseline
     ft = rows["fp32-ft"]

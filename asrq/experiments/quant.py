@@ -233,6 +233,12 @@ def run_score(row: Row, base_cfg: ExperimentConfig, eager: bool) -> dict[str, An
         for name, attr in SPLITS:
             res = evaluate(loaded, _cuts(base_cfg, attr), streaming=True, progress=False)
             out["eager"][name] = _entry(res)
+    if qat and row.variant.quant == "int8" and "executorch" not in out:
+        # parity in transcripts for the .pte too (int8: the programs that keep every quantizer)
+        res = evaluate_export(
+            row.export_dir, _cuts(base_cfg, "test_split"), "executorch", streaming=True
+        )
+        out["executorch"] = {"test_clean": _entry(res)}
     if qat and row.variant.quant == "int8" and "onnx_reference" not in out and _float_outputs(row):
         # ONNX int8 programs exported with float linear outputs (--onnx-float-outputs) are built
         # from the model without those quantizers (without_output_quant): score that reference
@@ -312,6 +318,10 @@ def _record(row: Row, fp32: Row, ft: Row, qat_info: dict[str, Any] | None) -> di
                 rec[f"wer_{split}_eager"] = {k: v for k, v in g.items() if k != "utterances"}
                 rec[f"export_minus_eager_{split}"] = round(e["wer"] - g["wer"], 3)
                 rec[f"export_minus_eager_{split}_paired"] = _paired(e, g)
+            if split in scores.get("executorch", {}) and split in scores.get("eager", {}):
+                x = scores["executorch"][split]
+                rec[f"wer_{split}_executorch"] = {k: v for k, v in x.items() if k != "utterances"}
+                rec[f"executorch_minus_eager_{split}_paired"] = _paired(x, scores["eager"][split])
             if split in scores.get("onnx_reference", {}):  # int8: ONNX vs its own reference
                 rec[f"export_minus_onnx_reference_{split}"] = _paired(
                     e, scores["onnx_reference"][split]
@@ -344,10 +354,10 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     lines = [
         "| model | variant | test-clean WER % [95% CI] | - fp32, pp [paired 95% CI] "
         "| QAT - fp32-ft, pp [paired 95% CI] | dev WER % "
-        "| ONNX - eager, test, pp [paired 95% CI] "
+        "| ONNX - eager, test, pp [paired 95% CI] | .pte - eager, test "
         "| encoder SQNR dB ORT / ET (speech) | ONNX bytes (% fp32) "
         "| .pte bytes (% fp32) | ORT p90 ms / RTF | ET p90 ms / RTF |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         f = fp32.get(r["base"], {})
@@ -378,6 +388,7 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
             f"| {_d(r.get('diff_test_clean'))} | {_d(r.get('diff_ft_test_clean'))} | {dev_s} "
             f"| {_d(pe) if isinstance(pe, dict) else '' if pe is None else f'{pe:+.2f}'}"
             f"{'' if pr is None else f' (vs its float-outputs reference: {_d(pr)})'} "
+            f"| {_d(r.get('executorch_minus_eager_test_clean_paired'))} "
             f"| {sqnr} "
             f"| {size('onnx')} | {size('executorch')} "
             f"| {speed('onnx')} | {speed('executorch')} |"

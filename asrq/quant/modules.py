@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asrq.quant.config import DEFAULT_QMAX, ModuleQuantSettings, QuantConfig
-from asrq.quant.fake_quant import ActFakeQuant, WeightFakeQuant
+from asrq.quant.fake_quant import ActFakeQuant, WeightFakeQuant, int32_bias
 from asrq.utils.io import AsrqError
 
 
@@ -38,30 +38,42 @@ class _QuantMixin:
     def _q_output(self, y: Tensor) -> Tensor:
         return self.output_fq(y) if self.output_fq is not None else y
 
+    def _q_bias(self) -> Tensor | None:
+        """The bias as the int8 runtimes add it: on the int32 grid of input scale x weight scale
+        (:func:`~asrq.quant.fake_quant.int32_bias`) where the input is statically quantized and
+        the weight per channel; else (no input quantizer, grouped int4 weights, calibration) the
+        float bias. Call after the input quantizer (which may initialise itself)."""
+        b: Tensor | None = self.bias  # type: ignore[attr-defined]
+        q = self.input_fq
+        if b is None or q is None or q.calibrating or not bool(q.initialized):
+            return b
+        if self.weight_fq.group_size:
+            return b
+        return int32_bias(b, (q.effective_scale() * self.weight_fq.effective_scale()).reshape(-1))
+
 
 class QuantLinear(nn.Linear, _QuantMixin):
     """``nn.Linear`` with fake-quantized input activation and weight."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._q_output(F.linear(self._q_input(x), self.weight_fq(self.weight), self.bias))
+        x = self._q_input(x)
+        return self._q_output(F.linear(x, self.weight_fq(self.weight), self._q_bias()))
 
 
 class QuantConv1d(nn.Conv1d, _QuantMixin):
     """``nn.Conv1d`` (depthwise and grouped included) with fake-quantized input and weight."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._q_output(
-            self._conv_forward(self._q_input(x), self.weight_fq(self.weight), self.bias)
-        )
+        x = self._q_input(x)
+        return self._q_output(self._conv_forward(x, self.weight_fq(self.weight), self._q_bias()))
 
 
 class QuantConv2d(nn.Conv2d, _QuantMixin):
     """``nn.Conv2d`` with fake-quantized input and weight."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._q_output(
-            self._conv_forward(self._q_input(x), self.weight_fq(self.weight), self.bias)
-        )
+        x = self._q_input(x)
+        return self._q_output(self._conv_forward(x, self.weight_fq(self.weight), self._q_bias()))
 
 
 _SWAP: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d}
@@ -223,6 +235,10 @@ def strip_fake_quant(model: nn.Module) -> tuple[nn.Module, dict[str, LayerQParam
     for name, mod in list(model.named_modules()):
         if isinstance(mod, QUANT_TYPES):
             table[name] = layer_qparams(mod)
+            b = mod._q_bias()
+            if b is not None and b is not mod.bias:  # the float model keeps the grid bias
+                with torch.no_grad():
+                    mod.bias.copy_(b)
             del mod.weight_fq
             del mod.input_fq
             del mod.output_fq

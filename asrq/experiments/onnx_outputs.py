@@ -25,6 +25,7 @@ from asrq.experiments.quant import (
     Base,
     Row,
     _cuts,
+    _d,
     _entry,
     _paired,
     checkpoint_config,
@@ -138,8 +139,7 @@ def onnx_outputs_table(
 
 
 def _cell(d: dict[str, Any]) -> str:
-    p = d["minus_eager"]
-    return f"{d['wer']:.2f} ({p['diff']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}])"
+    return f"{d['wer']:.2f} ({_d(d['minus_eager'])})"
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:

@@ -86,6 +86,30 @@ class Base:
     checkpoint: Path
 
 
+#: the table's base models (``NAME=CHECKPOINT``): the demo model and the deploy-many slices
+DEFAULT_BASES: tuple[str, ...] = (
+    "demo=exp/mini/model.pt",
+    "largest=exp/mini/todm/slices/L8-d144/model.pt",
+    "smallest=exp/mini/todm/slices/L4-d96/model.pt",
+)
+
+
+def parse_bases(specs: Sequence[str] = ()) -> list[Base]:
+    """``NAME=CHECKPOINT`` strings (default :data:`DEFAULT_BASES`) -> bases."""
+    out = []
+    for b in specs or DEFAULT_BASES:
+        name, sep, ckpt = b.partition("=")
+        if not sep or not name or not ckpt:
+            raise AsrqError(f"--base {b!r}: expected NAME=CHECKPOINT")
+        out.append(Base(name, Path(ckpt)))
+    return out
+
+
+def split_list(values: Sequence[str]) -> list[str]:
+    """Repeated and / or comma-separated option values -> one list."""
+    return [v.strip() for o in values for v in o.split(",") if v.strip()]
+
+
 def checkpoint_config(path: Path) -> ExperimentConfig:
     from asrq.train.checkpoint import load_checkpoint
 

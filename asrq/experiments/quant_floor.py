@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from asrq.experiments.quant import SPLITS, Base, Row, _cuts, checkpoint_config, variants
+from asrq.experiments.quant import SPLITS, Base, Row, _cuts, _d, checkpoint_config, variants
 from asrq.utils.io import AsrqError, atomic_write_json, atomic_write_text
 
 
@@ -102,10 +102,6 @@ def floor_table(
     atomic_write_json(out / "quant_floor.json", report)
     atomic_write_text(out / "quant_floor.md", markdown(rows))
     return report
-
-
-def _d(e: dict[str, Any]) -> str:
-    return f"{e['diff']:+.2f} [{e['lo']:+.2f}, {e['hi']:+.2f}]"
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:

@@ -228,7 +228,8 @@ def layer_qparams(layer: nn.Module) -> LayerQParams:
 
 
 def strip_fake_quant(model: nn.Module) -> tuple[nn.Module, dict[str, LayerQParams]]:
-    """In place: turn every fake-quantized layer back into its float class (same weights, no
+    """In place: turn every fake-quantized layer back into its float class (same weights, the
+    bias as the fake-quant layer adds it, i.e. on the int32 grid where it has one; no
     quantizers); returns ``(model, {layer name: LayerQParams})`` with the learned parameters.
     Export uses the table to put the learned scales on the exported graph."""
     table: dict[str, LayerQParams] = {}

@@ -8,19 +8,11 @@ table's QAT rows (recipes/mini/quant_table.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from asrq.experiments.quant import Base
+from asrq.experiments.quant import DEFAULT_BASES, parse_bases, split_list
 from asrq.experiments.quant_floor import floor_table
 from asrq.utils.io import AsrqError
-
-DEFAULT_BASES = (
-    "demo=exp/mini/model.pt",
-    "largest=exp/mini/todm/slices/L8-d144/model.pt",
-    "smallest=exp/mini/todm/slices/L4-d96/model.pt",
-)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,18 +31,13 @@ DEFAULT_BASES = (
 def main(bases: tuple[str, ...], rel: float, seeds: str, only: tuple[str, ...], out: str) -> None:
     """Noise floor of the QAT int8 rows of the compression table."""
     try:
-        parsed = []
-        for b in bases or DEFAULT_BASES:
-            name, sep, ckpt = b.partition("=")
-            if not sep or not name or not ckpt:
-                raise AsrqError(f"--base {b!r}: expected NAME=CHECKPOINT")
-            parsed.append(Base(name, Path(ckpt)))
+        parsed = parse_bases(bases)
         floor_table(
             parsed,
             out,
             rel=rel,
             seeds=[int(s) for s in seeds.split(",") if s.strip()],
-            only=[v.strip() for o in only for v in o.split(",") if v.strip()],
+            only=split_list(only),
             log=click.echo,
         )
     except AsrqError as e:

@@ -8,19 +8,11 @@ table's exported and scored rows (recipes/mini/quant_table.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from asrq.experiments.onnx_outputs import onnx_outputs_table
-from asrq.experiments.quant import Base
+from asrq.experiments.quant import DEFAULT_BASES, parse_bases
 from asrq.utils.io import AsrqError
-
-DEFAULT_BASES = (
-    "demo=exp/mini/model.pt",
-    "largest=exp/mini/todm/slices/L8-d144/model.pt",
-    "smallest=exp/mini/todm/slices/L4-d96/model.pt",
-)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,12 +28,7 @@ DEFAULT_BASES = (
 def main(bases: tuple[str, ...], rounds: int, no_bench: bool, out: str) -> None:
     """Every quantizer vs float linear outputs in the ONNX int8 programs."""
     try:
-        parsed = []
-        for b in bases or DEFAULT_BASES:
-            name, sep, ckpt = b.partition("=")
-            if not sep or not name or not ckpt:
-                raise AsrqError(f"--base {b!r}: expected NAME=CHECKPOINT")
-            parsed.append(Base(name, Path(ckpt)))
+        parsed = parse_bases(bases)
         onnx_outputs_table(parsed, out, rounds=rounds, bench=not no_bench, log=click.echo)
     except AsrqError as e:
         raise click.ClickException(str(e)) from e

@@ -9,18 +9,19 @@ slices (recipes/mini/todm_experiment.py: exp/mini/todm/slices/)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import click
 
-from asrq.experiments.quant import ESTIMATORS, STAGES, Base, choose_lr, compression_table
-from asrq.utils.io import AsrqError
-
-DEFAULT_BASES = (
-    "demo=exp/mini/model.pt",
-    "largest=exp/mini/todm/slices/L8-d144/model.pt",
-    "smallest=exp/mini/todm/slices/L4-d96/model.pt",
+from asrq.experiments.quant import (
+    DEFAULT_BASES,
+    ESTIMATORS,
+    STAGES,
+    choose_lr,
+    compression_table,
+    parse_bases,
+    split_list,
 )
+from asrq.utils.io import AsrqError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,12 +85,7 @@ def main(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        parsed = []
-        for b in bases or DEFAULT_BASES:
-            name, sep, ckpt = b.partition("=")
-            if not sep or not name or not ckpt:
-                raise AsrqError(f"--base {b!r}: expected NAME=CHECKPOINT")
-            parsed.append(Base(name, Path(ckpt)))
+        parsed = parse_bases(bases)
         if lr is None:
             choices = [float(x) for x in lr_choices.split(",") if x.strip()]
             lr = float(choose_lr(parsed[0], out, choices, steps)["lr"])
@@ -102,7 +98,7 @@ def main(
             estimators=[e.strip() for e in estimators.split(",") if e.strip()],
             stages=[s.strip() for s in stages.split(",") if s.strip()],
             threads=threads,
-            only=[v.strip() for o in only for v in o.split(",") if v.strip()],
+            only=split_list(only),
         )
     except AsrqError as e:
         raise click.ClickException(str(e)) from e

@@ -15,7 +15,7 @@ from torch import nn
 from asrq.config import from_dict
 from asrq.models import build_model
 from asrq.quant import QatConfig, QuantConfig, quantize_, set_qat_step, split_parameters
-from asrq.quant.fake_quant import ActFakeQuant, WeightFakeQuant, noise_amplitude
+from asrq.quant.fake_quant import ActFakeQuant, WeightFakeQuant, grad_scale, noise_amplitude
 from asrq.quant.modules import QuantConv1d, QuantLinear, calibrating, strip_fake_quant
 from asrq.quant.squat import squat_step
 from asrq.testing.models import tiny_config
@@ -99,6 +99,17 @@ def test_fake_quant_depthwise_conv_equals_explicit() -> None:
     )
     expect = _explicit_act(expect, c.output_fq)
     torch.testing.assert_close(c(x), expect, rtol=0, atol=1e-6)
+
+
+def test_grad_scale_is_the_identity_bit_for_bit_and_scales_the_gradient() -> None:
+    """The step size the forward uses is the one export writes: no ulp from ``x - x*g + x*g``."""
+    x = (torch.rand(10000) * 0.01 + 1e-4).requires_grad_()
+    g = 1.0 / math.sqrt(144 * 127)
+    y = grad_scale(x, g)
+    assert torch.equal(y, x.detach())
+    assert not torch.equal((x - x * g).detach() + x * g, x.detach())  # what it replaced was not
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, g))
 
 
 def test_lsq_step_size_gradient_by_hand() -> None:

@@ -87,6 +87,30 @@ def test_converted_graph_carries_learned_scales_exactly() -> None:
         torch.testing.assert_close(gm(xx), m(xx), rtol=0, atol=1e-5)
 
 
+def test_converted_weights_are_the_eager_integers_at_half_step_ties() -> None:
+    """Weights on a half step ``(k + 1/2) * s``: the fake quantizer rounds ``w / s``, PT2E's
+    ``quantize_per_channel`` ``w * (1 / s)``, and the two land on different levels for some of
+    them. The exported integers are the eager model's (the export quantizes the fake-quantized
+    weights), so the graph computes what the eager model computes."""
+    torch.manual_seed(0)
+    m = quantize_(nn.Sequential(nn.Linear(64, 256)), QuantConfig(weight_qmax=63, overrides=[]))
+    with calibrating(m):
+        m(torch.randn(2, 40, 64))
+    layer = m[0]
+    s = layer.weight_fq.effective_scale()  # (256, 1)
+    k = torch.randint(-60, 60, layer.weight.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        layer.weight.copy_((k + 0.5) * s)
+    eager_int = torch.clamp(torch.round(layer.weight / s), -63, 63)
+    assert (eager_int != torch.round(layer.weight * (1.0 / s))).any()  # the ties exist
+    m.eval()
+    x = torch.randn(1, 40, 64)
+    gm, _ = convert_learned(m, (x,), ({1: T_DIM},))
+    (w,) = [e for e in graph_qparams(gm)["0"] if e["kind"] == "weight"]
+    torch.testing.assert_close(w["int"].to(torch.float32), eager_int, rtol=0, atol=0)
+    torch.testing.assert_close(gm(x), m(x), rtol=0, atol=1e-5)
+
+
 def test_two_layers_reading_one_tensor_keep_their_own_learned_input_scales() -> None:
     """A Conformer's ``attn.q`` and ``attn.kv`` both read the LayerNorm output; PT2E's implicit
     sharing used to give both one quantizer (the other's scale lost): each keeps its own, and

@@ -50,6 +50,7 @@ Estimators (``QuantConfig.estimator``):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -65,10 +66,22 @@ def round_ste(x: Tensor) -> Tensor:
     return (x.round() - x).detach() + x
 
 
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, g: float) -> Tensor:
+        ctx.g = g
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.g, None
+
+
 def grad_scale(x: Tensor, g: float) -> Tensor:
-    """``x`` in the forward; the backward multiplies the gradient by ``g``."""
-    y = x * g
-    return (x - y).detach() + y
+    """``x`` in the forward, bit for bit (the step size export writes is the one the forward
+    used; ``(x - x * g).detach() + x * g`` can be an ulp off, and an ulp moves a value on a
+    half step to the other level); the backward multiplies the gradient by ``g``."""
+    return _GradScale.apply(x, g)
 
 
 def fake_quant(

@@ -227,19 +227,30 @@ def layer_qparams(layer: nn.Module) -> LayerQParams:
     )
 
 
-def strip_fake_quant(model: nn.Module) -> tuple[nn.Module, dict[str, LayerQParams]]:
+def strip_fake_quant(
+    model: nn.Module, snap_weights: bool = False
+) -> tuple[nn.Module, dict[str, LayerQParams]]:
     """In place: turn every fake-quantized layer back into its float class (same weights, the
     bias as the fake-quant layer adds it, i.e. on the int32 grid where it has one; no
     quantizers); returns ``(model, {layer name: LayerQParams})`` with the learned parameters.
-    Export uses the table to put the learned scales on the exported graph."""
+    Export uses the table to put the learned scales on the exported graph.
+
+    ``snap_weights``: the weights become their fake-quantized values ``q * s`` (exact integers
+    times the learned steps). An exporter that quantizes them again with the same steps then
+    gets the eager model's integers whatever its rounding formula: PT2E's
+    ``quantize_per_channel`` rounds ``w * (1 / s)``, the fake quantizer ``w / s``, and a weight
+    within float error of a half step lands on different levels (measured: 1 weight of the
+    trained demo encoder, enough to move its transcripts)."""
     table: dict[str, LayerQParams] = {}
     for name, mod in list(model.named_modules()):
         if isinstance(mod, QUANT_TYPES):
             table[name] = layer_qparams(mod)
             b = mod._q_bias()
-            if b is not None and b is not mod.bias:  # the float model keeps the grid bias
-                with torch.no_grad():
+            with torch.no_grad():
+                if b is not None and b is not mod.bias:  # the float model keeps the grid bias
                     mod.bias.copy_(b)
+                if snap_weights:
+                    mod.weight.copy_(mod.weight_fq(mod.weight))
             del mod.weight_fq
             del mod.input_fq
             del mod.output_fq

@@ -177,7 +177,7 @@ def convert_learned(
     """A fake-quantized module (eval) -> (converted PT2E GraphModule with the learned q/dq
     parameters and int8 weights folded in, the learned parameters of the layers the graph
     uses). ``module`` is not changed (a deep copy is stripped)."""
-    float_module, table = strip_fake_quant(copy.deepcopy(module).eval())
+    float_module, table = strip_fake_quant(copy.deepcopy(module).eval(), snap_weights=True)
     with torch.no_grad():
         ep = torch.export.export(
             float_module, example_inputs, dynamic_shapes=dynamic_shapes, strict=False

@@ -9,7 +9,7 @@ from asrq.export.rnnt import program_specs
 from asrq.models import build_model
 from asrq.quant import QuantConfig, quantize_
 from asrq.quant.modules import calibrating
-from asrq.quant.sensitivity import output_floor, perturbed_fbank
+from asrq.quant.sensitivity import output_floor, parity_over_utterances, perturbed_fbank
 from asrq.testing.models import tiny_config
 
 
@@ -51,3 +51,36 @@ def test_fake_quant_encoder_has_a_floor_its_float_twin_has_not() -> None:
         floors[name] = output_floor(spec, speech, rel=1e-4, seeds=(0, 1, 2))
     assert all(isinstance(v, float) and v > 70.0 for v in floors["fp32"]), floors
     assert all(isinstance(v, float) and v < 50.0 for v in floors["int8"]), floors
+
+
+def test_parity_over_utterances_counts_ties_and_where_they_start() -> None:
+    """A program identical to the model has no tie on any chunk; the fake-quant model fed
+    inputs moved by 1e-4 (a runtime with other float rounding, exaggerated) ties on some
+    chunks, and the report says on which utterances and after how many chunks."""
+    _, q = _models()
+    spec = program_specs(q, 4, 16, "executorch")["encoder_streaming"]
+    g = torch.Generator().manual_seed(0)
+    utts = [(f"u{i}", torch.randn(int(n), 80, generator=g) * 3) for i, n in enumerate((90, 161))]
+
+    def same(_name: str, inputs: tuple) -> list:
+        with torch.no_grad():
+            return list(spec.module(*inputs))
+
+    rep = parity_over_utterances(spec, same, "eager", utts)
+    assert rep["utterances"] == 2 and rep["utterances_with_a_tie"] == 0
+    assert rep["chunks_before_first_tie"] == rep["chunks"] > 2
+    assert rep["chunk_db_quantiles"]["min"] == "inf" and rep["share_chunks_ge_30db"] == 1.0
+
+    noise = torch.Generator().manual_seed(1)
+
+    def moved(_name: str, inputs: tuple) -> list:
+        x = inputs[0] * (1 + 1e-4 * torch.randn(inputs[0].shape, generator=noise))
+        with torch.no_grad():
+            return list(spec.module(x, *inputs[1:]))
+
+    rep = parity_over_utterances(spec, moved, "moved", utts)
+    assert rep["utterances_with_a_tie"] >= 1
+    assert rep["chunks_before_first_tie"] < rep["chunks"]
+    first = [v["first_below_exact"] for v in rep["per_utterance"].values()]
+    assert any(isinstance(f, int) for f in first)
+    assert isinstance(rep["chunk_db_quantiles"]["min"], float)

@@ -144,6 +144,19 @@ def test_compression_table_rows_files_and_pairing(trained: Path, tmp_path: Path)
     )
     assert (tmp_path / "quant_floor.md").is_file()
     assert (tmp_path / "quant_onnx_outputs.md").is_file()
+    # and the exports' parity over every test utterance, both runtimes, kept per row
+    from asrq.experiments.quant_parity import parity_table
+
+    pt = parity_table([Base("tiny", trained)], tmp_path, log=lambda s: None)
+    (p,) = pt["rows"]
+    for backend in ("onnx", "executorch"):
+        r = p[backend]
+        assert r["utterances"] == q8["wer_test_clean"]["num_utts"]
+        assert 0 <= r["chunks_before_first_tie"] <= r["chunks"]
+        assert 0.0 <= r["share_chunks_ge_30db"] <= 1.0
+    cache = tmp_path / "quant" / "tiny" / "qat-int8-ste" / "parity_test.json"
+    assert json.loads(cache.read_text())["onnx"] == p["onnx"]
+    assert (tmp_path / "quant_parity.md").read_text().count("\n| tiny |") == 1
 
 
 @pytest.mark.slow

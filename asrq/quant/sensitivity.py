@@ -147,3 +147,61 @@ def transcript_floor(
     if other_threads:
         out["other_threads"] = {"threads": other_threads, **against(score(other_threads), ref)}
     return out
+
+
+def parity_over_utterances(
+    spec: Any,
+    run: Any,
+    backend: str,
+    utterances: Sequence[tuple[str, Tensor]],
+    exact_db: float = 100.0,
+) -> dict[str, Any]:
+    """The streaming encoder program against its eager model on whole utterances (``(id,
+    fbank (T, F))``), window after window from zero states, each side carrying its own states
+    (:func:`asrq.export.parity.check_streaming` over every window): per utterance the lowest
+    chunk SQNR and the first chunk below ``exact_db`` (where a rounding tie first went the other
+    way; the states carry it on); over all, how many chunks ran before the first such tie, the
+    chunk SQNR quantiles and the share of chunks >= 30 dB. ``run(name, inputs)`` runs the
+    program (an :func:`asrq.runtime.backends.open_programs` runner's ``run``)."""
+    from asrq.export.parity import check_streaming
+
+    w = spec.example_inputs[0].shape[1]
+    per: dict[str, dict[str, Any]] = {}
+    chunk_db: list[float] = []
+    for uid, feats in utterances:
+        n = max(1, -(-int(feats.shape[0]) // w))
+        checks = check_streaming(
+            spec, run, backend, 1, float("inf"), num_chunks=n, min_sqnr=0.0, speech=feats
+        )
+        if len(checks) < n or any(c.sqnr_db is None for c in checks):
+            raise RuntimeError(f"{uid}: {backend} failed: {checks[-1].detail}")
+        db = [float(c.sqnr_db) for c in checks]
+        chunk_db += db
+        first = next((i for i, x in enumerate(db) if x < exact_db), None)
+        per[uid] = {"chunks": n, "min_db": _finite(min(db)), "first_below_exact": first}
+    if not per:
+        raise ValueError("parity_over_utterances: no utterances")
+    before = sum(
+        v["first_below_exact"] if v["first_below_exact"] is not None else v["chunks"]
+        for v in per.values()
+    )
+    ranked = sorted(chunk_db)
+
+    def q(p: float) -> float | str:
+        return _finite(ranked[min(len(ranked) - 1, int(p * len(ranked)))])
+
+    return {
+        "backend": backend,
+        "exact_db": exact_db,
+        "utterances": len(per),
+        "chunks": len(chunk_db),
+        "chunks_before_first_tie": before,
+        "utterances_with_a_tie": sum(v["first_below_exact"] is not None for v in per.values()),
+        "chunk_db_quantiles": {"min": q(0.0), "p01": q(0.01), "p10": q(0.1), "p50": q(0.5)},
+        "share_chunks_ge_30db": round(sum(x >= 30.0 for x in chunk_db) / len(chunk_db), 4),
+        "per_utterance": per,
+    }
+
+
+def _finite(db: float) -> float | str:
+    return round(db, 2) if db != float("inf") else "inf"  # JSON has no inf

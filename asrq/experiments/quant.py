@@ -105,6 +105,19 @@ def parse_bases(specs: Sequence[str] = ()) -> list[Base]:
     return out
 
 
+def base_option() -> Any:
+    """The recipes' repeatable ``--base NAME=CKPT`` click option (into ``bases``)."""
+    import click
+
+    return click.option(
+        "--base",
+        "bases",
+        multiple=True,
+        metavar="NAME=CKPT",
+        help=f"An fp32 model of the table (repeatable) [default: {' '.join(DEFAULT_BASES)}].",
+    )
+
+
 def split_list(values: Sequence[str]) -> list[str]:
     """Repeated and / or comma-separated option values -> one list."""
     return [v.strip() for o in values for v in o.split(",") if v.strip()]

@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import click
 
-from asrq.experiments.quant import DEFAULT_BASES, parse_bases, split_list
+from asrq.experiments.quant import base_option, parse_bases, split_list
 from asrq.experiments.quant_floor import floor_table
 from asrq.utils.io import AsrqError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--base",
-    "bases",
-    multiple=True,
-    help=f"An fp32 model of the table, NAME=CKPT (repeatable) [default: {' '.join(DEFAULT_BASES)}]",
-)
+@base_option()
 @click.option("--rel", default=1e-6, show_default=True, help="Relative input perturbation.")
 @click.option("--seeds", default="0,1", show_default=True, help="Perturbation seeds.")
 @click.option(

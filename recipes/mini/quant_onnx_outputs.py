@@ -11,17 +11,12 @@ from __future__ import annotations
 import click
 
 from asrq.experiments.onnx_outputs import onnx_outputs_table
-from asrq.experiments.quant import DEFAULT_BASES, parse_bases
+from asrq.experiments.quant import base_option, parse_bases
 from asrq.utils.io import AsrqError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--base",
-    "bases",
-    multiple=True,
-    help=f"An fp32 model of the table, NAME=CKPT (repeatable) [default: {' '.join(DEFAULT_BASES)}]",
-)
+@base_option()
 @click.option("--rounds", default=2, show_default=True, help="Benchmark passes over each pair.")
 @click.option("--no-bench", is_flag=True, help="Export and score only.")
 @click.option("--out", default="exp/mini", show_default=True, help="The table's directory.")

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import click
 
-from asrq.experiments.quant import DEFAULT_BASES, parse_bases, split_list
+from asrq.experiments.quant import base_option, parse_bases, split_list
 from asrq.experiments.quant_parity import BACKENDS, parity_table
 from asrq.utils.io import AsrqError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--base",
-    "bases",
-    multiple=True,
-    help=f"An fp32 model of the table, NAME=CKPT (repeatable) [default: {' '.join(DEFAULT_BASES)}]",
-)
+@base_option()
 @click.option(
     "--only", multiple=True, help="QAT int8 variants, repeated or comma-separated (default all)."
 )

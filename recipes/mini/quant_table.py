@@ -13,9 +13,9 @@ import logging
 import click
 
 from asrq.experiments.quant import (
-    DEFAULT_BASES,
     ESTIMATORS,
     STAGES,
+    base_option,
     choose_lr,
     compression_table,
     parse_bases,
@@ -25,13 +25,7 @@ from asrq.utils.io import AsrqError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--base",
-    "bases",
-    multiple=True,
-    metavar="NAME=CKPT",
-    help=f"An fp32 model of the table (repeatable) [default: {' '.join(DEFAULT_BASES)}].",
-)
+@base_option()
 @click.option("--steps", default=150, show_default=True, help="QAT fine-tuning steps per row.")
 @click.option(
     "--lr",

@@ -239,8 +239,8 @@ def strip_fake_quant(
     times the learned steps). An exporter that quantizes them again with the same steps then
     gets the eager model's integers whatever its rounding formula: PT2E's
     ``quantize_per_channel`` rounds ``w * (1 / s)``, the fake quantizer ``w / s``, and a weight
-    within float error of a half step lands on different levels (measured: 1 weight of the
-    trained demo encoder, enough to move its transcripts)."""
+    within float error of a half step lands on different levels (measured: 1-4 of the 4.2M
+    weights of each trained d=144 QAT int8 model, enough to move its transcripts)."""
     table: dict[str, LayerQParams] = {}
     for name, mod in list(model.named_modules()):
         if isinstance(mod, QUANT_TYPES):

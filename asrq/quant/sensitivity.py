@@ -93,7 +93,7 @@ def output_floor(
     for seed in seeds:
         got = run(torch.Generator().manual_seed(seed))
         db = min(sqnr_db(a, b) for a, b in zip(ref, got, strict=True))
-        out.append(round(db, 2) if db != float("inf") else "inf")  # JSON has no inf
+        out.append(_finite(db))
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -353,3 +354,102 @@ def test_runtime_refuses_a_head_it_does_not_know(tmp_path: Path):
     (tmp_path / "a.wav").write_bytes(b"")
     with pytest.raises(AsrqError, match="head 'x' is unknown"):
         transcribe(tmp_path, [tmp_path / "a.wav"])
+
+
+def _two_equal_constants_model() -> Any:
+    """x (2, 32) -> (x @ A) + (x @ B) @ C with A == B byte for byte (1 KB+ each, 32 x 32 f32)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((32, 32)).astype(np.float32)
+    c = rng.standard_normal((32, 32)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(a, "A"),
+        numpy_helper.from_array(a.copy(), "B"),
+        numpy_helper.from_array(c, "C"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "A"], ["xa"]),
+        helper.make_node("MatMul", ["x", "B"], ["xb"]),
+        helper.make_node("MatMul", ["xb", "C"], ["xbc"]),
+        helper.make_node("Add", ["xa", "xbc"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def test_dedupe_initializers_merges_equal_constants_and_keeps_the_outputs(tmp_path: Path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from asrq.export.onnx_export import compact_onnx_file
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_two_equal_constants_model(), str(path))
+    x = np.random.default_rng(1).standard_normal((2, 32)).astype(np.float32)
+
+    def run() -> Any:
+        return ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+
+    before_out = run()
+    before, after, removed = compact_onnx_file(path)
+    assert removed == 1 and after < before - 4000  # one 4 KB copy gone
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert sorted(i.name for i in model.graph.initializer) == ["A", "C"]
+    assert [n.input[1] for n in model.graph.node[:2]] == ["A", "A"]
+    assert np.array_equal(run(), before_out)  # bit for bit
+    assert compact_onnx_file(path)[2] == 0  # nothing left to merge
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _repeated_constant_bytes(path: Path) -> int:
+    import onnx
+    from onnx import numpy_helper
+
+    seen: set[bytes] = set()
+    repeated = 0
+    for init in onnx.load(str(path)).graph.initializer:
+        data = numpy_helper.to_array(init)
+        key = f"{init.data_type}{list(init.dims)}".encode() + data.tobytes()
+        if data.nbytes >= 1024 and key in seen:
+            repeated += data.nbytes
+        seen.add(key)
+    return repeated
+
+
+def test_streaming_encoder_onnx_holds_each_rotary_table_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Each layer's rotary cos / sin and ALiBi bias are folded into constants of their own (over
+    1 KB from head dim 24 and chunk 16 on); the export keeps one copy and computes the same."""
+    import numpy as np
+    import onnxruntime as ort
+
+    import asrq.export.onnx_export as onnx_export
+    from asrq.export.rnnt import program_specs
+    from asrq.models import build_model
+    from asrq.testing.models import tiny_config
+
+    torch.manual_seed(0)
+    cfg = tiny_config(encoder={"num_layers": 2, "d_model": 96, "num_heads": 4}, chunk=16)
+    spec = program_specs(build_model(cfg.model).eval(), 16, 16, "onnx")["encoder_streaming"]
+    merged = onnx_export.export_onnx(spec, tmp_path / "merged.onnx", {}).path
+    with monkeypatch.context() as m:
+        m.setattr(onnx_export, "dedupe_initializers", lambda model, min_bytes=1024: 0)
+        apart = onnx_export.export_onnx(spec, tmp_path / "apart.onnx", {}).path
+    assert _repeated_constant_bytes(apart) >= 2 * 32 * 24 * 4  # cos, sin: (L + C, head dim)
+    assert _repeated_constant_bytes(merged) == 0
+    assert merged.stat().st_size < apart.stat().st_size
+    feed = {n: x.numpy() for n, x in zip(spec.input_names, spec.example_inputs, strict=True)}
+    outs = [ort.InferenceSession(str(p)).run(None, feed) for p in (merged, apart)]
+    for a, b in zip(*outs, strict=True):
+        assert np.array_equal(a, b)  # bit for bit

@@ -9,7 +9,12 @@ from asrq.export.rnnt import program_specs
 from asrq.models import build_model
 from asrq.quant import QuantConfig, quantize_
 from asrq.quant.modules import calibrating
-from asrq.quant.sensitivity import output_floor, parity_over_utterances, perturbed_fbank
+from asrq.quant.sensitivity import (
+    output_floor,
+    parity_over_utterances,
+    perturbed_fbank,
+    perturbed_runner,
+)
 from asrq.testing.models import tiny_config
 
 
@@ -71,14 +76,7 @@ def test_parity_over_utterances_counts_ties_and_where_they_start() -> None:
     assert rep["chunks_before_first_tie"] == rep["chunks"] > 2
     assert rep["chunk_db_quantiles"]["min"] == "inf" and rep["share_chunks_ge_30db"] == 1.0
 
-    noise = torch.Generator().manual_seed(1)
-
-    def moved(_name: str, inputs: tuple) -> list:
-        x = inputs[0] * (1 + 1e-4 * torch.randn(inputs[0].shape, generator=noise))
-        with torch.no_grad():
-            return list(spec.module(x, *inputs[1:]))
-
-    rep = parity_over_utterances(spec, moved, "moved", utts)
+    rep = parity_over_utterances(spec, perturbed_runner(spec, 1e-4, seed=1), "moved", utts)
     assert rep["utterances_with_a_tie"] >= 1
     assert rep["chunks_before_first_tie"] < rep["chunks"]
     first = [v["first_below_exact"] for v in rep["per_utterance"].values()]

@@ -149,13 +149,14 @@ def test_compression_table_rows_files_and_pairing(trained: Path, tmp_path: Path)
 
     pt = parity_table([Base("tiny", trained)], tmp_path, log=lambda s: None)
     (p,) = pt["rows"]
-    for backend in ("onnx", "executorch"):
+    for backend in ("onnx", "executorch", "floor"):
         r = p[backend]
         assert r["utterances"] == q8["wer_test_clean"]["num_utts"]
         assert 0 <= r["chunks_before_first_tie"] <= r["chunks"]
         assert 0.0 <= r["share_chunks_ge_30db"] <= 1.0
     cache = tmp_path / "quant" / "tiny" / "qat-int8-ste" / "parity_test.json"
     assert json.loads(cache.read_text())["onnx"] == p["onnx"]
+    assert p["floor"]["rel"] == 1e-6 and p["floor"]["backend"] == "floor"
     assert (tmp_path / "quant_parity.md").read_text().count("\n| tiny |") == 1
 
 

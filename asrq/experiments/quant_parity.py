@@ -3,7 +3,8 @@ encoder program (onnxruntime and ExecuTorch) against the fake-quant eager model 
 test-clean utterance, window after window (:func:`asrq.quant.sensitivity.parity_over_utterances`).
 The export's own parity check runs three windows of two dev utterances; this says how often,
 over real speech, a float rounding tie sends one value to the other level and how far the
-programs then sit from the model. Reads the rows of
+programs then sit from the model; and, as the floor to read that against, the eager model
+against itself on chunks moved by 1e-6 (:data:`FLOOR`). Reads the rows of
 :func:`asrq.experiments.quant.compression_table`; writes ``<out>/quant_parity.json`` / ``.md``
 (each row's result is kept in its directory, ``parity_test.json``, and reused while its export
 is unchanged)."""
@@ -20,15 +21,18 @@ from asrq.experiments.quant import SPLITS, Base, Row, _cuts, checkpoint_config, 
 from asrq.utils.io import AsrqError, atomic_write_json, atomic_write_text
 
 BACKENDS = ("onnx", "executorch")
+#: the eager model against itself on fbank chunks scaled by ``1 + 1e-6 N(0, 1)``
+#: (:func:`asrq.quant.sensitivity.perturbed_runner`): the floor the programs' parity reads against
+FLOOR = "floor"
 
 
-def _row_parity(row: Row, backends: Sequence[str]) -> dict[str, Any]:
+def _row_parity(row: Row, keys: Sequence[str]) -> dict[str, Any]:
     import torch
 
     from asrq.decode.evaluate import load_eval_cuts
     from asrq.export.heads import export_head
     from asrq.export.quant import quant_plan
-    from asrq.quant.sensitivity import parity_over_utterances
+    from asrq.quant.sensitivity import DEFAULT_REL, parity_over_utterances, perturbed_runner
     from asrq.quant.train import load_qat_model
     from asrq.runtime.backends import open_programs
 
@@ -40,10 +44,17 @@ def _row_parity(row: Row, backends: Sequence[str]) -> dict[str, Any]:
     cuts = load_eval_cuts(_cuts(cfg, dict(SPLITS)["test_clean"]))
     utts = [(c.id, torch.from_numpy(c.load_features())) for c in cuts]
     out: dict[str, Any] = {"checkpoint": str(row.checkpoint), "export": str(row.export_dir)}
-    for backend in backends:
+    for key in keys:
+        backend = "onnx" if key == FLOOR else key  # the floor: the eager wrapper ONNX exports
         spec = head.program_specs(model, s.chunk_frames, s.left_frames, backend, 750)
-        runner = open_programs(row.export_dir, backend, threads=1)
-        out[backend] = parity_over_utterances(spec["encoder_streaming"], runner.run, backend, utts)
+        enc = spec["encoder_streaming"]
+        if key == FLOOR:
+            run = perturbed_runner(enc, DEFAULT_REL, seed=0)
+        else:
+            run = open_programs(row.export_dir, backend, threads=1).run
+        out[key] = parity_over_utterances(enc, run, key, utts)
+        if key == FLOOR:
+            out[key]["rel"] = DEFAULT_REL
     return out
 
 
@@ -82,8 +93,11 @@ def parity_table(
             log(f"=== {base.name} / {v.name}")
             cache = row.dir / "parity_test.json"  # per row, so bases can run in parallel
             rec = json.loads(cache.read_text()) if cache.is_file() else {}
-            if rec.get("export_mtime") != _mtime(row) or any(b not in rec for b in backends):
-                rec = {"export_mtime": _mtime(row), **_row_parity(row, backends)}
+            if rec.get("export_mtime") != _mtime(row):
+                rec = {}
+            missing = [k for k in (*backends, FLOOR) if k not in rec]
+            if missing:
+                rec = {**rec, "export_mtime": _mtime(row), **_row_parity(row, missing)}
                 atomic_write_json(cache, rec)
             rows.append({"base": base.name, "variant": v.name, **rec})
             log(markdown(rows[-1:]).splitlines()[-1])
@@ -112,15 +126,16 @@ def _cell(p: dict[str, Any] | None) -> str:
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     head = "| model | variant |"
     sub = "|---|---|"
-    for b in BACKENDS:
-        tag = "ORT" if b == "onnx" else "ET"
+    keys = (*BACKENDS, FLOOR)
+    for b in keys:
+        tag = {"onnx": "ORT", "executorch": "ET", FLOOR: "eager, input x (1 + 1e-6 N)"}[b]
         head += (
             f" {tag}: utterances with a tie | {tag}: chunks before the first tie | "
             f"{tag}: chunk SQNR dB min / p1 / p10 / p50 | {tag}: chunks >= 30 dB |"
         )
         sub += "---|---|---|---|"
     lines = [
-        f"| {r['base']} | {r['variant']} | " + " | ".join(_cell(r.get(b)) for b in BACKENDS) + " |"
+        f"| {r['base']} | {r['variant']} | " + " | ".join(_cell(r.get(b)) for b in keys) + " |"
         for r in rows
     ]
     return head + "\n" + sub + "\n" + "\n".join(lines) + "\n"

@@ -11,6 +11,8 @@ module measures that floor, to read the exported programs' parity against:
 
 - :func:`output_floor`: SQNR of the streaming encoder's output over a few chunks, eager against
   eager on inputs scaled by ``1 + rel * N(0, 1)`` per element;
+- :func:`perturbed_runner`: that perturbed eager model as a "runtime" for
+  :func:`parity_over_utterances`, the floor of the programs' parity over a whole test set;
 - :func:`transcript_floor`: greedy WER of the eager model on perturbed fbank frames against the
   unperturbed run, paired by utterance, for a few perturbation seeds; and of the same model
   run with another number of threads (PyTorch's own summation order, no perturbation).
@@ -147,6 +149,21 @@ def transcript_floor(
     if other_threads:
         out["other_threads"] = {"threads": other_threads, **against(score(other_threads), ref)}
     return out
+
+
+def perturbed_runner(spec: Any, rel: float = DEFAULT_REL, seed: int = 0) -> Any:
+    """A ``run(name, inputs)`` for :func:`parity_over_utterances` that is the eager model of
+    ``spec`` itself, fed each fbank chunk ``inputs[0]`` scaled by ``1 + rel * N(0, 1)`` per
+    element (its states are the ones it carries): parity against it is the model's own floor,
+    over as many chunks as the programs' parity."""
+    noise = torch.Generator().manual_seed(seed)
+
+    def run(_name: str, inputs: Sequence[Tensor]) -> list[Tensor]:
+        x = inputs[0] * (1 + rel * torch.randn(inputs[0].shape, generator=noise))
+        with torch.no_grad():
+            return list(spec.module(x, *inputs[1:]))
+
+    return run
 
 
 def parity_over_utterances(

@@ -169,9 +169,20 @@ def test_int8_speed_profiles_and_benches_both_exports(trained: Path, tmp_path: P
         trained, tmp_path, widths=(64,), threads=(1,), max_files=2, echo=lambda s: None
     )
     (w,) = res["widths"]
-    for kind in ("fp32", "int8"):
+    for kind in ("fp32", "int8", "qat-int8"):
         assert set(w[kind]) == {"onnx@1", "executorch@1"}
         assert all(v["encoder_p50_ms"] > 0 for v in w[kind].values())
+    # the QAT graph: every quantizer kept (more Q / DQ than PTQ's float outputs), integer kernels
+    meta = json.loads((tmp_path / "int8_speed" / "d64" / "qat-int8" / "metadata.json").read_text())
+    assert meta["quantization"]["source"] == "qat"
+    pq = w["profile"]["qat-int8"]
+    assert pq["qdq_share"] > 0 and any(
+        "Integer" in op or op.startswith("QLinear") for op in pq["ops"]
+    )
+    assert (
+        pq["ops"]["QuantizeLinear"]["count"]
+        > w["profile"]["int8"]["ops"]["QuantizeLinear"]["count"]
+    )
     # int8 programs are smaller; the int8 ONNX encoder runs integer kernels between Q/DQ nodes
     assert w["int8"]["onnx@1"]["streaming_file_bytes"] < w["fp32"]["onnx@1"]["streaming_file_bytes"]
     p8, p32 = w["profile"]["int8"], w["profile"]["fp32"]
@@ -180,6 +191,7 @@ def test_int8_speed_profiles_and_benches_both_exports(trained: Path, tmp_path: P
     assert "MatMul" in p32["ops"] or "FusedMatMul" in p32["ops"] or "Gemm" in p32["ops"]
     assert json.loads((tmp_path / "int8_speed.json").read_text())["widths"][0]["d_model"] == 64
     assert "| 64 |" in (tmp_path / "int8_speed.md").read_text()
+    assert "QAT int8 / fp32 (chunk p90)" in (tmp_path / "int8_speed.md").read_text()
 
 
 def test_min_sqnr_overrides_the_schemes_bound(tmp_path: Path) -> None:

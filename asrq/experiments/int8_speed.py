@@ -4,11 +4,14 @@
 4 heads, the mini recipe's joiner / predictor):
 
 1. a randomly initialised model of that width (speed does not depend on training; the BPE of a
-   template checkpoint) exported twice, streaming programs only: fp32 and ``--quant int8`` (PTQ
-   static int8 calibrated on dev cuts: 7-bit weights, per-tensor int8 activations in and out of
-   every linear / conv layer, the same graph a QAT checkpoint exports; ONNX with
-   ``--onnx-float-outputs``, onnxruntime's fastest int8 graph here);
-2. both benchmarked with ``asrq bench`` (isolated processes, onnxruntime and ExecuTorch, each
+   template checkpoint) exported three times, streaming programs only (:data:`KINDS`): fp32;
+   ``int8``, PTQ static int8 calibrated on dev cuts (7-bit weights, per-tensor int8 activations
+   in and out of every linear / conv layer; ONNX with ``--onnx-float-outputs``); ``qat-int8``,
+   the graph a QAT checkpoint exports with the default flags (every quantizer kept, a quantizer
+   per layer input, so onnxruntime fuses every linear layer): the model fake-quantized as the
+   compression table's ``qat-int8-ste`` rows, calibrated and fine-tuned for one step
+   (:func:`qat_graph_checkpoint`);
+2. all benchmarked with ``asrq bench`` (isolated processes, onnxruntime and ExecuTorch, each
    thread count): streaming chunk latency p50 / p90 (encoder + greedy search) and the encoder
    alone, side by side in one run;
 3. the onnxruntime streaming encoders profiled (``SessionOptions.enable_profiling``, 1 thread,
@@ -16,7 +19,8 @@
    how much of an int8 chunk is integer GEMM and how much is quantize / dequantize / layout.
 
 Writes ``int8_speed.json`` and ``int8_speed.md`` under ``out_dir``; every export and bench lives
-in ``out_dir/int8_speed/d<width>/{fp32,int8}`` and is skipped when present.
+in ``out_dir/int8_speed/d<width>/{fp32,int8,qat-int8}`` and is skipped when present (delete the
+``bench.json`` files to time all kinds again side by side).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from asrq.utils.io import AsrqError, atomic_write_json, atomic_write_text
 
 WIDTHS: tuple[int, ...] = (144, 256, 384)
 PROGRAMS = ["encoder_streaming", "predictor", "joiner"]
+#: the exports compared per width (module doc)
+KINDS: tuple[str, ...] = ("fp32", "int8", "qat-int8")
 #: op types counted as quantization overhead in the profile
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 
@@ -60,6 +66,22 @@ def width_checkpoint(template: Path, d_model: int, out: Path, seed: int = 0) -> 
     torch.manual_seed(seed)
     model = build_model(cfg.model)
     return save_checkpoint(out, model_payload(model, cfg, ckpt["bpe_model"], step=0))
+
+
+def qat_graph_checkpoint(fp32: Path, out_dir: Path) -> Path:
+    """``out_dir/model.pt``: ``fp32`` fake-quantized as the compression table's ``qat-int8-ste``
+    rows (:func:`asrq.experiments.quant.qat_config`), its activation step sizes calibrated on
+    training batches and one fine-tuning step taken. Trained step sizes differ, the exported
+    graph (and so its speed) does not."""
+    from asrq.experiments.quant import Variant, checkpoint_config, qat_config
+    from asrq.quant.train import qat_train
+
+    path = out_dir / "model.pt"
+    if not path.is_file():
+        variant = Variant("qat-int8-ste", "int8", "int8", "ste")
+        cfg = qat_config(checkpoint_config(fp32), fp32, out_dir, variant, 1, 1e-4)
+        qat_train(cfg, progress=False)
+    return path
 
 
 def ort_profile(
@@ -133,28 +155,35 @@ def _bench_entry(rep: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    lines = [
-        "| width | params | runtime @ threads | fp32 encoder p50 ms | int8 encoder p50 ms "
-        "| int8 / fp32 (encoder) | fp32 chunk p90 ms | int8 chunk p90 ms "
-        "| int8 / fp32 (chunk p90) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    quant = [k for k in KINDS[1:] if any(w.get(k) for w in result["widths"])]
+    label = {"int8": "PTQ int8", "qat-int8": "QAT int8"}
+    head = "| width | params | runtime @ threads | fp32 encoder p50 ms | fp32 chunk p90 ms |"
+    for k in quant:
+        head += (
+            f" {label[k]} encoder p50 ms | {label[k]} / fp32 (encoder) | {label[k]} chunk p90 ms"
+            f" | {label[k]} / fp32 (chunk p90) |"
+        )
+    lines = [head, "|---|---|---|---|---|" + "---|---|---|---|" * len(quant)]
     for w in result["widths"]:
         for key, f in w["fp32"].items():
-            q = w["int8"].get(key)
-            if not q:
-                continue
-            lines.append(
+            row = (
                 f"| {w['d_model']} | {w['params']:,} | {key} | {f['encoder_p50_ms']:.2f} "
-                f"| {q['encoder_p50_ms']:.2f} | {q['encoder_p50_ms'] / f['encoder_p50_ms']:.2f} "
-                f"| {f['chunk_p90_ms']:.2f} | {q['chunk_p90_ms']:.2f} "
-                f"| {q['chunk_p90_ms'] / f['chunk_p90_ms']:.2f} |"
+                f"| {f['chunk_p90_ms']:.2f} |"
             )
+            for k in quant:
+                q = w.get(k, {}).get(key)
+                row += (
+                    f" {q['encoder_p50_ms']:.2f} | {q['encoder_p50_ms'] / f['encoder_p50_ms']:.2f}"
+                    f" | {q['chunk_p90_ms']:.2f} | {q['chunk_p90_ms'] / f['chunk_p90_ms']:.2f} |"
+                    if q
+                    else " | | | |"
+                )
+            lines.append(row)
     lines += ["", "onnxruntime streaming encoder, 1 thread, kernel time per chunk by op type:", ""]
     lines += ["| width | export | kernel ms / chunk | Q/DQ share | top op types (share) |"]
     lines += ["|---|---|---|---|---|"]
     for w in result["widths"]:
-        for kind in ("fp32", "int8"):
+        for kind in KINDS:
             p = w["profile"].get(kind)
             if not p:
                 continue
@@ -179,6 +208,7 @@ def int8_speed(
     ``bench=False``: only the exports (they need no quiet machine; the timing does)."""
     from asrq.bench.runner import run_bench
     from asrq.decode.evaluate import load_eval_cuts
+    from asrq.experiments.quant import TABLE_MIN_SQNR
     from asrq.export.pipeline import export_model
     from asrq.train.checkpoint import load_checkpoint
     from asrq.utils.host import host_info
@@ -194,26 +224,31 @@ def int8_speed(
         "schema": "asrq.int8_speed/1",
         "host": host_info(),
         "inputs": f"{len(feats)} dev utterances ({cuts})",
-        "int8": "PTQ static int8 (asrq export --quant int8 --onnx-float-outputs): the graph a QAT "
-        "checkpoint exports",
+        "int8": "PTQ static int8 (asrq export --quant int8 --onnx-float-outputs)",
+        "qat-int8": "QAT int8 graph (qat_graph_checkpoint; asrq export --quant int8, every "
+        "quantizer kept)",
         "widths": [],
     }
     for w in widths:
         wdir = root / f"d{w}"
         ckpt = width_checkpoint(template, w, wdir / "model.pt")
         params = int(load_checkpoint(ckpt).get("num_parameters") or 0)
-        entry: dict[str, Any] = {"d_model": w, "fp32": {}, "int8": {}, "profile": {}}
-        for kind, quant in (("fp32", None), ("int8", "int8")):
+        entry: dict[str, Any] = {"d_model": w, **{k: {} for k in KINDS}, "profile": {}}
+        for kind in KINDS:
             ex = wdir / kind
             if not (ex / "metadata.json").is_file():
                 echo(f"=== d={w}: export {kind}")
+                source = ckpt
+                if kind == "qat-int8":
+                    source = qat_graph_checkpoint(ckpt, wdir / "qat")
                 export_model(
-                    ckpt,
+                    source,
                     ex,
                     name=f"d{w}-{kind}",
-                    quant=quant,
+                    quant=None if kind == "fp32" else "int8",
                     programs=PROGRAMS,
-                    onnx_float_outputs=quant is not None,
+                    onnx_float_outputs=kind == "int8",
+                    min_sqnr=TABLE_MIN_SQNR["int8"] if kind == "qat-int8" else None,
                 )
             meta = json.loads((ex / "metadata.json").read_text())
             params = params or int(meta["model"].get("num_parameters") or 0)

@@ -36,8 +36,9 @@ from asrq.utils.io import AsrqError
 def main(
     template: str, widths: str, threads: str, max_files: int, out: str, export_only: bool
 ) -> None:
-    """fp32 and PTQ static int8 exports of random-init models at each width, benchmarked side
-    by side (chunk and encoder latency), and their onnxruntime kernel time per op type."""
+    """fp32, PTQ static int8 and QAT int8 (the graph a QAT checkpoint exports) programs of
+    random-init models at each width, benchmarked side by side (chunk and encoder latency), and
+    their onnxruntime kernel time per op type."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
